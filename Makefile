@@ -1,0 +1,106 @@
+# diffuse: build, test, benchmark. The CPU module is always built; the CUDA module whenever nvcc
+# is found (CUDA=0 turns it off, CUDA=1 makes a missing nvcc an error).
+#
+#   make            build/diffuse/core.so (+ build/diffuse/cuda.so)
+#   make test       the busted suite on the in-tree build
+#   make asan       the suite under AddressSanitizer + UBSan
+#   make valgrind   the suite under valgrind (memcheck)
+#   make bench      benchmarks (never run in CI)
+#   make demo       the flagship experiment
+#   make deps       install missing Debian packages (as root)
+
+LUA        ?= lua5.4
+LUA_INCDIR ?= $(shell pkg-config --variable=includedir lua5.4 2>/dev/null || echo /usr/include)/lua5.4
+BUSTED     ?= busted
+CC         ?= cc
+CFLAGS     ?= -O2
+# strict and reproducible: no fma contraction (the GPU build does the same), no errno from libm
+DF_CFLAGS   = -std=c99 -fPIC -Wall -Wextra -Wpedantic -Wshadow -ffp-contract=off \
+              -fno-math-errno -fvisibility=hidden -I$(LUA_INCDIR) -Inative
+LIBFLAG    ?= -shared
+LDLIBS      = -lm
+
+CORE_SRC  = $(wildcard native/*.c)
+CORE_HDR  = $(wildcard native/*.h)
+CUDA_SRC  = $(wildcard kernels/*.cu)
+CUDA_HDR  = $(wildcard kernels/*.h)
+LUA_SRC   = $(wildcard lua/diffuse/*.lua)
+
+# ---- CUDA detection ---------------------------------------------------------------------------
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || (test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc))
+CUDA      ?= auto
+ifeq ($(CUDA),1)
+  ifeq ($(NVCC),)
+    $(error CUDA=1 but nvcc was not found (set NVCC or CUDA_HOME))
+  endif
+  WITH_CUDA = 1
+else ifeq ($(CUDA),auto)
+  WITH_CUDA = $(if $(and $(NVCC),$(CUDA_SRC)),1,0)
+else
+  WITH_CUDA = 0
+endif
+
+TARGETS = build/diffuse/core.so
+ifeq ($(WITH_CUDA),1)
+  TARGETS += build/diffuse/cuda.so
+endif
+
+.PHONY: all test asan valgrind bench demo deps install clean check-cuda-headers
+
+all: $(TARGETS)
+
+build/diffuse/core.so: $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DF_CFLAGS) $(LIBFLAG) -o $@ $(CORE_SRC) $(LDLIBS)
+
+# ---- tests -------------------------------------------------------------------------------------
+test: all
+	$(BUSTED) --lua=$(LUA)
+
+# The sanitizer build loads into a plain lua5.4, so libasan is preloaded. Leak checking stays on.
+ASAN_LIB  = $(shell $(CC) -print-file-name=libasan.so)
+ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+build-asan/diffuse/core.so: $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(ASAN_FLAGS) $(DF_CFLAGS) $(LIBFLAG) -o $@ $(CORE_SRC) $(LDLIBS)
+
+asan: build-asan/diffuse/core.so
+	LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1 DIFFUSE_SANITIZED=1 \
+	  $(BUSTED) --lua=$(LUA) --cpath='build-asan/?.so' --exclude-tags=nosan
+
+valgrind: all
+	DIFFUSE_SANITIZED=1 valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+	  --suppressions=spec/support/valgrind.supp $(LUA) spec/support/run_busted.lua --exclude-tags=nosan
+
+# ---- benchmarks and demo -----------------------------------------------------------------------
+bench: all
+	LUA_PATH='lua/?.lua;lua/?/init.lua;bench/?.lua;;' LUA_CPATH='build/?.so;;' $(LUA) bench/tensor.lua
+
+demo: all
+	LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' $(LUA) examples/tensor_tour.lua
+
+# ---- packages ---------------------------------------------------------------------------------
+DEB_PACKAGES = lua5.4 liblua5.4-dev lua-busted luarocks gcc make pkg-config
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "missing Debian packages (run as root, or install them): $$missing"; exit 1; \
+	  fi; \
+	fi
+
+# ---- install (used by luarocks: LUADIR and LIBDIR come from the rockspec) ----------------------
+LUADIR ?= $(PREFIX)/share/lua/5.4
+LIBDIR ?= $(PREFIX)/lib/lua/5.4
+install: all
+	mkdir -p $(LUADIR)/diffuse $(LIBDIR)/diffuse
+	cp $(LUA_SRC) $(LUADIR)/diffuse/
+	cp $(TARGETS) $(LIBDIR)/diffuse/
+
+clean:
+	rm -rf build build-asan

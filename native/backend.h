@@ -1,0 +1,75 @@
+/* backend.h: the table of operations one device provides. The core touches tensor memory only
+ * through these function pointers, so the CUDA backend (kernels/) is a second table and nothing
+ * above this file knows which device it runs on. Every function returns a status (status.h);
+ * pointers are device pointers of that backend; sizes are element counts (float32). */
+#ifndef DF_BACKEND_H
+#define DF_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DF_MAXDIM 4
+
+/* reductions: to one number (reduce_all) or along one dimension (reduce_dim) */
+enum { DF_RSUM, DF_RMEAN, DF_RVAR, DF_RSTD, DF_RMIN, DF_RMAX, DF_RSSD, DF_NREDUCE };
+
+/* random distributions */
+enum { DF_UNIFORM, DF_NORMAL };
+
+/* a broadcast binary op, padded to DF_MAXDIM dims: out[i0..i3] = a[sum i_d sa_d] op b[...] */
+typedef struct df_bcast {
+  int64_t shape[DF_MAXDIM];     /* output shape, leading dims padded with 1 */
+  int64_t sa[DF_MAXDIM], sb[DF_MAXDIM]; /* element strides of a and b, 0 on broadcast dims */
+  int64_t n;                    /* output elements */
+} df_bcast;
+
+typedef struct df_backend {
+  const char *name;                                  /* "cpu", "cuda" */
+  int (*device_count)(int *count);
+  int (*device_name)(int dev, char *buf, size_t len);
+  int (*alloc)(int dev, int64_t n, float **p);      /* n may be 0 */
+  void (*release)(int dev, float *p);
+  int (*upload)(int dev, float *dst, const float *src, int64_t n);   /* host -> device */
+  int (*download)(int dev, float *dst, const float *src, int64_t n); /* device -> host */
+  /* rows x cols block: dst[r*ldd + c] = src[r*lds + c] (cat, views, copies) */
+  int (*copy2d)(int dev, float *dst, int64_t ldd, const float *src, int64_t lds,
+                int64_t rows, int64_t cols);
+  int (*fill)(int dev, float *x, int64_t n, float v);
+  /* x[i] = start + i * step, and x[n-1] = last exactly (linspace's endpoint) */
+  int (*ramp)(int dev, float *x, int64_t n, double start, double step, double last);
+  /* element i from (seed, stream, i) through the shared Philox: independent of the device */
+  int (*random)(int dev, int dist, float *x, int64_t n, uint64_t seed, uint64_t stream);
+  int (*unary)(int dev, int op, float *out, const float *a, int64_t n);
+  int (*binary)(int dev, int op, float *out, const float *a, const float *b, const df_bcast *bc);
+  int (*binary_scalar)(int dev, int op, float *out, const float *a, float s, int scalar_left,
+                       int64_t n);
+  /* DF_RSUM, DF_RMIN, DF_RMAX, DF_RSSD (sum of (a - param)^2) over all n, in double */
+  int (*reduce_all)(int dev, int op, const float *a, int64_t n, double param, double *res);
+  /* a viewed as [outer, len, inner], reduced over len into out [outer, inner]; for
+     DF_RMIN/DF_RMAX, idx (if not NULL) gets the 1-based position of the first extremum */
+  int (*reduce_dim)(int dev, int op, float *out, float *idx, const float *a, int64_t outer,
+                    int64_t len, int64_t inner);
+  /* c[b] = a[b] (m x k) * b[b] (k x n), row-major; a batch stride of 0 broadcasts */
+  int (*matmul)(int dev, float *c, const float *a, const float *b, int64_t batch, int64_t m,
+                int64_t k, int64_t n, int64_t stride_a, int64_t stride_b);
+  /* counts (host array of bins) of x in [lo, hi]; the last bin includes hi; others skipped */
+  int (*histogram)(int dev, const float *x, int64_t n, int64_t bins, double lo, double hi,
+                   int64_t *counts);
+  int (*sync)(int dev);
+} df_backend;
+
+/* what the core hands to a backend module (kernels/) when it loads: the ABI version it was
+   built for, how to register, and the core's error reporter */
+#define DF_CORE_ABI 1
+typedef struct df_core_api {
+  int abi;
+  int (*register_backend)(const df_backend *be);
+  int (*fail)(int code, const char *fmt, ...);
+} df_core_api;
+
+/* the registry of backends; the CPU is always there */
+int df_register_backend(const df_backend *be);
+const df_backend *df_find_backend(const char *name);
+extern const df_backend df_cpu_backend;
+
+#endif

@@ -1,0 +1,297 @@
+/* dmath.h: per-element formulas and the Philox4x32-10 generator, shared by the CPU backend (cc)
+ * and the CUDA kernels (nvcc), so that both devices run the very same arithmetic.
+ *
+ * Everything here uses only IEEE-exact operations (+ - * /, sqrt, conversions, comparisons), and
+ * both compilers are told not to contract a*b+c into fma (-ffp-contract=off, nvcc -fmad=false).
+ * That is why exp, log, sin, cos and tanh are written out below instead of taken from libm or
+ * CUDA's math library: a seed gives bitwise the same random numbers on the CPU and the GPU, and
+ * the elementwise ops agree to the last bit. The functions are branch-free where it matters so
+ * that gcc vectorises the CPU loops. Accuracy (spec/dmath_spec.lua): within 2 ulp of the
+ * correctly rounded result for exp, log, tanh, and for sin, cos with |x| < 1e6. */
+#ifndef DF_DMATH_H
+#define DF_DMATH_H
+
+#include <stdint.h>
+#include <math.h>
+
+#ifdef __CUDACC__
+#define DF_FN static __host__ __device__ __forceinline__
+#else
+#define DF_FN static inline
+#endif
+
+/* ---- op codes shared by the backend tables ---------------------------------------------- */
+
+enum { DF_ADD, DF_SUB, DF_MUL, DF_DIV, DF_POW, DF_MAXIMUM, DF_MINIMUM, DF_NBINARY };
+
+enum {
+  DF_NEG, DF_EXP, DF_LOG, DF_SQRT, DF_ABS, DF_SIN, DF_COS, DF_TANH, DF_SILU, DF_SQUARE,
+  DF_SIGMOID, DF_RELU, DF_GELU, DF_NUNARY
+};
+
+/* ---- bit casts -------------------------------------------------------------------------- */
+
+DF_FN float df_from_bits(uint32_t u)
+{
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  union { uint32_t u; float f; } v;
+  v.u = u;
+  return v.f;
+#endif
+}
+
+DF_FN uint32_t df_to_bits(float f)
+{
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  union { uint32_t u; float f; } v;
+  v.f = f;
+  return v.u;
+#endif
+}
+
+/* 2^k for integer k in [-126, 127] */
+DF_FN float df_pow2i(int k) { return df_from_bits((uint32_t)(k + 127) << 23); }
+
+/* ---- exp, expm1, log ------------------------------------------------------------------------ */
+
+DF_FN float df_expf(float x)
+{
+  /* e^x = 2^k e^r, k = round(x / ln 2), |r| <= ln2/2; ln 2 split so that k * LN2_HI is exact */
+  const float LOG2E = 1.44269504088896341f, LN2_HI = 0.693145751953125f,
+              LN2_LO = 1.42860682030941723e-6f, ROUND = 12582912.0f; /* 1.5 * 2^23 */
+  float xc = x > 89.0f ? 89.0f : (x < -104.0f ? -104.0f : x);
+  float kf = (xc * LOG2E + ROUND) - ROUND; /* round to nearest, branch-free */
+  float r = (xc - kf * LN2_HI) - kf * LN2_LO;
+  float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666666666666667e-1f +
+            r * (4.16666666666666667e-2f + r * (8.33333333333333333e-3f +
+            r * (1.38888888888888889e-3f + r * 1.98412698412698413e-4f))))));
+  int k = (int)kf;
+  int k1 = k / 2; /* two factors keep each power of two normal down to k = -150 */
+  float y = p * df_pow2i(k1) * df_pow2i(k - k1);
+  return x != x ? x : y;
+}
+
+/* e^x - 1 without the cancellation near 0 (tanh needs it) */
+DF_FN float df_expm1f(float x)
+{
+  float t = x * (1.0f + x * (0.5f + x * (1.66666666666666667e-1f + x * (4.16666666666666667e-2f +
+            x * (8.33333333333333333e-3f + x * (1.38888888888888889e-3f +
+            x * (1.98412698412698413e-4f + x * 2.48015873015873016e-5f)))))));
+  return (x > -0.5f && x < 0.5f) ? t : df_expf(x) - 1.0f;
+}
+
+DF_FN float df_logf(float x)
+{
+  /* x = m 2^e with m in [sqrt(1/2), sqrt(2)); log(m) = log1p(f) = f - s (f - 2R(s^2)),
+     s = f / (2 + f), R the atanh series: leading term f is exact */
+  const float LN2_HI = 0.693145751953125f, LN2_LO = 1.42860682030941723e-6f;
+  int sub = x < 1.17549435e-38f;                 /* subnormal (or <= 0, sorted out below) */
+  float xs = sub ? x * 8388608.0f : x;            /* 2^23 */
+  uint32_t u = df_to_bits(xs);
+  int e = (int)((u >> 23) & 0xffu) - 127 - (sub ? 23 : 0);
+  float m = df_from_bits((u & 0x007fffffu) | 0x3f800000u);
+  int big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
+  e += big;
+  float f = m - 1.0f;
+  float s = f / (2.0f + f);
+  float z = s * s;
+  float R = z * (3.33333333333333333e-1f + z * (2.0e-1f + z * (1.42857142857142857e-1f +
+            z * 1.11111111111111111e-1f)));
+  float lm = f - s * (f - 2.0f * R);
+  float ef = (float)e;
+  float y = ef * LN2_HI + (lm + ef * LN2_LO);
+  y = x == 0.0f ? -INFINITY : y;
+  y = x < 0.0f ? NAN : y;
+  y = x == INFINITY ? x : y;
+  return x != x ? x : y;
+}
+
+/* ---- sin, cos -------------------------------------------------------------------------------- */
+
+/* sin and cos of r in [-pi/4, pi/4] (Taylor to r^9 and r^10: truncation below 2e-9) */
+DF_FN float df_sin_kernel(float r)
+{
+  float z = r * r;
+  return r + r * z * (-1.66666666666666667e-1f + z * (8.33333333333333333e-3f +
+             z * (-1.98412698412698413e-4f + z * 2.75573192239858907e-6f)));
+}
+
+DF_FN float df_cos_kernel(float r)
+{
+  float z = r * r;
+  return 1.0f + z * (-0.5f + z * (4.16666666666666667e-2f + z * (-1.38888888888888889e-3f +
+                z * (2.48015873015873016e-5f + z * -2.75573192239858907e-7f))));
+}
+
+/* sin and cos of x: x = k pi/2 + r, reduced in double with pi/2 in three parts (exact products
+   for |k| < 2^23); beyond |x| ~ 1e7 float inputs are coarser than the period anyway, and r is
+   clamped so the result stays in [-1, 1] */
+DF_FN void df_sincosf(float x, float *sinx, float *cosx)
+{
+  const double TWO_OVER_PI = 0.6366197723675814, PIO2_HI = 1.570796325802803,
+               PIO2_MID = 9.920935791635221e-10, PIO2_LO = 5.170182981794105e-19;
+  double xd = (double)x;
+  double kd = floor(xd * TWO_OVER_PI + 0.5);
+  double rd = ((xd - kd * PIO2_HI) - kd * PIO2_MID) - kd * PIO2_LO;
+  float r = (float)rd;
+  r = r > 0.7853982f ? 0.7853982f : (r < -0.7853982f ? -0.7853982f : r);
+  int q = (int)(kd - 4.0 * floor(kd * 0.25)); /* k mod 4, also for huge k */
+  float s = df_sin_kernel(r), c = df_cos_kernel(r);
+  float sv = (q & 1) ? c : s, cv = (q & 1) ? s : c;
+  sv = (q & 2) ? -sv : sv;
+  cv = ((q + 1) & 2) ? -cv : cv;
+  int bad = x != x || x == INFINITY || x == -INFINITY;
+  *sinx = bad ? NAN : sv;
+  *cosx = bad ? NAN : cv;
+}
+
+DF_FN float df_sinf(float x) { float s, c; df_sincosf(x, &s, &c); return s; }
+DF_FN float df_cosf(float x) { float s, c; df_sincosf(x, &s, &c); return c; }
+
+/* sin(2 pi u) and cos(2 pi u) for u in [0, 1): the quadrant comes from u exactly */
+DF_FN void df_sincos2pi(float u, float *s, float *c)
+{
+  float u4 = u * 4.0f;
+  float qf = floorf(u4 + 0.5f);
+  float r = (u4 - qf) * 1.57079632679489662f;
+  int q = (int)qf;
+  float sk = df_sin_kernel(r), ck = df_cos_kernel(r);
+  float sv = (q & 1) ? ck : sk, cv = (q & 1) ? sk : ck;
+  *s = (q & 2) ? -sv : sv;
+  *c = ((q + 1) & 2) ? -cv : cv;
+}
+
+/* ---- tanh, sigmoid, activations ---------------------------------------------------------- */
+
+DF_FN float df_tanhf(float x)
+{
+  /* odd Taylor series below 1/2 (next term < 1e-9 relative), else expm1(2a) / (expm1(2a) + 2) */
+  float a = fabsf(x), z = a * a;
+  float ts = a + a * z * (-3.33333333333333333e-1f + z * (1.33333333333333333e-1f +
+             z * (-5.39682539682539683e-2f + z * (2.18694885361552028e-2f +
+             z * (-8.86323552990219656e-3f + z * (3.59212803657248102e-3f +
+             z * (-1.45583438705131827e-3f + z * (5.90027440945585949e-4f +
+             z * -2.39129114243552481e-4f))))))));
+  float e = df_expm1f(2.0f * (a > 9.0f ? 9.0f : a));
+  float t = a > 9.0f ? 1.0f : (a < 0.5f ? ts : e / (e + 2.0f));
+  return x != x ? x : copysignf(t, x);
+}
+
+DF_FN float df_sigmoidf(float x) { return 1.0f / (1.0f + df_expf(-x)); }
+DF_FN float df_siluf(float x) { return x * df_sigmoidf(x); }
+DF_FN float df_reluf(float x) { return x < 0.0f ? 0.0f : x; }
+
+/* GELU, tanh form (as GPT-2 and llm.c): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+DF_FN float df_geluf(float x)
+{
+  float u = 0.797884560802865356f * (x + 0.044715f * x * x * x);
+  return 0.5f * x * (1.0f + df_tanhf(u));
+}
+
+/* ---- elementwise op dispatch ------------------------------------------------------------- */
+
+DF_FN float df_unary_apply(int op, float x)
+{
+  switch (op) {
+  case DF_NEG: return -x;
+  case DF_EXP: return df_expf(x);
+  case DF_LOG: return df_logf(x);
+  case DF_SQRT: return sqrtf(x);
+  case DF_ABS: return fabsf(x);
+  case DF_SIN: return df_sinf(x);
+  case DF_COS: return df_cosf(x);
+  case DF_TANH: return df_tanhf(x);
+  case DF_SILU: return df_siluf(x);
+  case DF_SQUARE: return x * x;
+  case DF_SIGMOID: return df_sigmoidf(x);
+  case DF_RELU: return df_reluf(x);
+  case DF_GELU: return df_geluf(x);
+  default: return NAN;
+  }
+}
+
+DF_FN float df_binary_apply(int op, float a, float b)
+{
+  switch (op) {
+  case DF_ADD: return a + b;
+  case DF_SUB: return a - b;
+  case DF_MUL: return a * b;
+  case DF_DIV: return a / b;
+  case DF_POW: return (float)pow((double)a, (double)b); /* double keeps it exact to rounding */
+  case DF_MAXIMUM: return (a != a || a > b) ? a : b;    /* NaN propagates, as torch */
+  case DF_MINIMUM: return (a != a || a < b) ? a : b;
+  default: return NAN;
+  }
+}
+
+/* ---- Philox4x32-10 (Salmon et al., SC'11), keyed by (seed, stream, element index) --------- */
+
+DF_FN void df_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4])
+{
+  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3], k0 = key[0], k1 = key[1];
+  for (int round = 0; round < 10; round++) {
+    uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+    c0 = n0; c1 = (uint32_t)p1; c2 = n2; c3 = (uint32_t)p0;
+    k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+  }
+  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+/* the four words of block `block` of stream `stream` under `seed`: element i of a random tensor
+   reads word i % 4 of block i / 4, so the numbers depend on the index, never on the shape,
+   the device or how the work is split */
+DF_FN void df_philox_block(uint64_t seed, uint64_t stream, uint64_t block, uint32_t w[4])
+{
+  uint32_t ctr[4], key[2];
+  ctr[0] = (uint32_t)block; ctr[1] = (uint32_t)(block >> 32);
+  ctr[2] = (uint32_t)stream; ctr[3] = (uint32_t)(stream >> 32);
+  key[0] = (uint32_t)seed; key[1] = (uint32_t)(seed >> 32);
+  df_philox4x32_10(ctr, key, w);
+}
+
+/* uniform in [0, 1) from the top 24 bits */
+DF_FN float df_u01(uint32_t w) { return (float)(w >> 8) * 5.9604644775390625e-8f; }
+
+/* Box-Muller: words (w0, w1) give two standard normals */
+DF_FN void df_box_muller(uint32_t w0, uint32_t w1, float *z0, float *z1)
+{
+  float u1 = (float)((w0 >> 8) + 1u) * 5.9604644775390625e-8f; /* (0, 1] */
+  float r = sqrtf(-2.0f * df_logf(u1));
+  float s, c;
+  df_sincos2pi(df_u01(w1), &s, &c);
+  *z0 = r * c;
+  *z1 = r * s;
+}
+
+/* the four normals of one block, in element order */
+DF_FN void df_normal4(const uint32_t w[4], float z[4])
+{
+  df_box_muller(w[0], w[1], &z[0], &z[1]);
+  df_box_muller(w[2], w[3], &z[2], &z[3]);
+}
+
+/* element i of the uniform / normal stream (one block per call: loops that fill a whole tensor
+   use df_philox_block once per four elements instead) */
+DF_FN float df_rand_at(uint64_t seed, uint64_t stream, uint64_t i)
+{
+  uint32_t w[4];
+  df_philox_block(seed, stream, i >> 2, w);
+  return df_u01(w[i & 3]);
+}
+
+DF_FN float df_randn_at(uint64_t seed, uint64_t stream, uint64_t i)
+{
+  uint32_t w[4];
+  float z[4];
+  df_philox_block(seed, stream, i >> 2, w);
+  df_normal4(w, z);
+  return z[i & 3];
+}
+
+#endif

@@ -1,0 +1,136 @@
+/* l_diffuse.c: luaopen_diffuse_core, the native module behind `require "diffuse"`: devices,
+ * seeds, the summary line, and the hook through which diffuse.cuda registers its backend.
+ * Each userdata type has its own binding file (l_tensor.c, ...). */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include "l_util.h"
+#include "status.h"
+#include "dmath.h"
+
+int l_open_tensor(lua_State *L);
+
+/* diffuse.seed([n]): set the seed of all random streams (and restart them); without n, pick
+   one from the clock. Returns the seed. */
+static int d_seed(lua_State *L)
+{
+  const char *fname = "diffuse.seed";
+  uint64_t seed;
+  if (lua_isnoneornil(L, 1)) seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+  else seed = (uint64_t)l_checkint(L, 1, fname, "seed");
+  df_rng_seed(seed);
+  lua_pushinteger(L, (lua_Integer)seed);
+  return 1;
+}
+
+/* diffuse.rng_state() --> seed, stream; diffuse.set_rng_state(seed, stream): for resuming */
+static int d_rng_state(lua_State *L)
+{
+  uint64_t seed, stream;
+  df_rng_state(&seed, &stream);
+  lua_pushinteger(L, (lua_Integer)seed);
+  lua_pushinteger(L, (lua_Integer)stream);
+  return 2;
+}
+
+static int d_set_rng_state(lua_State *L)
+{
+  const char *fname = "diffuse.set_rng_state";
+  uint64_t seed = (uint64_t)l_checkint(L, 1, fname, "seed");
+  int64_t stream = l_checkint(L, 2, fname, "stream");
+  if (stream < 0) l_error(L, fname, "stream must be non-negative (got %lld)", (long long)stream);
+  df_rng_set_state(seed, (uint64_t)stream);
+  return 0;
+}
+
+/* diffuse.set_device("cuda", 0) | set_device("cuda:1") | set_device("cpu") */
+static int d_set_device(lua_State *L)
+{
+  const char *fname = "diffuse.set_device";
+  const char *name = l_checkstr(L, 1, fname, "device");
+  const df_backend *be;
+  int dev;
+  if (!lua_isnoneornil(L, 2)) {
+    int64_t idx = l_checkint(L, 2, fname, "index");
+    if (strchr(name, ':')) l_error(L, fname, "give the index either in the name or as argument 2");
+    if (idx < 0 || idx > 1024) l_error(L, fname, "index %lld out of range", (long long)idx);
+    lua_pushfstring(L, "%s:%d", name, (int)idx);
+    name = lua_tostring(L, -1);
+  }
+  l_parse_device(L, name, fname, &be, &dev);
+  l_check(L, df_set_current_device(be, dev), fname);
+  return 0;
+}
+
+static int d_get_device(lua_State *L)
+{
+  const df_backend *be;
+  int dev;
+  char buf[32];
+  df_current_device(&be, &dev);
+  lua_pushstring(L, df_device_str(be, dev, buf, sizeof buf));
+  return 1;
+}
+
+/* "Using device: cuda:0 (NVIDIA H200) with dtype: float32" */
+static int d_summary(lua_State *L)
+{
+  const df_backend *be;
+  int dev;
+  char buf[32], name[256];
+  df_current_device(&be, &dev);
+  l_check(L, be->device_name(dev, name, sizeof name), "diffuse.summary");
+  lua_pushfstring(L, "Using device: %s (%s) with dtype: float32",
+                  df_device_str(be, dev, buf, sizeof buf), name);
+  return 1;
+}
+
+/* diffuse.core.philox({c0, c1, c2, c3}, {k0, k1}) --> {r0, r1, r2, r3}: the raw generator,
+   for the known-answer tests */
+static int d_philox(lua_State *L)
+{
+  const char *fname = "diffuse.core.philox";
+  uint32_t ctr[4], key[2], out[4];
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  for (int i = 0; i < 4; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    ctr[i] = (uint32_t)l_checkint(L, -1, fname, "counter word");
+    lua_pop(L, 1);
+  }
+  for (int i = 0; i < 2; i++) {
+    lua_rawgeti(L, 2, i + 1);
+    key[i] = (uint32_t)l_checkint(L, -1, fname, "key word");
+    lua_pop(L, 1);
+  }
+  df_philox4x32_10(ctr, key, out);
+  lua_createtable(L, 4, 0);
+  for (int i = 0; i < 4; i++) {
+    lua_pushinteger(L, (lua_Integer)out[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+static int core_register(const df_backend *be) { return df_register_backend(be); }
+
+static const df_core_api core_api = { DF_CORE_ABI, core_register, df_fail };
+
+static const luaL_Reg funcs[] = {
+  { "seed", d_seed }, { "rng_state", d_rng_state }, { "set_rng_state", d_set_rng_state },
+  { "set_device", d_set_device }, { "get_device", d_get_device }, { "summary", d_summary },
+  { "philox", d_philox }, { NULL, NULL }
+};
+
+DF_EXPORT int luaopen_diffuse_core(lua_State *L)
+{
+  /* what a backend module (diffuse.cuda) needs to register itself */
+  lua_pushlightuserdata(L, (void *)&core_api);
+  lua_setfield(L, LUA_REGISTRYINDEX, "diffuse.core.api");
+  luaL_newlib(L, funcs);
+  l_open_tensor(L);
+  lua_setfield(L, -2, "tensor");
+  lua_pushinteger(L, DF_CORE_ABI);
+  lua_setfield(L, -2, "abi");
+  return 1;
+}
