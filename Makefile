@@ -22,7 +22,7 @@ LDLIBS      = -lm
 
 CORE_SRC  = $(wildcard native/*.c)
 CORE_HDR  = $(wildcard native/*.h)
-CUDA_SRC  = $(wildcard kernels/*.cu)
+CUDA_SRC  = $(wildcard kernels/*.cu kernels/*.c)
 CUDA_HDR  = $(wildcard kernels/*.h)
 LUA_SRC   = $(wildcard lua/diffuse/*.lua)
 
@@ -46,13 +46,38 @@ ifeq ($(WITH_CUDA),1)
   TARGETS += build/diffuse/cuda.so
 endif
 
-.PHONY: all test asan valgrind bench demo deps install clean check-cuda-headers
+.PHONY: all test test-cuda bench-cuda asan valgrind bench demo deps install clean check-cuda-headers
 
 all: $(TARGETS)
 
 build/diffuse/core.so: $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DF_CFLAGS) $(LIBFLAG) -o $@ $(CORE_SRC) $(LDLIBS)
+
+# ---- the CUDA module: kernels/*.cu by nvcc, kernels/*.c (its Lua binding) by cc ----------------
+# sm_90 code for the H200 plus compute_80 PTX that newer or other chips JIT-compile; no fma
+# contraction, so per-element results match the CPU build bit for bit
+CUDA_LIBDIR ?= $(if $(NVCC),$(realpath $(dir $(NVCC))/../lib64),$(CUDA_HOME)/lib64)
+NVCC_FLAGS  = -O3 -std=c++17 -fmad=false -Werror all-warnings \
+              -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80 \
+              -Xcompiler -fPIC,-Wall,-Wextra,-fvisibility=hidden -Inative -Ikernels
+CUDA_CU   = $(wildcard kernels/*.cu)
+CUDA_C    = $(wildcard kernels/*.c)
+CUDA_OBJ  = $(patsubst kernels/%.cu,build/cuda/%.o,$(CUDA_CU)) \
+            $(patsubst kernels/%.c,build/cuda/%.c.o,$(CUDA_C))
+
+build/cuda/%.o: kernels/%.cu $(CUDA_HDR) $(CORE_HDR)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c -o $@ $<
+
+build/cuda/%.c.o: kernels/%.c $(CUDA_HDR) $(CORE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DF_CFLAGS) -Ikernels -c -o $@ $<
+
+build/diffuse/cuda.so: $(CUDA_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBFLAG) -o $@ $(CUDA_OBJ) -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) \
+	  -lcublas -lcudart -lstdc++ -lm
 
 # ---- tests -------------------------------------------------------------------------------------
 test: all
@@ -73,6 +98,14 @@ asan: build-asan/diffuse/core.so
 valgrind: all
 	DIFFUSE_SANITIZED=1 valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	  --suppressions=spec/support/valgrind.supp $(LUA) spec/support/run_busted.lua --exclude-tags=nosan
+
+# The GPU check, as one command (../shared/gpu/README.md): the CUDA parity specs, then the GPU
+# benchmarks. On a machine without a usable GPU the specs are pending.
+test-cuda: all
+	$(BUSTED) --lua=$(LUA) spec/cuda_spec.lua
+
+bench-cuda: all
+	LUA_PATH='lua/?.lua;lua/?/init.lua;bench/?.lua;;' LUA_CPATH='build/?.so;;' $(LUA) bench/cuda.lua
 
 # ---- benchmarks and demo -----------------------------------------------------------------------
 bench: all

@@ -1,9 +1,11 @@
 /* l_diffuse.c: luaopen_diffuse_core, the native module behind `require "diffuse"`: devices,
  * seeds, the summary line, and the hook through which diffuse.cuda registers its backend.
  * Each userdata type has its own binding file (l_tensor.c, ...). */
+#define _POSIX_C_SOURCE 200112L
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include "l_util.h"
 #include "status.h"
 #include "dmath.h"
@@ -112,6 +114,14 @@ static int d_philox(lua_State *L)
   return 1;
 }
 
+/* diffuse.core.isatty(fd): whether stdout (1) or stderr (2) is a terminal (progress bars) */
+static int d_isatty(lua_State *L)
+{
+  int64_t fd = l_checkint(L, 1, "diffuse.core.isatty", "fd");
+  lua_pushboolean(L, fd >= 0 && fd <= 2 && isatty((int)fd));
+  return 1;
+}
+
 static int core_register(const df_backend *be) { return df_register_backend(be); }
 
 static const df_core_api core_api = { DF_CORE_ABI, core_register, df_fail };
@@ -119,7 +129,7 @@ static const df_core_api core_api = { DF_CORE_ABI, core_register, df_fail };
 static const luaL_Reg funcs[] = {
   { "seed", d_seed }, { "rng_state", d_rng_state }, { "set_rng_state", d_set_rng_state },
   { "set_device", d_set_device }, { "get_device", d_get_device }, { "summary", d_summary },
-  { "philox", d_philox }, { NULL, NULL }
+  { "philox", d_philox }, { "isatty", d_isatty }, { NULL, NULL }
 };
 
 DF_EXPORT int luaopen_diffuse_core(lua_State *L)
