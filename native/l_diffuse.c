@@ -122,6 +122,15 @@ static int d_isatty(lua_State *L)
   return 1;
 }
 
+/* diffuse.core.clock(): monotonic wall-clock seconds (progress bars, benchmarks) */
+static int d_clock(lua_State *L)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + 1e-9 * (lua_Number)ts.tv_nsec);
+  return 1;
+}
+
 static int core_register(const df_backend *be) { return df_register_backend(be); }
 
 static const df_core_api core_api = { DF_CORE_ABI, core_register, df_fail };
@@ -129,7 +138,8 @@ static const df_core_api core_api = { DF_CORE_ABI, core_register, df_fail };
 static const luaL_Reg funcs[] = {
   { "seed", d_seed }, { "rng_state", d_rng_state }, { "set_rng_state", d_set_rng_state },
   { "set_device", d_set_device }, { "get_device", d_get_device }, { "summary", d_summary },
-  { "philox", d_philox }, { "isatty", d_isatty }, { NULL, NULL }
+  { "philox", d_philox }, { "isatty", d_isatty },
+  { "clock", d_clock }, { NULL, NULL }
 };
 
 DF_EXPORT int luaopen_diffuse_core(lua_State *L)
