@@ -68,10 +68,11 @@ static int cpu_alloc(int dev, int64_t n, float **p)
       return df_fail(DF_ENOMEM, "out of memory: %.3g GB requested, %.3g GB available",
                      bytes / 1e9, avail / 1e9);
   }
-  void *q = NULL;
+  /* plain malloc: glibc then reuses freed large blocks instead of mapping fresh pages for each
+     (posix_memalign maps and faults every large block anew); vector loads need no alignment */
   size_t sz = (size_t)(n > 0 ? n : 1) * sizeof(float);
-  if (posix_memalign(&q, 64, sz) != 0 || q == NULL)
-    return df_fail(DF_ENOMEM, "out of memory allocating %.3g MB", (double)sz / 1e6);
+  float *q = (float *)malloc(sz);
+  if (q == NULL) return df_fail(DF_ENOMEM, "out of memory allocating %.3g MB", (double)sz / 1e6);
   *p = q;
   return DF_OK;
 }

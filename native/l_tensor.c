@@ -46,6 +46,7 @@ static df_tensor *new_on_current(lua_State *L, int nd, const int64_t *shape, con
   df_current_device(&be, &dev);
   df_tensor *t = l_newtensor(L);
   l_check(L, df_tensor_alloc(t, be, dev, nd, shape), fname);
+  l_gc_pressure(L, t->numel * 4);
   return t;
 }
 
@@ -142,6 +143,7 @@ static void new_shape(lua_State *L, int idx, const char *fname, int *nd, int64_t
 static void new_fill(lua_State *L, int idx, int d, int nd, const int64_t *shape, float *buf,
                      int64_t *pos, const char *fname)
 {
+  if (d >= DF_MAXDIM) return; /* cannot happen (d < nd); tells gcc the bound */
   if ((int64_t)lua_rawlen(L, idx) != shape[d])
     l_error(L, fname, "rows have different sizes at depth %d (%lld and %lld)", d + 1,
             (long long)lua_rawlen(L, idx), (long long)shape[d]);
@@ -192,12 +194,15 @@ static int arith(lua_State *L, int op, const char *fname)
   if (a && b) {
     df_tensor *out = l_newtensor(L);
     l_check(L, df_binary(out, op, a, b), fname);
+    l_gc_pressure(L, out->numel * 4);
   } else if (a && lua_type(L, 2) == LUA_TNUMBER) {
     df_tensor *out = l_newtensor(L);
     l_check(L, df_binary_scalar(out, op, a, (float)lua_tonumber(L, 2), 0), fname);
+    l_gc_pressure(L, out->numel * 4);
   } else if (b && lua_type(L, 1) == LUA_TNUMBER) {
     df_tensor *out = l_newtensor(L);
     l_check(L, df_binary_scalar(out, op, b, (float)lua_tonumber(L, 1), 1), fname);
+    l_gc_pressure(L, out->numel * 4);
   } else {
     l_error(L, fname, "expected tensors or numbers, one of them a tensor (got %s and %s)",
             luaL_typename(L, 1), luaL_typename(L, 2));
@@ -218,6 +223,7 @@ static int unary(lua_State *L, int op, const char *fname)
   df_tensor *a = l_checktensor(L, 1, fname, "argument 1");
   df_tensor *out = l_newtensor(L);
   l_check(L, df_unary(out, op, a), fname);
+  l_gc_pressure(L, out->numel * 4);
   return 1;
 }
 
@@ -266,6 +272,7 @@ static int reduce(lua_State *L, int op, const char *fname)
   df_tensor *out = l_newtensor(L);
   df_tensor *idx = with_idx ? l_newtensor(L) : NULL;
   l_check(L, df_reduce_dim(out, idx, a, op, dim, keepdim), fname);
+  l_gc_pressure(L, out->numel * (with_idx ? 8 : 4));
   return with_idx ? 2 : 1;
 }
 
@@ -285,6 +292,7 @@ static int t_matmul(lua_State *L)
   df_tensor *b = l_checktensor(L, 2, fname, "argument 2");
   df_tensor *out = l_newtensor(L);
   l_check(L, df_matmul(out, a, b), fname);
+  l_gc_pressure(L, out->numel * 4);
   return 1;
 }
 
@@ -362,6 +370,7 @@ static int t_clone(lua_State *L)
   df_tensor *a = l_checktensor(L, 1, fname, "argument 1");
   df_tensor *out = l_newtensor(L);
   l_check(L, df_tensor_like(out, a), fname);
+  l_gc_pressure(L, out->numel * 4);
   l_check(L, df_copy(out, a), fname);
   return 1;
 }
@@ -385,6 +394,7 @@ static int t_cat(lua_State *L)
   int dim = lua_isnoneornil(L, 2) ? 1 : check_dim(L, 2, ts[0], fname);
   df_tensor *out = l_newtensor(L);
   l_check(L, df_cat(out, (int)n, ts, dim), fname);
+  l_gc_pressure(L, out->numel * 4);
   (void)list;
   return 1;
 }
@@ -427,6 +437,7 @@ static int t_to(lua_State *L)
   }
   df_tensor *out = l_newtensor(L);
   l_check(L, df_to_device(out, a, be, dev), fname);
+  l_gc_pressure(L, out->numel * 4);
   return 1;
 }
 
@@ -441,6 +452,7 @@ static float read_one(lua_State *L, df_tensor *t, int64_t i, const char *fname)
 
 static void push_table(lua_State *L, const float *buf, int d, const df_tensor *t, int64_t *pos)
 {
+  if (d >= DF_MAXDIM) return; /* cannot happen (d < ndim); tells gcc the bound */
   lua_createtable(L, (int)(t->shape[d] < 1 << 30 ? t->shape[d] : 0), 0);
   for (int64_t i = 1; i <= t->shape[d]; i++) {
     if (d + 1 < t->ndim) push_table(L, buf, d + 1, t, pos);

@@ -112,6 +112,20 @@ int l_getopt(lua_State *L, int idx, const char *key)
   return lua_getfield(L, idx, key);
 }
 
+/* Lua's collector sees only the small userdata, not the tensor memory behind it, so a loop of
+   large temporaries would pile up gigabytes before a collection. Every new tensor therefore
+   advances the collector as if its bytes had been allocated by Lua (in steps of >= 1 MB). */
+void l_gc_pressure(lua_State *L, int64_t bytes)
+{
+  static int64_t pending = 0;
+  pending += bytes;
+  if (pending >= (1 << 20)) {
+    int kb = pending / 1024 > (1 << 30) ? 1 << 30 : (int)(pending / 1024);
+    pending = 0;
+    lua_gc(L, LUA_GCSTEP, kb);
+  }
+}
+
 df_tensor *l_newtensor(lua_State *L)
 {
   df_tensor *t = (df_tensor *)lua_newuserdatauv(L, sizeof(df_tensor), 1);
