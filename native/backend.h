@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "dmath.h"
 
 #define DF_MAXDIM 4
 
@@ -22,6 +23,21 @@ typedef struct df_bcast {
   int64_t sa[DF_MAXDIM], sb[DF_MAXDIM]; /* element strides of a and b, 0 on broadcast dims */
   int64_t n;                    /* output elements */
 } df_bcast;
+
+/* what diffuser_eval computes */
+enum { DF_G, DF_SIGMA, DF_SIGMA2 };
+
+/* stages of a step-by-step sampler update (sample_step), see the df_step_* rules in dmath.h */
+enum { DF_STAGE_EULER, DF_STAGE_EM, DF_STAGE_HEUN_PRED, DF_STAGE_HEUN_CORR };
+
+/* a sampler run: method, steps and the per-step coefficients computed on the host in double
+   (sampler.c); host arrays, which a device backend copies over */
+typedef struct df_plan {
+  int method;          /* DF_EULER, DF_EULER_MARUYAMA, DF_HEUN */
+  int64_t steps;
+  const float *sig2;   /* sigma(t_k)^2 for k = 0..steps, t_k = 1 - k / steps */
+  const float *c1, *c2; /* per step k < steps: the coefficients of dmath.h's df_step_* rules */
+} df_plan;
 
 typedef struct df_backend {
   const char *name;                                  /* "cpu", "cuda" */
@@ -56,6 +72,29 @@ typedef struct df_backend {
   int (*histogram)(int dev, const float *x, int64_t n, int64_t bins, double lo, double hi,
                    int64_t *counts);
   int (*sync)(int dev);
+
+  /* ---- diffusion (diffusion.h): NULL members mean "not on this device" ---- */
+  /* out[i] = g, sigma or sigma^2 of the diffuser at t[i] */
+  int (*diffuser_eval)(int dev, const df_diffuser *D, int what, float *out, const float *t,
+                       int64_t n);
+  /* out [rows, d] = score at x [rows, d]; m == NULL: the heat kernel from the origin, -x/sigma^2;
+     sigma^2 per row (sig2_rows) or one value for all (sig2_rows == NULL) */
+  int (*score_eval)(int dev, const df_mixture *m, float *out, const float *x,
+                    const float *sig2_rows, float sig2, int64_t rows, int d);
+  int (*mixture_logpdf)(int dev, const df_mixture *m, float *out, const float *x,
+                        const float *sig2_rows, float sig2, int64_t rows);
+  /* rows draws; the component from uniform stream su, the Gaussians from normal stream sz */
+  int (*mixture_sample)(int dev, const df_mixture *m, float *out, const float *sig2_rows,
+                        float sig2, int64_t rows, uint64_t seed, uint64_t su, uint64_t sz);
+  /* a whole sampler run with a native score (m == NULL: exact) in one call; x [rows, d] is
+     updated in place; rec_out[r] receives x after rec_k[r] steps */
+  int (*sample_fused)(int dev, const df_plan *p, const df_mixture *m, float *x, int64_t rows,
+                      int d, int nrec, const int64_t *rec_k, float *const *rec_out,
+                      uint64_t seed, uint64_t stream);
+  /* one stage of step k of a step-by-step run over n elements: EULER x += c1 s; EM x += c1 s +
+     c2 z; HEUN_PRED xp = x + c1 s; HEUN_CORR x += (c1 s + c2 s2) / 2 */
+  int (*sample_step)(int dev, int stage, float *x, float *xp, const float *s, const float *s2,
+                     float c1, float c2, int64_t n, int64_t k, uint64_t seed, uint64_t stream);
 } df_backend;
 
 /* what the core hands to a backend module (kernels/) when it loads: the ABI version it was

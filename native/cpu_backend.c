@@ -11,6 +11,7 @@
 #include "status.h"
 #include "backend.h"
 #include "dmath.h"
+#include "cpu.h"
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -151,6 +152,7 @@ static int cpu_unary(int dev, int op, float *out, const float *a, int64_t n)
   case DF_SIGMOID: unary_loop(DF_SIGMOID, out, a, n); break;
   case DF_RELU: unary_loop(DF_RELU, out, a, n); break;
   case DF_GELU: unary_loop(DF_GELU, out, a, n); break;
+  case DF_NORMCDF: unary_loop(DF_NORMCDF, out, a, n); break;
   default: return df_fail(DF_EARG, "unknown unary op %d", op);
   }
   return DF_OK;
@@ -380,4 +382,10 @@ const df_backend df_cpu_backend = {
   .matmul = cpu_matmul,
   .histogram = cpu_histogram,
   .sync = cpu_sync,
+  .diffuser_eval = cpu_diffuser_eval,
+  .score_eval = cpu_score_eval,
+  .mixture_logpdf = cpu_mixture_logpdf,
+  .mixture_sample = cpu_mixture_sample,
+  .sample_fused = cpu_sample_fused,
+  .sample_step = cpu_sample_step,
 };

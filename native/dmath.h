@@ -26,7 +26,7 @@ enum { DF_ADD, DF_SUB, DF_MUL, DF_DIV, DF_POW, DF_MAXIMUM, DF_MINIMUM, DF_NBINAR
 
 enum {
   DF_NEG, DF_EXP, DF_LOG, DF_SQRT, DF_ABS, DF_SIN, DF_COS, DF_TANH, DF_SILU, DF_SQUARE,
-  DF_SIGMOID, DF_RELU, DF_GELU, DF_NUNARY
+  DF_SIGMOID, DF_RELU, DF_GELU, DF_NORMCDF, DF_NUNARY
 };
 
 /* ---- bit casts -------------------------------------------------------------------------- */
@@ -193,6 +193,9 @@ DF_FN float df_geluf(float x)
   return 0.5f * x * (1.0f + df_tanhf(u));
 }
 
+/* the standard normal CDF, through erfc in double (the tails keep their relative accuracy) */
+DF_FN float df_normcdff(float x) { return (float)(0.5 * erfc(-0.70710678118654752 * (double)x)); }
+
 /* ---- elementwise op dispatch ------------------------------------------------------------- */
 
 DF_FN float df_unary_apply(int op, float x)
@@ -211,6 +214,7 @@ DF_FN float df_unary_apply(int op, float x)
   case DF_SIGMOID: return df_sigmoidf(x);
   case DF_RELU: return df_reluf(x);
   case DF_GELU: return df_geluf(x);
+  case DF_NORMCDF: return df_normcdff(x);
   default: return NAN;
   }
 }
@@ -288,10 +292,120 @@ DF_FN float df_rand_at(uint64_t seed, uint64_t stream, uint64_t i)
 DF_FN float df_randn_at(uint64_t seed, uint64_t stream, uint64_t i)
 {
   uint32_t w[4];
-  float z[4];
+  float z0, z1;
   df_philox_block(seed, stream, i >> 2, w);
-  df_normal4(w, z);
-  return z[i & 3];
+  int pair = (int)(i & 2); /* only the Box-Muller pair this element needs */
+  df_box_muller(w[pair], w[pair + 1], &z0, &z1);
+  return (i & 1) ? z1 : z0;
 }
+
+/* ---- diffusers: g(t) and sigma(t)^2 --------------------------------------------------------- */
+
+enum { DF_VE, DF_POWER };
+
+/* a diffuser's parameters; VE: g = kappa^t, sigma^2 = (kappa^(2t) - 1) / (2 ln kappa) (t at
+   kappa = 1); POWER: g = kappa t^alpha, sigma^2 = kappa^2 t^(2 alpha + 1) / (2 alpha + 1) */
+typedef struct df_diffuser {
+  int kind;
+  double kappa, alpha, lnk; /* lnk = ln kappa */
+} df_diffuser;
+
+DF_FN float df_diffuser_g(const df_diffuser *D, float t)
+{
+  if (D->kind == DF_VE) return df_expf(t * (float)D->lnk);
+  float a = (float)D->alpha;
+  float ta = t > 0.0f ? df_expf(a * df_logf(t)) : (a == 0.0f ? 1.0f : (a > 0.0f ? 0.0f : INFINITY));
+  return (float)D->kappa * ta;
+}
+
+DF_FN float df_diffuser_sigma2(const df_diffuser *D, float t)
+{
+  if (D->kind == DF_VE) {
+    float l = (float)D->lnk;
+    return l == 0.0f ? t : df_expm1f(2.0f * t * l) / (2.0f * l); /* expm1 keeps kappa ~ 1 exact */
+  }
+  float p = (float)(2.0 * D->alpha + 1.0), k = (float)D->kappa;
+  return t > 0.0f ? k * k * df_expf(p * df_logf(t)) / p : 0.0f;
+}
+
+/* ---- Gaussian mixtures carried by the heat flow ------------------------------------------- */
+
+/* K isotropic components in R^d: log weights (normalised), means [K*d], variances at t = 0.
+   At time t each variance grows by sigma(t)^2. */
+typedef struct df_mixture {
+  int k, d;
+  const float *logw, *mu, *var0;
+} df_mixture;
+
+/* log N(x; mu_j, v_j I) + log w_j, without the -d/2 log(2 pi) */
+DF_FN float df_mixture_logterm(const df_mixture *m, int j, float sig2, const float *x)
+{
+  float v = m->var0[j] + sig2, r2 = 0.0f;
+  for (int c = 0; c < m->d; c++) {
+    float e = x[c] - m->mu[j * m->d + c];
+    r2 += e * e;
+  }
+  return m->logw[j] - 0.5f * (float)m->d * df_logf(v) - r2 / (2.0f * v);
+}
+
+/* the exact score of the mixture at sigma(t)^2 = sig2 for one row x[0..d): a responsibility-
+   weighted sum of the component scores, responsibilities by log-sum-exp so no term overflows */
+DF_FN void df_mixture_score_row(const df_mixture *m, float sig2, const float *x, float *out)
+{
+  float lmax = -INFINITY, z = 0.0f;
+  for (int j = 0; j < m->k; j++) {
+    float l = df_mixture_logterm(m, j, sig2, x);
+    lmax = l > lmax ? l : lmax;
+  }
+  for (int c = 0; c < m->d; c++) out[c] = 0.0f;
+  for (int j = 0; j < m->k; j++) {
+    float e = df_expf(df_mixture_logterm(m, j, sig2, x) - lmax), v = m->var0[j] + sig2;
+    z += e;
+    for (int c = 0; c < m->d; c++) out[c] += e * ((m->mu[j * m->d + c] - x[c]) / v);
+  }
+  for (int c = 0; c < m->d; c++) out[c] /= z;
+}
+
+DF_FN float df_mixture_logpdf_row(const df_mixture *m, float sig2, const float *x)
+{
+  float lmax = -INFINITY, z = 0.0f;
+  for (int j = 0; j < m->k; j++) {
+    float l = df_mixture_logterm(m, j, sig2, x);
+    lmax = l > lmax ? l : lmax;
+  }
+  for (int j = 0; j < m->k; j++) z += df_expf(df_mixture_logterm(m, j, sig2, x) - lmax);
+  return lmax + df_logf(z) - 0.918938533204672742f * (float)m->d; /* log(2 pi) / 2 */
+}
+
+/* one draw of row i at sigma^2 = sig2: the component from a uniform u, then mean + sd * z */
+DF_FN void df_mixture_sample_row(const df_mixture *m, float sig2, float u, const float *z,
+                                 float *out)
+{
+  int j = 0;
+  float acc = df_expf(m->logw[0]);
+  while (j + 1 < m->k && u >= acc) acc += df_expf(m->logw[++j]);
+  float sd = sqrtf(m->var0[j] + sig2);
+  for (int c = 0; c < m->d; c++) out[c] = m->mu[j * m->d + c] + sd * z[c];
+}
+
+/* ---- reverse-time update rules (t runs from 1 to 0 in steps of dt) -------------------------- */
+
+enum { DF_EULER, DF_EULER_MARUYAMA, DF_HEUN };
+
+/* probability-flow ODE, Euler: x + 0.5 g^2 s dt, with c = 0.5 g^2 dt */
+DF_FN float df_step_euler(float x, float s, float c) { return x + c * s; }
+/* reverse SDE, Euler-Maruyama: x + g^2 s dt + g sqrt(dt) z, with c1 = g^2 dt, c2 = g sqrt(dt) */
+DF_FN float df_step_em(float x, float s, float c1, float c2, float z) { return (x + c1 * s) + c2 * z; }
+/* Heun's corrector: x + (dt/2) (0.5 g_k^2 s + 0.5 g_{k+1}^2 s'), with c1 = 0.5 g_k^2 dt and
+   c2 = 0.5 g_{k+1}^2 dt (the predictor is df_step_euler with c1) */
+DF_FN float df_step_heun(float x, float s, float s2, float c1, float c2)
+{
+  return x + 0.5f * (c1 * s + c2 * s2);
+}
+
+/* the Gaussian of element i (of n) at step k of a reverse-SDE run: normal number k * n + i of the
+   run's stream, so the noise is the same for the fused and the step-by-step paths, and the four
+   elements of one Philox block are neighbours within a step */
+DF_FN uint64_t df_noise_index(uint64_t i, uint64_t k, uint64_t n) { return k * n + i; }
 
 #endif

@@ -9,6 +9,7 @@
 #include "l_util.h"
 #include "status.h"
 #include "dmath.h"
+#include "l_diffusion.h"
 
 int l_open_tensor(lua_State *L);
 
@@ -150,6 +151,7 @@ DF_EXPORT int luaopen_diffuse_core(lua_State *L)
   luaL_newlib(L, funcs);
   l_open_tensor(L);
   lua_setfield(L, -2, "tensor");
+  l_open_diffusion(L);
   lua_pushinteger(L, DF_CORE_ABI);
   lua_setfield(L, -2, "abi");
   return 1;

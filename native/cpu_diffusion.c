@@ -1,0 +1,186 @@
+/* cpu_diffusion.c: the CPU backend's diffusion operations: diffuser values, native scores,
+ * mixture densities and draws, and the samplers. A fused run keeps a tile of elements in L1
+ * for all steps (one pass over memory), with the update rules of dmath.h. */
+#include <string.h>
+#include "status.h"
+#include "cpu.h"
+
+#define TILE 256        /* elements of one fused tile */
+#define MIX_MAXD 64     /* widest mixture row the CPU loops keep on the stack */
+
+int cpu_diffuser_eval(int dev, const df_diffuser *D, int what, float *out, const float *t,
+                      int64_t n)
+{
+  (void)dev;
+  for (int64_t i = 0; i < n; i++) {
+    float v = what == DF_G ? df_diffuser_g(D, t[i]) : df_diffuser_sigma2(D, t[i]);
+    out[i] = what == DF_SIGMA ? sqrtf(v) : v;
+  }
+  return DF_OK;
+}
+
+int cpu_score_eval(int dev, const df_mixture *m, float *out, const float *x,
+                   const float *sig2_rows, float sig2, int64_t rows, int d)
+{
+  (void)dev;
+  if (m && d > MIX_MAXD) return df_fail(DF_EARG, "mixtures live in at most R^%d", MIX_MAXD);
+  for (int64_t i = 0; i < rows; i++) {
+    float s2 = sig2_rows ? sig2_rows[i] : sig2;
+    if (m) {
+      df_mixture_score_row(m, s2, x + i * d, out + i * d);
+    } else {
+      for (int c = 0; c < d; c++) out[i * d + c] = -x[i * d + c] / s2;
+    }
+  }
+  return DF_OK;
+}
+
+int cpu_mixture_logpdf(int dev, const df_mixture *m, float *out, const float *x,
+                       const float *sig2_rows, float sig2, int64_t rows)
+{
+  (void)dev;
+  for (int64_t i = 0; i < rows; i++)
+    out[i] = df_mixture_logpdf_row(m, sig2_rows ? sig2_rows[i] : sig2, x + i * m->d);
+  return DF_OK;
+}
+
+int cpu_mixture_sample(int dev, const df_mixture *m, float *out, const float *sig2_rows,
+                       float sig2, int64_t rows, uint64_t seed, uint64_t su, uint64_t sz)
+{
+  (void)dev;
+  float z[MIX_MAXD];
+  if (m->d > MIX_MAXD) return df_fail(DF_EARG, "mixtures live in at most R^%d", MIX_MAXD);
+  for (int64_t i = 0; i < rows; i++) {
+    for (int c = 0; c < m->d; c++) z[c] = df_randn_at(seed, sz, (uint64_t)(i * m->d + c));
+    df_mixture_sample_row(m, sig2_rows ? sig2_rows[i] : sig2, df_rand_at(seed, su, (uint64_t)i),
+                          z, out + i * m->d);
+  }
+  return DF_OK;
+}
+
+/* normals number base .. base + m - 1 of a stream, one Philox block per four */
+static void normals(uint64_t seed, uint64_t stream, uint64_t base, int64_t m, float *z)
+{
+  uint64_t b0 = base >> 2, b1 = (base + (uint64_t)m - 1) >> 2;
+  for (uint64_t b = b0; b <= b1; b++) {
+    uint32_t w[4];
+    float q[4];
+    df_philox_block(seed, stream, b, w);
+    df_normal4(w, q);
+    for (int l = 0; l < 4; l++) {
+      int64_t j = (int64_t)(b * 4 + (uint64_t)l - base);
+      if (j >= 0 && j < m) z[j] = q[l];
+    }
+  }
+}
+
+static void record_tile(int64_t k, int nrec, const int64_t *rec_k, float *const *rec_out,
+                        int64_t at, const float *t, int64_t m)
+{
+  for (int r = 0; r < nrec; r++)
+    if (rec_k[r] == k) memcpy(rec_out[r] + at, t, (size_t)m * sizeof(float));
+}
+
+/* the exact score -x / sigma^2: every element on its own, a tile at a time */
+static void fused_exact(const df_plan *p, float *x, int64_t n, int nrec, const int64_t *rec_k,
+                        float *const *rec_out, uint64_t seed, uint64_t stream)
+{
+  const int64_t steps = p->steps;
+  float t[TILE], z[TILE];
+  for (int64_t i0 = 0; i0 < n; i0 += TILE) {
+    int64_t m = n - i0 < TILE ? n - i0 : TILE;
+    memcpy(t, x + i0, (size_t)m * sizeof(float));
+    for (int64_t k = 0; k < steps; k++) {
+      float s2 = p->sig2[k], c1 = p->c1[k], c2 = p->c2[k];
+      record_tile(k, nrec, rec_k, rec_out, i0, t, m);
+      if (p->method == DF_EULER || (p->method == DF_HEUN && k == steps - 1)) {
+        for (int64_t j = 0; j < m; j++) t[j] = df_step_euler(t[j], -t[j] / s2, c1);
+      } else if (p->method == DF_EULER_MARUYAMA) {
+        normals(seed, stream, df_noise_index((uint64_t)i0, (uint64_t)k, (uint64_t)n), m, z);
+        for (int64_t j = 0; j < m; j++) t[j] = df_step_em(t[j], -t[j] / s2, c1, c2, z[j]);
+      } else {
+        float s2n = p->sig2[k + 1];
+        for (int64_t j = 0; j < m; j++) {
+          float s = -t[j] / s2, xp = df_step_euler(t[j], s, c1);
+          t[j] = df_step_heun(t[j], s, -xp / s2n, c1, c2);
+        }
+      }
+    }
+    record_tile(steps, nrec, rec_k, rec_out, i0, t, m);
+    memcpy(x + i0, t, (size_t)m * sizeof(float));
+  }
+}
+
+/* a mixture score: one row of d values at a time */
+static void fused_mixture(const df_plan *p, const df_mixture *mix, float *x, int64_t rows, int d,
+                          int nrec, const int64_t *rec_k, float *const *rec_out, uint64_t seed,
+                          uint64_t stream)
+{
+  const int64_t steps = p->steps, n = rows * d;
+  float xr[MIX_MAXD], s[MIX_MAXD], xp[MIX_MAXD], sp[MIX_MAXD];
+  for (int64_t i = 0; i < rows; i++) {
+    memcpy(xr, x + i * d, (size_t)d * sizeof(float));
+    for (int64_t k = 0; k < steps; k++) {
+      float c1 = p->c1[k], c2 = p->c2[k];
+      record_tile(k, nrec, rec_k, rec_out, i * d, xr, d);
+      df_mixture_score_row(mix, p->sig2[k], xr, s);
+      if (p->method == DF_EULER || (p->method == DF_HEUN && k == steps - 1)) {
+        for (int c = 0; c < d; c++) xr[c] = df_step_euler(xr[c], s[c], c1);
+      } else if (p->method == DF_EULER_MARUYAMA) {
+        for (int c = 0; c < d; c++) {
+          uint64_t e = (uint64_t)(i * d + c);
+          float z = df_randn_at(seed, stream, df_noise_index(e, (uint64_t)k, (uint64_t)n));
+          xr[c] = df_step_em(xr[c], s[c], c1, c2, z);
+        }
+      } else {
+        for (int c = 0; c < d; c++) xp[c] = df_step_euler(xr[c], s[c], c1);
+        df_mixture_score_row(mix, p->sig2[k + 1], xp, sp);
+        for (int c = 0; c < d; c++) xr[c] = df_step_heun(xr[c], s[c], sp[c], c1, c2);
+      }
+    }
+    record_tile(steps, nrec, rec_k, rec_out, i * d, xr, d);
+    memcpy(x + i * d, xr, (size_t)d * sizeof(float));
+  }
+}
+
+int cpu_sample_fused(int dev, const df_plan *p, const df_mixture *m, float *x, int64_t rows,
+                     int d, int nrec, const int64_t *rec_k, float *const *rec_out, uint64_t seed,
+                     uint64_t stream)
+{
+  (void)dev;
+  if (!m) {
+    fused_exact(p, x, rows * d, nrec, rec_k, rec_out, seed, stream);
+    return DF_OK;
+  }
+  if (d > MIX_MAXD) return df_fail(DF_EARG, "mixtures live in at most R^%d", MIX_MAXD);
+  fused_mixture(p, m, x, rows, d, nrec, rec_k, rec_out, seed, stream);
+  return DF_OK;
+}
+
+int cpu_sample_step(int dev, int stage, float *x, float *xp, const float *s, const float *s2,
+                    float c1, float c2, int64_t n, int64_t k, uint64_t seed, uint64_t stream)
+{
+  (void)dev;
+  float z[TILE];
+  switch (stage) {
+  case DF_STAGE_EULER:
+    for (int64_t i = 0; i < n; i++) x[i] = df_step_euler(x[i], s[i], c1);
+    break;
+  case DF_STAGE_EM:
+    for (int64_t i0 = 0; i0 < n; i0 += TILE) {
+      int64_t m = n - i0 < TILE ? n - i0 : TILE;
+      normals(seed, stream, df_noise_index((uint64_t)i0, (uint64_t)k, (uint64_t)n), m, z);
+      for (int64_t j = 0; j < m; j++) x[i0 + j] = df_step_em(x[i0 + j], s[i0 + j], c1, c2, z[j]);
+    }
+    break;
+  case DF_STAGE_HEUN_PRED:
+    for (int64_t i = 0; i < n; i++) xp[i] = df_step_euler(x[i], s[i], c1);
+    break;
+  case DF_STAGE_HEUN_CORR:
+    for (int64_t i = 0; i < n; i++) x[i] = df_step_heun(x[i], s[i], s2[i], c1, c2);
+    break;
+  default:
+    return df_fail(DF_EARG, "unknown sampler stage %d", stage);
+  }
+  return DF_OK;
+}

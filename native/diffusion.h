@@ -1,0 +1,71 @@
+/* diffusion.h: the diffusion part of the core: diffusers (g, sigma, forward noising), the
+ * Euclidean heat kernel, score sources and reverse-time samplers. Device work goes through the
+ * backend table (backend.h); per-element formulas live in dmath.h. */
+#ifndef DF_DIFFUSION_H
+#define DF_DIFFUSION_H
+
+#include "tensor.h"
+
+/* ---- diffusers ------------------------------------------------------------------------- */
+
+int df_diffuser_ve(df_diffuser *D, double kappa);
+int df_diffuser_power(df_diffuser *D, double kappa, double alpha);
+/* g(t) and sigma(t)^2 on the host, in double (sampler coefficients, scalar queries) */
+double df_diffuser_g_host(const df_diffuser *D, double t);
+double df_diffuser_sigma2_host(const df_diffuser *D, double t);
+/* out[i] = g, sigma or sigma^2 at t[i] (what: DF_G, DF_SIGMA, DF_SIGMA2) */
+int df_diffuser_eval(df_tensor *out, const df_diffuser *D, int what, const df_tensor *t);
+/* x_t = x0 + sigma(t) eta: t one time (t == NULL: t0) or one per row of x0 */
+int df_diffuse(df_tensor *out, const df_diffuser *D, const df_tensor *x0, const df_tensor *t,
+               double t0);
+/* n draws from the prior at t = 1: sigma(1) * N(0, I_d) */
+int df_prior(df_tensor *out, const df_diffuser *D, int64_t n, int64_t d);
+/* t must be finite and >= 0 */
+int df_check_times(const df_tensor *t);
+
+/* ---- the heat kernel N(0, w^2 I) in R^d: x is [B, d], w one width (w == NULL: w0) or [B] --- */
+
+int df_heat_log_density(df_tensor *out, const df_tensor *x, const df_tensor *w, double w0);
+int df_heat_density(df_tensor *out, const df_tensor *x, const df_tensor *w, double w0);
+int df_heat_score(df_tensor *out, const df_tensor *x, const df_tensor *w, double w0);
+int df_heat_cdf(df_tensor *out, const df_tensor *x, const df_tensor *w, double w0); /* d = 1 */
+int df_heat_sample(df_tensor *out, int64_t n, int64_t d, const df_tensor *w, double w0);
+
+/* ---- score sources ----------------------------------------------------------------------- */
+
+enum { DF_SCORE_EXACT, DF_SCORE_MIXTURE, DF_SCORE_CALLBACK };
+
+/* What a sampler evaluates. EXACT and MIXTURE are native: a sampler runs them fused on the
+   device. CALLBACK is anything else (a Lua function, a network): the sampler calls eval with
+   x and the time, and eval fills `out` (released on entry) with s(x, t). */
+typedef struct df_score_src {
+  int kind;
+  df_diffuser diff;
+  df_mixture mix; /* MIXTURE: host arrays owned by whoever made the source */
+  int (*eval)(void *ctx, df_tensor *out, const df_tensor *x, float t);
+  void *ctx;
+} df_score_src;
+
+/* s(x, t) for a native source: t one time (t == NULL: t0) or one per row of x */
+int df_score_eval(df_tensor *out, const df_score_src *src, const df_tensor *x,
+                  const df_tensor *t, double t0);
+/* the mixture's log-density at time t (per row of x [B, d]) and n draws at time t0 */
+int df_mixture_log_density(df_tensor *out, const df_score_src *src, const df_tensor *x,
+                           const df_tensor *t, double t0);
+int df_mixture_sample(df_tensor *out, const df_score_src *src, int64_t n, double t0);
+
+/* ---- samplers ---------------------------------------------------------------------------- */
+
+typedef struct df_sampler {
+  df_diffuser diff;
+  int method;     /* DF_EULER, DF_EULER_MARUYAMA, DF_HEUN */
+  int64_t steps;
+  int64_t nfe;    /* score evaluations of the last run */
+} df_sampler;
+
+/* Run from t = 1 to 0 on x (x1 on entry, x0 on return, in place). rec[r] (released on entry)
+   receives x after rec_k[r] steps, i.e. at t = 1 - rec_k[r] / steps. */
+int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nrec,
+                   const int64_t *rec_k, df_tensor *const *rec);
+
+#endif

@@ -1,0 +1,571 @@
+/* l_diffusion.c: the Lua face of the diffusion core: diffuse.heat, the diffuser userdata
+ * (diffuse.ve, diffuse.power), score sources (diffuse.score.exact, .mixture, and Lua functions)
+ * and the sampler userdata (diffuse.sampler). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "l_util.h"
+#include "status.h"
+#include "diffusion.h"
+#include "l_diffusion.h"
+
+#define MIX_MAXD 64
+
+/* ---- diffusers -------------------------------------------------------------------------- */
+
+df_diffuser *l_checkdiffuser(lua_State *L, int idx, const char *fname, const char *what)
+{
+  df_diffuser *D = (df_diffuser *)luaL_testudata(L, idx, DF_DIFFUSER_MT);
+  if (!D) l_error(L, fname, "%s must be a diffuser (diffuse.ve or diffuse.power), got %s", what,
+                  luaL_typename(L, idx));
+  return D;
+}
+
+static int d_ve(lua_State *L)
+{
+  const char *fname = "diffuse.ve";
+  double kappa = l_checknum(L, 1, fname, "kappa");
+  df_diffuser *D = (df_diffuser *)lua_newuserdatauv(L, sizeof *D, 0);
+  l_check(L, df_diffuser_ve(D, kappa), fname);
+  luaL_setmetatable(L, DF_DIFFUSER_MT);
+  return 1;
+}
+
+static int d_power(lua_State *L)
+{
+  const char *fname = "diffuse.power";
+  double kappa = l_checknum(L, 1, fname, "kappa"), alpha = l_checknum(L, 2, fname, "alpha");
+  df_diffuser *D = (df_diffuser *)lua_newuserdatauv(L, sizeof *D, 0);
+  l_check(L, df_diffuser_power(D, kappa, alpha), fname);
+  luaL_setmetatable(L, DF_DIFFUSER_MT);
+  return 1;
+}
+
+static double check_time(lua_State *L, int idx, const char *fname)
+{
+  double t = l_checknum(L, idx, fname, "t");
+  if (!(t >= 0.0) || !isfinite(t)) l_error(L, fname, "t must be finite and non-negative (got %g)", t);
+  return t;
+}
+
+/* ve:g(t), ve:sigma(t): t a number (a number back) or a tensor (a tensor back) */
+static int diffuser_value(lua_State *L, int what, const char *fname)
+{
+  df_diffuser *D = l_checkdiffuser(L, 1, fname, "self");
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    double t = check_time(L, 2, fname);
+    double v = what == DF_G ? df_diffuser_g_host(D, t) : df_diffuser_sigma2_host(D, t);
+    lua_pushnumber(L, what == DF_SIGMA ? sqrt(v) : v);
+    return 1;
+  }
+  df_tensor *t = l_checktensor(L, 2, fname, "t");
+  df_tensor *out = l_newtensor(L);
+  l_check(L, df_diffuser_eval(out, D, what, t), fname);
+  return 1;
+}
+
+static int df_g(lua_State *L) { return diffuser_value(L, DF_G, "diffuse.diffuser.g"); }
+static int df_sigma(lua_State *L) { return diffuser_value(L, DF_SIGMA, "diffuse.diffuser.sigma"); }
+static int df_sigma2(lua_State *L) { return diffuser_value(L, DF_SIGMA2, "diffuse.diffuser.sigma2"); }
+
+/* ve:diffuse(x0, t): x0 + sigma(t) eta, t a number or one time per row */
+static int df_diffuse_l(lua_State *L)
+{
+  const char *fname = "diffuse.diffuser.diffuse";
+  df_diffuser *D = l_checkdiffuser(L, 1, fname, "self");
+  df_tensor *x0 = l_checktensor(L, 2, fname, "x0");
+  df_tensor *t = NULL;
+  double t0 = 0.0;
+  if (lua_type(L, 3) == LUA_TNUMBER) t0 = check_time(L, 3, fname);
+  else t = l_checktensor(L, 3, fname, "t");
+  df_tensor *out = l_newtensor(L);
+  l_check(L, df_diffuse(out, D, x0, t, t0), fname);
+  l_gc_pressure(L, out->numel * 4);
+  return 1;
+}
+
+/* ve:prior(n [, d]): n draws at t = 1 */
+static int df_prior_l(lua_State *L)
+{
+  const char *fname = "diffuse.diffuser.prior";
+  df_diffuser *D = l_checkdiffuser(L, 1, fname, "self");
+  int64_t n = l_checkint(L, 2, fname, "n"), d = l_optint(L, 3, 1, fname, "d");
+  if (n < 0 || d < 1) l_error(L, fname, "n must be >= 0 and d >= 1 (got %lld and %lld)",
+                              (long long)n, (long long)d);
+  df_tensor *out = l_newtensor(L);
+  l_check(L, df_prior(out, D, n, d), fname);
+  l_gc_pressure(L, out->numel * 4);
+  return 1;
+}
+
+static int df_index(lua_State *L)
+{
+  df_diffuser *D = l_checkdiffuser(L, 1, "diffuse.diffuser", "self");
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "kappa") == 0) lua_pushnumber(L, D->kappa);
+  else if (k && strcmp(k, "alpha") == 0 && D->kind == DF_POWER) lua_pushnumber(L, D->alpha);
+  else if (k && strcmp(k, "kind") == 0) lua_pushstring(L, D->kind == DF_VE ? "ve" : "power");
+  else {
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
+  }
+  return 1;
+}
+
+static int df_tostring(lua_State *L)
+{
+  df_diffuser *D = l_checkdiffuser(L, 1, "diffuse.diffuser", "self");
+  if (D->kind == DF_VE) lua_pushfstring(L, "diffuse.ve(%f): g(t) = kappa^t, sigma(1) = %f",
+                                        D->kappa, sqrt(df_diffuser_sigma2_host(D, 1.0)));
+  else lua_pushfstring(L, "diffuse.power(%f, %f): g(t) = kappa t^alpha, sigma(1) = %f", D->kappa,
+                       D->alpha, sqrt(df_diffuser_sigma2_host(D, 1.0)));
+  return 1;
+}
+
+/* ---- the heat kernel ------------------------------------------------------------------------ */
+
+/* width: a number or a tensor of one width per row */
+static df_tensor *heat_width(lua_State *L, int idx, const char *fname, double *w0)
+{
+  if (lua_type(L, idx) == LUA_TNUMBER) {
+    *w0 = lua_tonumber(L, idx);
+    return NULL;
+  }
+  if (!l_totensor(L, idx))
+    l_error(L, fname, "width must be a number or a tensor (got %s)", luaL_typename(L, idx));
+  return l_totensor(L, idx);
+}
+
+static int heat_fn(lua_State *L, int (*fn)(df_tensor *, const df_tensor *, const df_tensor *, double),
+                   const char *fname)
+{
+  df_tensor *x = l_checktensor(L, 1, fname, "x");
+  double w0 = 0.0;
+  df_tensor *w = heat_width(L, 2, fname, &w0);
+  df_tensor *out = l_newtensor(L);
+  l_check(L, fn(out, x, w, w0), fname);
+  l_gc_pressure(L, out->numel * 4);
+  return 1;
+}
+
+static int h_density(lua_State *L) { return heat_fn(L, df_heat_density, "diffuse.heat.density"); }
+static int h_log_density(lua_State *L) { return heat_fn(L, df_heat_log_density, "diffuse.heat.log_density"); }
+static int h_score(lua_State *L) { return heat_fn(L, df_heat_score, "diffuse.heat.score"); }
+static int h_cdf(lua_State *L) { return heat_fn(L, df_heat_cdf, "diffuse.heat.cdf"); }
+
+static int h_sample(lua_State *L)
+{
+  const char *fname = "diffuse.heat.sample";
+  int64_t n = l_checkint(L, 1, fname, "n");
+  double w0 = 0.0;
+  df_tensor *w = heat_width(L, 2, fname, &w0);
+  int64_t d = l_optint(L, 3, 1, fname, "d");
+  if (n < 0 || d < 1) l_error(L, fname, "n must be >= 0 and d >= 1 (got %lld and %lld)",
+                              (long long)n, (long long)d);
+  df_tensor *out = l_newtensor(L);
+  l_check(L, df_heat_sample(out, n, d, w, w0), fname);
+  l_gc_pressure(L, out->numel * 4);
+  return 1;
+}
+
+/* ---- score sources ---------------------------------------------------------------------------- */
+
+static l_score *new_score(lua_State *L, int kind, const df_diffuser *D)
+{
+  l_score *s = (l_score *)lua_newuserdatauv(L, sizeof *s, 1);
+  memset(s, 0, sizeof *s);
+  luaL_setmetatable(L, DF_SCORE_MT);
+  s->src.kind = kind;
+  s->src.diff = *D;
+  return s;
+}
+
+l_score *l_checkscore(lua_State *L, int idx, const char *fname, const char *what)
+{
+  l_score *s = (l_score *)luaL_testudata(L, idx, DF_SCORE_MT);
+  if (!s) l_error(L, fname, "%s must be a score source (got %s)", what, luaL_typename(L, idx));
+  return s;
+}
+
+static int s_exact(lua_State *L)
+{
+  const char *fname = "diffuse.score.exact";
+  df_diffuser *D = l_checkdiffuser(L, 1, fname, "diffuser");
+  new_score(L, DF_SCORE_EXACT, D);
+  return 1;
+}
+
+/* reads a list of K numbers from field `key` of the table at idx */
+static int mix_list(lua_State *L, int idx, const char *key, const char *fname)
+{
+  if (lua_getfield(L, idx, key) != LUA_TTABLE)
+    l_error(L, fname, "%s must be a list (got %s)", key, luaL_typename(L, -1));
+  return (int)lua_rawlen(L, -1);
+}
+
+/* diffuse.score.mixture(diffuser, {weights = {...}, means = {...}, stds = {...}}) */
+static int s_mixture(lua_State *L)
+{
+  const char *fname = "diffuse.score.mixture";
+  static const char *const opts[] = { "weights", "means", "stds", NULL };
+  df_diffuser *D = l_checkdiffuser(L, 1, fname, "diffuser");
+  if (!lua_istable(L, 2)) l_error(L, fname, "expected {weights = ..., means = ..., stds = ...}");
+  l_checkopts(L, 2, fname, opts);
+  int k = mix_list(L, 2, "weights", fname);
+  if (k < 1 || k > 4096) l_error(L, fname, "weights must list 1 to 4096 components (got %d)", k);
+  if (mix_list(L, 2, "means", fname) != k || mix_list(L, 2, "stds", fname) != k)
+    l_error(L, fname, "weights, means and stds must have the same length (%d)", k);
+  int wi = lua_gettop(L) - 2, mi = wi + 1, si = wi + 2;
+  lua_rawgeti(L, mi, 1);
+  int d = lua_istable(L, -1) ? (int)lua_rawlen(L, -1) : 1;
+  lua_pop(L, 1);
+  if (d < 1 || d > MIX_MAXD) l_error(L, fname, "means must have 1 to %d coordinates (got %d)", MIX_MAXD, d);
+  l_score *s = new_score(L, DF_SCORE_MIXTURE, D);
+  /* one host block: log weights, means, variances; freed by __gc */
+  s->mixbuf = (float *)malloc((size_t)(k * (d + 2)) * sizeof(float));
+  if (!s->mixbuf) l_error(L, fname, "out of memory");
+  float *logw = s->mixbuf, *mu = logw + k, *var0 = mu + (size_t)k * d;
+  double total = 0.0;
+  for (int j = 1; j <= k; j++) {
+    lua_rawgeti(L, wi, j);
+    double w = l_checknum(L, -1, fname, "weight");
+    lua_pop(L, 1);
+    if (!(w > 0.0) || !isfinite(w)) l_error(L, fname, "weight %d must be positive and finite (got %g)", j, w);
+    total += w;
+    logw[j - 1] = (float)w;
+    lua_rawgeti(L, si, j);
+    double sd = l_checknum(L, -1, fname, "std");
+    lua_pop(L, 1);
+    if (!(sd > 0.0) || !isfinite(sd)) l_error(L, fname, "std %d must be positive and finite (got %g)", j, sd);
+    var0[j - 1] = (float)(sd * sd);
+    lua_rawgeti(L, mi, j);
+    if (d == 1 && lua_type(L, -1) == LUA_TNUMBER) {
+      mu[j - 1] = (float)lua_tonumber(L, -1);
+    } else {
+      if (!lua_istable(L, -1) || (int)lua_rawlen(L, -1) != d)
+        l_error(L, fname, "mean %d must be %s", j, d == 1 ? "a number" : "a list of d numbers");
+      for (int c = 1; c <= d; c++) {
+        lua_rawgeti(L, -1, c);
+        mu[(j - 1) * d + c - 1] = (float)l_checknum(L, -1, fname, "mean coordinate");
+        lua_pop(L, 1);
+      }
+    }
+    if (!isfinite(mu[(j - 1) * d])) l_error(L, fname, "mean %d must be finite", j);
+    lua_pop(L, 1);
+  }
+  for (int j = 0; j < k; j++) logw[j] = (float)log(logw[j] / total);
+  s->src.mix.k = k;
+  s->src.mix.d = d;
+  s->src.mix.logw = logw;
+  s->src.mix.mu = mu;
+  s->src.mix.var0 = var0;
+  return 1;
+}
+
+/* score(x, t): t a number or one time per row */
+static int s_call(lua_State *L)
+{
+  const char *fname = "diffuse.score";
+  l_score *s = l_checkscore(L, 1, fname, "self");
+  df_tensor *x = l_checktensor(L, 2, fname, "x");
+  df_tensor *t = NULL;
+  double t0 = 0.0;
+  if (lua_type(L, 3) == LUA_TNUMBER) t0 = check_time(L, 3, fname);
+  else t = l_checktensor(L, 3, fname, "t");
+  df_tensor *out = l_newtensor(L);
+  l_check(L, df_score_eval(out, &s->src, x, t, t0), fname);
+  l_gc_pressure(L, out->numel * 4);
+  return 1;
+}
+
+static l_score *check_mixture(lua_State *L, const char *fname)
+{
+  l_score *s = l_checkscore(L, 1, fname, "self");
+  if (s->src.kind != DF_SCORE_MIXTURE) l_error(L, fname, "this score source is not a mixture");
+  return s;
+}
+
+static int mix_logdensity(lua_State *L, int expo, const char *fname)
+{
+  l_score *s = check_mixture(L, fname);
+  df_tensor *x = l_checktensor(L, 2, fname, "x");
+  df_tensor *t = NULL;
+  double t0 = 0.0;
+  if (lua_isnoneornil(L, 3)) t0 = 0.0;
+  else if (lua_type(L, 3) == LUA_TNUMBER) t0 = check_time(L, 3, fname);
+  else t = l_checktensor(L, 3, fname, "t");
+  df_tensor *out = l_newtensor(L);
+  l_check(L, df_mixture_log_density(out, &s->src, x, t, t0), fname);
+  if (expo) l_check(L, out->be->unary(out->dev, DF_EXP, df_data(out), df_data(out), out->numel), fname);
+  return 1;
+}
+
+static int s_log_density(lua_State *L) { return mix_logdensity(L, 0, "diffuse.score.log_density"); }
+static int s_density(lua_State *L) { return mix_logdensity(L, 1, "diffuse.score.density"); }
+
+/* mixture:sample(n [, t]): draws from the mixture carried to time t (default 0) */
+static int s_sample(lua_State *L)
+{
+  const char *fname = "diffuse.score.sample";
+  l_score *s = check_mixture(L, fname);
+  int64_t n = l_checkint(L, 2, fname, "n");
+  if (n < 0) l_error(L, fname, "n must be non-negative (got %lld)", (long long)n);
+  double t0 = lua_isnoneornil(L, 3) ? 0.0 : check_time(L, 3, fname);
+  df_tensor *out = l_newtensor(L);
+  l_check(L, df_mixture_sample(out, &s->src, n, t0), fname);
+  l_gc_pressure(L, out->numel * 4);
+  return 1;
+}
+
+static int s_gc(lua_State *L)
+{
+  l_score *s = (l_score *)luaL_checkudata(L, 1, DF_SCORE_MT);
+  free(s->mixbuf);
+  s->mixbuf = NULL;
+  s->src.mix.k = 0;
+  return 0;
+}
+
+static const char *score_kind(const l_score *s)
+{
+  switch (s->src.kind) {
+  case DF_SCORE_EXACT: return "exact";
+  case DF_SCORE_MIXTURE: return "mixture";
+  default: return s->kind_name ? s->kind_name : "callback";
+  }
+}
+
+static int s_index(lua_State *L)
+{
+  l_score *s = l_checkscore(L, 1, "diffuse.score", "self");
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "kind") == 0) lua_pushstring(L, score_kind(s));
+  else if (k && strcmp(k, "dim") == 0 && s->src.kind == DF_SCORE_MIXTURE) lua_pushinteger(L, s->src.mix.d);
+  else {
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
+  }
+  return 1;
+}
+
+static int s_tostring(lua_State *L)
+{
+  l_score *s = l_checkscore(L, 1, "diffuse.score", "self");
+  if (s->src.kind == DF_SCORE_MIXTURE)
+    lua_pushfstring(L, "diffuse.score.mixture (%d components in R^%d)", s->src.mix.k, s->src.mix.d);
+  else lua_pushfstring(L, "diffuse.score.%s", score_kind(s));
+  return 1;
+}
+
+/* ---- samplers --------------------------------------------------------------------------------- */
+
+static df_sampler *check_sampler(lua_State *L, int idx, const char *fname)
+{
+  df_sampler *s = (df_sampler *)luaL_testudata(L, idx, DF_SAMPLER_MT);
+  if (!s) l_error(L, fname, "self must be a sampler (got %s)", luaL_typename(L, idx));
+  return s;
+}
+
+static const char *const method_names[] = { "euler", "euler_maruyama", "heun", NULL };
+
+/* diffuse.sampler{diffuser = ve, steps = 200, method = "euler"} */
+static int d_sampler(lua_State *L)
+{
+  const char *fname = "diffuse.sampler";
+  static const char *const opts[] = { "diffuser", "steps", "method", NULL };
+  if (!lua_istable(L, 1)) l_error(L, fname, "expected {diffuser = ..., steps = ..., method = ...}");
+  l_checkopts(L, 1, fname, opts);
+  lua_getfield(L, 1, "diffuser");
+  if (lua_isnil(L, -1)) l_error(L, fname, "diffuser is required");
+  df_diffuser *D = l_checkdiffuser(L, -1, fname, "diffuser");
+  lua_getfield(L, 1, "steps");
+  int64_t steps = l_optint(L, -1, 100, fname, "steps");
+  if (steps < 1 || steps > 100000000)
+    l_error(L, fname, "steps must be between 1 and 1e8 (got %lld)", (long long)steps);
+  lua_getfield(L, 1, "method");
+  const char *m = lua_isnil(L, -1) ? "euler" : l_checkstr(L, -1, fname, "method");
+  int method = -1;
+  for (int i = 0; method_names[i]; i++)
+    if (strcmp(m, method_names[i]) == 0) method = i;
+  if (method < 0) l_error(L, fname, "unknown method '%s' (euler, euler_maruyama or heun)", m);
+  df_sampler *s = (df_sampler *)lua_newuserdatauv(L, sizeof *s, 0);
+  memset(s, 0, sizeof *s);
+  s->diff = *D;
+  s->method = method == 0 ? DF_EULER : method == 1 ? DF_EULER_MARUYAMA : DF_HEUN;
+  s->steps = steps;
+  luaL_setmetatable(L, DF_SAMPLER_MT);
+  return 1;
+}
+
+/* a Lua function as score: called with a copy of x (so it may keep or change it) and t */
+typedef struct {
+  lua_State *L;
+  int fn;
+} lua_score_ctx;
+
+static int lua_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t)
+{
+  lua_score_ctx *c = (lua_score_ctx *)ctx;
+  lua_State *L = c->L;
+  int st;
+  if (!lua_checkstack(L, 4)) return df_fail(DF_ESTATE, "Lua stack overflow");
+  lua_pushvalue(L, c->fn);
+  df_tensor *xc = l_newtensor(L);
+  if ((st = df_tensor_like(xc, x)) || (st = df_copy(xc, x))) {
+    lua_pop(L, 2);
+    return st;
+  }
+  lua_pushnumber(L, (lua_Number)t);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    st = df_fail(DF_EARG, "the score function failed: %s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return st;
+  }
+  df_tensor *r = (df_tensor *)luaL_testudata(L, -1, DF_TENSOR_MT);
+  if (!r || !df_is_live(r)) {
+    st = df_fail(DF_EARG, "the score function must return a tensor (got %s)",
+                 r ? "a released tensor" : luaL_typename(L, -1));
+  } else if (r->numel != x->numel || !df_same_device(r, x)) {
+    char b1[96], b2[96];
+    st = df_fail(DF_EARG, "the score function returned %s for x of %s",
+                 df_shape_str(r->ndim, r->shape, b1, sizeof b1), df_shape_str(x->ndim, x->shape, b2, sizeof b2));
+  } else if (!(st = df_tensor_like(out, x))) {
+    st = df_copy(out, r);
+  }
+  lua_pop(L, 1);
+  return st;
+}
+
+/* s:run(x1, score [, {record = {k, ...}}]) --> x0, path (path[k] = x at t = 1 - k / steps) */
+static int sampler_run(lua_State *L)
+{
+  const char *fname = "diffuse.sampler.run";
+  static const char *const opts[] = { "record", NULL };
+  df_sampler *s = check_sampler(L, 1, fname);
+  df_tensor *x1 = l_checktensor(L, 2, fname, "x1");
+  l_checkopts(L, 4, fname, opts);
+  lua_settop(L, 4);
+  df_score_src cb, *src;
+  lua_score_ctx ctx;
+  if (lua_isfunction(L, 3)) {
+    memset(&cb, 0, sizeof cb);
+    ctx.L = L;
+    ctx.fn = 3;
+    cb.kind = DF_SCORE_CALLBACK;
+    cb.diff = s->diff;
+    cb.eval = lua_score_eval;
+    cb.ctx = &ctx;
+    src = &cb;
+  } else {
+    src = &l_checkscore(L, 3, fname, "score")->src;
+  }
+  /* the steps to record, each with its output tensor on the stack */
+  int nrec = 0;
+  l_getopt(L, 4, "record");
+  int reci = lua_gettop(L);
+  if (!lua_isnil(L, reci)) {
+    if (!lua_istable(L, reci)) l_error(L, fname, "record must be a list of steps");
+    lua_Integer len = (lua_Integer)lua_rawlen(L, reci);
+    if (len > 100000) l_error(L, fname, "too many steps to record (%lld)", (long long)len);
+    nrec = (int)len;
+  }
+  int64_t *rec_k = (int64_t *)lua_newuserdatauv(L, (size_t)(nrec + 1) * sizeof(int64_t), 0);
+  df_tensor **rec = (df_tensor **)lua_newuserdatauv(L, (size_t)(nrec + 1) * sizeof(df_tensor *), 0);
+  int base = lua_gettop(L);
+  for (int r = 0; r < nrec; r++) {
+    lua_rawgeti(L, reci, r + 1);
+    rec_k[r] = l_checkint(L, -1, fname, "record step");
+    lua_pop(L, 1);
+    if (rec_k[r] < 0 || rec_k[r] > s->steps)
+      l_error(L, fname, "record step %lld is outside 0..%lld", (long long)rec_k[r], (long long)s->steps);
+    luaL_checkstack(L, 2, fname);
+    rec[r] = l_newtensor(L);
+  }
+  df_tensor *x = l_newtensor(L);
+  l_check(L, df_tensor_like(x, x1), fname);
+  l_check(L, df_copy(x, x1), fname);
+  l_check(L, df_sampler_run(s, src, x, nrec, rec_k, rec), fname);
+  /* results: x0, then the path table */
+  lua_createtable(L, 0, nrec);
+  for (int r = 0; r < nrec; r++) {
+    lua_pushvalue(L, base + 1 + r);
+    lua_rawseti(L, -2, (lua_Integer)rec_k[r]);
+  }
+  return 2;
+}
+
+static int sampler_index(lua_State *L)
+{
+  df_sampler *s = check_sampler(L, 1, "diffuse.sampler");
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "nfe") == 0) lua_pushinteger(L, (lua_Integer)s->nfe);
+  else if (k && strcmp(k, "steps") == 0) lua_pushinteger(L, (lua_Integer)s->steps);
+  else if (k && strcmp(k, "method") == 0) lua_pushstring(L, method_names[s->method]);
+  else {
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
+  }
+  return 1;
+}
+
+static int sampler_tostring(lua_State *L)
+{
+  df_sampler *s = check_sampler(L, 1, "diffuse.sampler");
+  lua_pushfstring(L, "diffuse.sampler{method = %s, steps = %d}", method_names[s->method], (int)s->steps);
+  return 1;
+}
+
+/* ---- registration -------------------------------------------------------------------------- */
+
+static void new_class(lua_State *L, const char *mt, const luaL_Reg *methods,
+                      lua_CFunction index, const luaL_Reg *meta)
+{
+  luaL_newmetatable(L, mt);
+  luaL_setfuncs(L, meta, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_pushcclosure(L, index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
+
+static const luaL_Reg diffuser_methods[] = {
+  { "g", df_g }, { "sigma", df_sigma }, { "sigma2", df_sigma2 }, { "diffuse", df_diffuse_l },
+  { "prior", df_prior_l }, { NULL, NULL }
+};
+static const luaL_Reg diffuser_meta[] = { { "__tostring", df_tostring }, { NULL, NULL } };
+
+static const luaL_Reg score_methods[] = {
+  { "log_density", s_log_density }, { "density", s_density }, { "sample", s_sample }, { NULL, NULL }
+};
+static const luaL_Reg score_meta[] = {
+  { "__call", s_call }, { "__gc", s_gc }, { "__tostring", s_tostring }, { NULL, NULL }
+};
+
+static const luaL_Reg sampler_methods[] = { { "run", sampler_run }, { NULL, NULL } };
+static const luaL_Reg sampler_meta[] = { { "__tostring", sampler_tostring }, { NULL, NULL } };
+
+static const luaL_Reg heat_funcs[] = {
+  { "density", h_density }, { "log_density", h_log_density }, { "score", h_score },
+  { "cdf", h_cdf }, { "sample", h_sample }, { NULL, NULL }
+};
+
+static const luaL_Reg score_funcs[] = { { "exact", s_exact }, { "mixture", s_mixture }, { NULL, NULL } };
+
+/* adds ve, power, sampler, heat and score to the module table on the top of the stack */
+void l_open_diffusion(lua_State *L)
+{
+  new_class(L, DF_DIFFUSER_MT, diffuser_methods, df_index, diffuser_meta);
+  new_class(L, DF_SCORE_MT, score_methods, s_index, score_meta);
+  new_class(L, DF_SAMPLER_MT, sampler_methods, sampler_index, sampler_meta);
+  lua_pushcfunction(L, d_ve);
+  lua_setfield(L, -2, "ve");
+  lua_pushcfunction(L, d_power);
+  lua_setfield(L, -2, "power");
+  lua_pushcfunction(L, d_sampler);
+  lua_setfield(L, -2, "sampler");
+  luaL_newlib(L, heat_funcs);
+  lua_setfield(L, -2, "heat");
+  luaL_newlib(L, score_funcs);
+  lua_setfield(L, -2, "score");
+}

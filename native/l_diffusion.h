@@ -1,0 +1,24 @@
+/* l_diffusion.h: the diffuser and score-source userdata, shared with the binding files that
+ * make more score sources (the network score, l_nn.c). */
+#ifndef DF_L_DIFFUSION_H
+#define DF_L_DIFFUSION_H
+
+#include "l_util.h"
+#include "diffusion.h"
+
+#define DF_DIFFUSER_MT "diffuse.diffuser"
+#define DF_SCORE_MT "diffuse.score"
+#define DF_SAMPLER_MT "diffuse.sampler"
+
+/* a score source; user value 1 keeps whatever src.ctx points into alive (a network) */
+typedef struct l_score {
+  df_score_src src;
+  float *mixbuf;          /* a mixture's parameters (owned) */
+  const char *kind_name;  /* for callbacks: "net", ... */
+} l_score;
+
+df_diffuser *l_checkdiffuser(lua_State *L, int idx, const char *fname, const char *what);
+l_score *l_checkscore(lua_State *L, int idx, const char *fname, const char *what);
+void l_open_diffusion(lua_State *L);
+
+#endif

@@ -1,0 +1,244 @@
+/* sampler.c: score sources (exact heat-kernel score, Gaussian mixtures, callbacks) and the
+ * reverse-time samplers. A run with a native score is one backend call (sample_fused); any
+ * other score is evaluated step by step through its callback, with the same update rules. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "status.h"
+#include "diffusion.h"
+
+/* ---- score sources ------------------------------------------------------------------------ */
+
+/* x as [rows, d]; the mixture fixes d */
+static int score_shape(const df_score_src *src, const df_tensor *x, int64_t *rows, int *d)
+{
+  char b[96];
+  if (x->ndim > 2)
+    return df_fail(DF_EARG, "x must be [B, d] or [B], got %s",
+                   df_shape_str(x->ndim, x->shape, b, sizeof b));
+  *rows = x->shape[0];
+  int64_t dd = x->ndim == 2 ? x->shape[1] : 1;
+  if (src->kind == DF_SCORE_MIXTURE && dd != src->mix.d)
+    return df_fail(DF_EARG, "x has %lld columns but the mixture lives in R^%d", (long long)dd,
+                   src->mix.d);
+  if (dd > (1 << 30)) return df_fail(DF_EARG, "x has too many columns");
+  *d = (int)dd;
+  return DF_OK;
+}
+
+/* sigma(t)^2 per row (into sig2, when t is a tensor) or as one number */
+static int sigma2_of(const df_score_src *src, const df_tensor *x, const df_tensor *t, double t0,
+                     int64_t rows, df_tensor *sig2, float *s0)
+{
+  if (!t) {
+    if (!(t0 >= 0.0) || !isfinite(t0))
+      return df_fail(DF_EARG, "t must be finite and non-negative (got %g)", t0);
+    *s0 = (float)df_diffuser_sigma2_host(&src->diff, t0);
+    return DF_OK;
+  }
+  if (!df_same_device(x, t)) return df_fail(DF_EARG, "x and t are on different devices");
+  if (t->numel != rows || t->ndim > 2 || (t->ndim == 2 && t->shape[1] != 1))
+    return df_fail(DF_EARG, "t must be a number or hold one time per row (%lld)", (long long)rows);
+  return df_diffuser_eval(sig2, &src->diff, DF_SIGMA2, t);
+}
+
+int df_score_eval(df_tensor *out, const df_score_src *src, const df_tensor *x,
+                  const df_tensor *t, double t0)
+{
+  int64_t rows = 0;
+  int d = 0, st;
+  float s0 = 0.0f;
+  df_tensor sig2 = { 0 };
+  if (src->kind == DF_SCORE_CALLBACK) {
+    if (t) return df_fail(DF_EARG, "this score takes one time, not a tensor");
+    return src->eval(src->ctx, out, x, (float)t0);
+  }
+  if (!x->be->score_eval) return df_fail(DF_EDEVICE, "scores are not implemented on %s", x->be->name);
+  if ((st = score_shape(src, x, &rows, &d))) return st;
+  if ((st = sigma2_of(src, x, t, t0, rows, &sig2, &s0))) goto done;
+  if (src->kind == DF_SCORE_EXACT) { /* -x / sigma^2 is singular at t = 0 */
+    double lo = s0;
+    if (t && rows > 0 && (st = df_reduce_all(&sig2, DF_RMIN, &lo))) goto done;
+    if (!(lo > 0.0) && rows > 0) {
+      st = df_fail(DF_EARG, "the exact score is singular at t = 0 (sigma(0) = 0): use t > 0");
+      goto done;
+    }
+  }
+  if ((st = df_tensor_like(out, x))) goto done;
+  if (rows > 0)
+    st = x->be->score_eval(x->dev, src->kind == DF_SCORE_MIXTURE ? &src->mix : NULL, df_data(out),
+                           df_data(x), t ? df_data(&sig2) : NULL, s0, rows, d);
+done:
+  df_tensor_release(&sig2);
+  return st;
+}
+
+int df_mixture_log_density(df_tensor *out, const df_score_src *src, const df_tensor *x,
+                           const df_tensor *t, double t0)
+{
+  int64_t rows = 0;
+  int d = 0, st;
+  float s0 = 0.0f;
+  df_tensor sig2 = { 0 };
+  if (!x->be->mixture_logpdf)
+    return df_fail(DF_EDEVICE, "mixtures are not implemented on %s", x->be->name);
+  if ((st = score_shape(src, x, &rows, &d))) return st;
+  if ((st = sigma2_of(src, x, t, t0, rows, &sig2, &s0))) goto done;
+  int64_t shape[1] = { rows };
+  if ((st = df_tensor_alloc(out, x->be, x->dev, 1, shape))) goto done;
+  if (rows > 0)
+    st = x->be->mixture_logpdf(x->dev, &src->mix, df_data(out), df_data(x),
+                               t ? df_data(&sig2) : NULL, s0, rows);
+done:
+  df_tensor_release(&sig2);
+  return st;
+}
+
+int df_mixture_sample(df_tensor *out, const df_score_src *src, int64_t n, double t0)
+{
+  const df_backend *be;
+  int dev, st;
+  uint64_t seed, unused;
+  df_current_device(&be, &dev);
+  if (!be->mixture_sample) return df_fail(DF_EDEVICE, "mixtures are not implemented on %s", be->name);
+  if (!(t0 >= 0.0) || !isfinite(t0))
+    return df_fail(DF_EARG, "t must be finite and non-negative (got %g)", t0);
+  int64_t shape[2] = { n, src->mix.d };
+  if ((st = df_tensor_alloc(out, be, dev, 2, shape))) return st;
+  df_rng_state(&seed, &unused);
+  uint64_t su = df_rng_next_stream(), sz = df_rng_next_stream();
+  if (n == 0) return DF_OK;
+  return be->mixture_sample(dev, &src->mix, df_data(out), NULL,
+                            (float)df_diffuser_sigma2_host(&src->diff, t0), n, seed, su, sz);
+}
+
+/* ---- samplers ----------------------------------------------------------------------------- */
+
+/* the per-step coefficients, in double from the grid t_k = 1 - k / steps (never accumulated) */
+static int make_plan(const df_sampler *s, df_plan *p, float **buf)
+{
+  int64_t steps = s->steps;
+  float *b = (float *)malloc((size_t)(3 * steps + 1) * sizeof(float));
+  if (!b) return df_fail(DF_ENOMEM, "out of memory for %lld sampler steps", (long long)steps);
+  float *sig2 = b, *c1 = b + steps + 1, *c2 = c1 + steps;
+  double dt = 1.0 / (double)steps;
+  for (int64_t k = 0; k <= steps; k++) {
+    double t = 1.0 - (double)k / (double)steps;
+    sig2[k] = (float)df_diffuser_sigma2_host(&s->diff, t);
+    if (k == steps) break;
+    double g = df_diffuser_g_host(&s->diff, t);
+    double g1 = df_diffuser_g_host(&s->diff, 1.0 - (double)(k + 1) / (double)steps);
+    switch (s->method) {
+    case DF_EULER: c1[k] = (float)(0.5 * g * g * dt); c2[k] = 0.0f; break;
+    case DF_EULER_MARUYAMA: c1[k] = (float)(g * g * dt); c2[k] = (float)(g * sqrt(dt)); break;
+    default: c1[k] = (float)(0.5 * g * g * dt); c2[k] = (float)(0.5 * g1 * g1 * dt); break;
+    }
+  }
+  p->method = s->method;
+  p->steps = steps;
+  p->sig2 = sig2;
+  p->c1 = c1;
+  p->c2 = c2;
+  *buf = b;
+  return DF_OK;
+}
+
+static int record(df_tensor *x, int64_t k, int nrec, const int64_t *rec_k, df_tensor *const *rec)
+{
+  for (int r = 0; r < nrec; r++) {
+    if (rec_k[r] != k) continue;
+    int st = df_copy(rec[r], x);
+    if (st) return st;
+  }
+  return DF_OK;
+}
+
+/* a callback's answer must have x's shape and device */
+static int eval_checked(const df_score_src *src, df_tensor *out, const df_tensor *x, float t)
+{
+  int st = src->eval(src->ctx, out, x, t);
+  if (st) return st;
+  if (!df_same_device(out, x) || out->numel != x->numel)
+    return df_fail(DF_EARG, "the score returned %lld values on %s for %lld on %s",
+                   (long long)out->numel, out->be->name, (long long)x->numel, x->be->name);
+  return DF_OK;
+}
+
+/* the step-by-step path: one callback evaluation per stage, updates on the device */
+static int run_steps(df_sampler *s, const df_score_src *src, const df_plan *p, df_tensor *x,
+                     int nrec, const int64_t *rec_k, df_tensor *const *rec, uint64_t seed,
+                     uint64_t stream)
+{
+  const df_backend *be = x->be;
+  int64_t steps = p->steps, n = x->numel;
+  int st = DF_OK;
+  df_tensor sc = { 0 }, s2 = { 0 }, xp = { 0 };
+  if (!be->sample_step) return df_fail(DF_EDEVICE, "samplers are not implemented on %s", be->name);
+  if (s->method == DF_HEUN && (st = df_tensor_like(&xp, x))) return st;
+  for (int64_t k = 0; k < steps && !st; k++) {
+    float t = (float)(1.0 - (double)k / (double)steps);
+    float t1 = (float)(1.0 - (double)(k + 1) / (double)steps);
+    if ((st = record(x, k, nrec, rec_k, rec))) break;
+    if ((st = eval_checked(src, &sc, x, t))) break;
+    s->nfe++;
+    float *px = df_data(x), *ps = df_data(&sc);
+    if (s->method == DF_EULER || (s->method == DF_HEUN && k == steps - 1)) {
+      st = be->sample_step(x->dev, DF_STAGE_EULER, px, NULL, ps, NULL, p->c1[k], 0.0f, n, k, seed, stream);
+    } else if (s->method == DF_EULER_MARUYAMA) {
+      st = be->sample_step(x->dev, DF_STAGE_EM, px, NULL, ps, NULL, p->c1[k], p->c2[k], n, k, seed, stream);
+    } else {
+      st = be->sample_step(x->dev, DF_STAGE_HEUN_PRED, px, df_data(&xp), ps, NULL, p->c1[k], 0.0f, n, k, seed, stream);
+      if (!st && !(st = eval_checked(src, &s2, &xp, t1))) {
+        s->nfe++;
+        st = be->sample_step(x->dev, DF_STAGE_HEUN_CORR, px, NULL, ps, df_data(&s2), p->c1[k], p->c2[k], n, k, seed, stream);
+      }
+    }
+    df_tensor_release(&sc);
+    df_tensor_release(&s2);
+  }
+  if (!st) st = record(x, steps, nrec, rec_k, rec);
+  df_tensor_release(&sc);
+  df_tensor_release(&s2);
+  df_tensor_release(&xp);
+  return st;
+}
+
+int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nrec,
+                   const int64_t *rec_k, df_tensor *const *rec)
+{
+  int64_t rows = 0;
+  int d = 0, st;
+  uint64_t seed, unused;
+  if (src->kind != DF_SCORE_CALLBACK && (st = score_shape(src, x, &rows, &d))) return st;
+  for (int r = 0; r < nrec; r++) {
+    if (rec_k[r] < 0 || rec_k[r] > s->steps)
+      return df_fail(DF_EARG, "record step %lld is outside 0..%lld", (long long)rec_k[r],
+                     (long long)s->steps);
+    if ((st = df_tensor_like(rec[r], x))) return st;
+  }
+  df_plan p;
+  float *buf = NULL;
+  if ((st = make_plan(s, &p, &buf))) return st;
+  df_rng_state(&seed, &unused);
+  uint64_t stream = df_rng_next_stream(); /* every run takes one stream, whatever its method */
+  s->nfe = 0;
+  if (src->kind == DF_SCORE_CALLBACK) {
+    st = run_steps(s, src, &p, x, nrec, rec_k, rec, seed, stream);
+  } else if (!x->be->sample_fused) {
+    st = df_fail(DF_EDEVICE, "samplers are not implemented on %s", x->be->name);
+  } else {
+    float **outs = NULL;
+    if (nrec > 0 && !(outs = (float **)malloc((size_t)nrec * sizeof *outs))) {
+      st = df_fail(DF_ENOMEM, "out of memory");
+    } else {
+      for (int r = 0; r < nrec; r++) outs[r] = df_data(rec[r]);
+      if (x->numel > 0)
+        st = x->be->sample_fused(x->dev, &p, src->kind == DF_SCORE_MIXTURE ? &src->mix : NULL,
+                                 df_data(x), rows, d, nrec, rec_k, outs, seed, stream);
+      s->nfe = s->method == DF_HEUN ? 2 * s->steps - 1 : s->steps;
+    }
+    free(outs);
+  }
+  free(buf);
+  return st;
+}
