@@ -94,8 +94,8 @@ static int d_philox(lua_State *L)
 {
   const char *fname = "diffuse.core.philox";
   uint32_t ctr[4], key[2], out[4];
-  luaL_checktype(L, 1, LUA_TTABLE);
-  luaL_checktype(L, 2, LUA_TTABLE);
+  if (!lua_istable(L, 1)) l_error(L, fname, "counter must be a table of 4 words (got %s)", luaL_typename(L, 1));
+  if (!lua_istable(L, 2)) l_error(L, fname, "key must be a table of 2 words (got %s)", luaL_typename(L, 2));
   for (int i = 0; i < 4; i++) {
     lua_rawgeti(L, 1, i + 1);
     ctr[i] = (uint32_t)l_checkint(L, -1, fname, "counter word");

@@ -180,7 +180,7 @@ static int t_new(lua_State *L)
   l_check(L, df_shape_check(nd, shape, &n), fname);
   float *buf = l_hostbuf(L, n, fname);
   int64_t pos = 0;
-  if (n > 0) new_fill(L, 1, 0, nd, shape, buf, &pos, fname);
+  new_fill(L, 1, 0, nd, shape, buf, &pos, fname); /* also when empty: {{}, {1, 2}} is ragged */
   df_tensor *t = new_on_current(L, nd, shape, fname);
   l_check(L, df_upload(t, buf), fname);
   return 1;
@@ -344,8 +344,9 @@ static int t_reshape(lua_State *L)
     }
     if (shape[i] < 0) l_error(L, fname, "size %d is negative (%lld)", i + 1, (long long)shape[i]);
     if (shape[i] > DF_MAX_NUMEL) l_error(L, fname, "size %d is too large", i + 1);
+    if (shape[i] != 0 && known > DF_MAX_NUMEL / shape[i]) /* checked before it can overflow */
+      l_error(L, fname, "the shape has too many elements");
     known *= shape[i];
-    if (known > DF_MAX_NUMEL) l_error(L, fname, "the shape has too many elements");
   }
   if (infer >= 0) {
     if (known == 0 || a->numel % known != 0)
@@ -378,6 +379,7 @@ static int t_clone(lua_State *L)
 static int t_cat(lua_State *L)
 {
   const char *fname = "diffuse.tensor.cat";
+  lua_settop(L, 2); /* the pointer buffer below must not land in the dim slot */
   if (!lua_istable(L, 1)) l_error(L, fname, "expected a list of tensors, got %s", luaL_typename(L, 1));
   lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
   if (n < 1) l_error(L, fname, "the list of tensors is empty");
@@ -559,7 +561,10 @@ static int t_histogram(lua_State *L)
     if (!has_hi) hi = dhi;
     if (!isfinite(lo) || !isfinite(hi))
       l_error(L, fname, "the data holds NaN or infinite values: give min and max");
-    if (lo == hi) { lo -= 1.0; hi += 1.0; }
+    if (lo == hi) { /* constant data: widen the side the caller did not fix */
+      if (!has_lo) lo -= 1.0;
+      if (!has_hi) hi += 1.0;
+    }
   }
   int64_t *counts = (int64_t *)lua_newuserdatauv(L, (size_t)bins * sizeof(int64_t), 0);
   l_check(L, df_histogram(a, bins, lo, hi, counts), fname);
@@ -579,6 +584,15 @@ static int t_histogram(lua_State *L)
   l_check(L, df_tensor_alloc(e, a->be, a->dev, 1, shape), fname);
   l_check(L, df_ramp(e, lo, width, hi), fname);
   return 2;
+}
+
+/* argument 1 as a tensor, live or released (free, is_released, printing); the error names
+   the function, as every other check does */
+static df_tensor *any_tensor(lua_State *L, const char *fname)
+{
+  df_tensor *t = (df_tensor *)luaL_testudata(L, 1, DF_TENSOR_MT);
+  if (!t) l_error(L, fname, "argument 1 must be a tensor (got %s)", luaL_typename(L, 1));
+  return t;
 }
 
 /* ---- printing ------------------------------------------------------------------------------ */
@@ -671,7 +685,7 @@ static void emit(luaL_Buffer *b, const print_plan *p, const float *vals, int d, 
 static int t_tostring(lua_State *L)
 {
   const char *fname = "diffuse.tensor.__tostring";
-  df_tensor *t = (df_tensor *)luaL_checkudata(L, 1, DF_TENSOR_MT);
+  df_tensor *t = any_tensor(L, fname);
   char shp[96], devs[32];
   if (!df_is_live(t)) {
     lua_pushstring(L, "[diffuse.tensor (released)]");
@@ -786,14 +800,14 @@ static int t_newindex(lua_State *L)
 /* __gc and __close: one idempotent release */
 static int t_release(lua_State *L)
 {
-  df_tensor *t = (df_tensor *)luaL_checkudata(L, 1, DF_TENSOR_MT);
+  df_tensor *t = any_tensor(L, "diffuse.tensor.free");
   df_tensor_release(t);
   return 0;
 }
 
 static int t_is_released(lua_State *L)
 {
-  df_tensor *t = (df_tensor *)luaL_checkudata(L, 1, DF_TENSOR_MT);
+  df_tensor *t = any_tensor(L, "diffuse.tensor.is_released");
   lua_pushboolean(L, !df_is_live(t));
   return 1;
 }

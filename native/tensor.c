@@ -431,7 +431,7 @@ int df_histogram(const df_tensor *a, int64_t bins, double lo, double hi, int64_t
 {
   if (bins < 1) return df_fail(DF_EARG, "bins must be at least 1 (got %lld)", (long long)bins);
   if (!isfinite(lo) || !isfinite(hi))
-    return df_fail(DF_EARG, "min and max must be finite (got %g and %g)", lo, hi);
+    return df_fail(DF_EARG, "min and max must be finite numbers");
   if (!(lo < hi)) return df_fail(DF_EARG, "min must be below max (got %g and %g)", lo, hi);
   return a->be->histogram(a->dev, df_data(a), a->numel, bins, lo, hi, counts);
 }
