@@ -1,0 +1,363 @@
+-- diffuse.metrics: how far 1-D samples are from a distribution (exact Wasserstein-1,
+-- Kolmogorov-Smirnov with its asymptotic p-value) and sample moments. Pure Lua.
+--
+-- Samples are a tensor (1-D, [N,1] or [1,N]; read through totable()) or a Lua array of
+-- numbers. Empty samples and NaN or infinite values are errors that name the function.
+-- A reference distribution is given as samples, as a CDF function F(x) --> number (continuous,
+-- rising from 0 to 1), or as a table {cdf = F, quantile = Q}; Q, when given, only speeds up the
+-- Wasserstein integral.
+local M = {}
+
+local abs, floor, exp, sqrt, huge, pi = math.abs, math.floor, math.exp, math.sqrt, math.huge, math.pi
+local max, min, fmt = math.max, math.min, string.format
+
+local function is_tensor(x)
+  if type(x) ~= 'userdata' then return false end
+  local mt = getmetatable(x)
+  return type(mt) == 'table' and mt.__name == 'diffuse.tensor'
+end
+
+-- A fresh Lua array of the samples' values (the caller may sort it), checked.
+local function samples_of(x, fname, what)
+  local t
+  if is_tensor(x) then
+    local shape = x:shape()
+    local long = 0
+    for _, s in ipairs(shape) do if s > 1 then long = long + 1 end end
+    if #shape > 2 or long > 1 then
+      error(fmt('%s: %s must be a 1-D, [N,1] or [1,N] tensor (got %s)', fname, what,
+                table.concat(shape, 'x')), 3)
+    end
+    t = x:totable()
+    if #shape == 2 then
+      local flat = {}
+      for _, row in ipairs(t) do for _, v in ipairs(row) do flat[#flat + 1] = v end end
+      t = flat
+    end
+  elseif type(x) == 'table' then
+    t = {}
+    for i = 1, #x do
+      local v = x[i]
+      if type(v) ~= 'number' then
+        error(fmt('%s: %s must be a tensor or an array of numbers (element %d is a %s)',
+                  fname, what, i, type(v)), 3)
+      end
+      t[i] = v
+    end
+  else
+    error(fmt('%s: %s must be a tensor or an array of numbers (got %s)', fname, what, type(x)), 3)
+  end
+  if #t == 0 then error(fmt('%s: %s is empty', fname, what), 3) end
+  for i = 1, #t do
+    local v = t[i]
+    if v ~= v then error(fmt('%s: %s holds NaN (element %d)', fname, what, i), 3) end
+    if v == huge or v == -huge then
+      error(fmt('%s: %s holds an infinite value (element %d)', fname, what, i), 3)
+    end
+  end
+  return t
+end
+
+-- other: samples, a CDF function (or callable table), or {cdf = F [, quantile = Q]}
+-- --> 'samples', sorted array | 'cdf', F, Q
+local function reference_of(other, fname)
+  local tp = type(other)
+  if tp == 'function' then return 'cdf', other end
+  if tp == 'table' and not is_tensor(other) then
+    if other.cdf ~= nil then
+      if type(other.cdf) ~= 'function' then error(fname .. ': other.cdf must be a function', 3) end
+      if other.quantile ~= nil and type(other.quantile) ~= 'function' then
+        error(fname .. ': other.quantile must be a function', 3)
+      end
+      return 'cdf', other.cdf, other.quantile
+    end
+    local mt = getmetatable(other)
+    if other[1] == nil and mt and mt.__call then return 'cdf', other end
+  end
+  if tp ~= 'table' and not is_tensor(other) then
+    error(fmt('%s: other must be samples (a tensor or an array of numbers), a CDF function or '
+              .. '{cdf = f, quantile = q} (got %s)', fname, tp), 3)
+  end
+  local s = samples_of(other, fname, 'other')
+  table.sort(s)
+  return 'samples', s
+end
+
+-- F wrapped so that a CDF returning garbage is a clear error
+local function checked_cdf(F, fname)
+  return function(x)
+    local v = F(x)
+    if type(v) ~= 'number' or v ~= v then
+      error(fmt('%s: the cdf returned %s at x = %.17g (expected a number in [0, 1])',
+                fname, tostring(v), x), 0)
+    end
+    return v
+  end
+end
+
+-- ---- integration -------------------------------------------------------------------------------
+
+-- Gauss-Kronrod 7/15 nodes and weights (QUADPACK qk15)
+local XGK = { 0.991455371120812639206854697526329, 0.949107912342758524526189684047851,
+              0.864864423359769072789712788640926, 0.741531185599394439863864773280788,
+              0.586087235467691130294144845693013, 0.405845151377397166906606412076961,
+              0.207784955007898467600689403773245, 0.000000000000000000000000000000000 }
+local WGK = { 0.022935322010529224963732008058970, 0.063092092629978553290700663189204,
+              0.104790010322250183839876322541518, 0.140653259715525918745189590510238,
+              0.169004726639267902826583426598550, 0.190350578064785409913256402421014,
+              0.204432940075298892414161999234649, 0.209482141084727828012999174891714 }
+local WG = { 0.129484966168869693270611432679082, 0.279705391489276667901467771423780,
+             0.381830050505118944950369775488975, 0.417959183673469387755102040816327 }
+
+local function gk15(f, a, b)
+  local c, h = 0.5 * (a + b), 0.5 * (b - a)
+  local fc = f(c)
+  local k, g = fc * WGK[8], fc * WG[4]
+  for j = 1, 7 do
+    local dx = h * XGK[j]
+    local s = f(c - dx) + f(c + dx)
+    k = k + WGK[j] * s
+    if j % 2 == 0 then g = g + WG[j // 2] * s end
+  end
+  return k * h, abs((k - g) * h)
+end
+
+-- adaptive bisection until the Kronrod/Gauss difference is under tol
+local function integrate(f, a, b, tol, depth)
+  local v, err = gk15(f, a, b)
+  if err <= tol or depth >= 40 or b - a <= 1e-14 * max(abs(a), abs(b)) then return v end
+  local m = 0.5 * (a + b)
+  return integrate(f, a, m, 0.5 * tol, depth + 1) + integrate(f, m, b, 0.5 * tol, depth + 1)
+end
+
+-- x in [a, b] with F(x) = c, given F(a) < c < F(b): Illinois (regula falsi) with a bisection
+-- fallback; the kink's position only enters the integral at second order, so 1e-13 relative
+-- of the interval is plenty.
+local function crossing(F, c, a, b, fa, fb)
+  local ga, gb = fa - c, fb - c
+  local side = 0
+  local tol = 1e-13 * (b - a) + 1e-300
+  for it = 1, 200 do
+    local x
+    if it % 8 == 0 then x = 0.5 * (a + b) else x = (a * gb - b * ga) / (gb - ga) end
+    if not (x > a and x < b) then x = 0.5 * (a + b) end
+    local gx = F(x) - c
+    if gx == 0 then return x end
+    if (gx < 0) == (ga < 0) then
+      a, ga = x, gx
+      if side == -1 then gb = gb * 0.5 end
+      side = -1
+    else
+      b, gb = x, gx
+      if side == 1 then ga = ga * 0.5 end
+      side = 1
+    end
+    if b - a <= tol then break end
+  end
+  return 0.5 * (a + b)
+end
+
+-- ∫_a^b |c - F(x)| dx for a monotone F, split at the crossing F = c
+local function abs_diff_integral(F, Q, c, a, b, fa, fb, tol)
+  if fb <= c then return c * (b - a) - integrate(F, a, b, tol, 0) end
+  if fa >= c then return integrate(F, a, b, tol, 0) - c * (b - a) end
+  local r
+  if Q then
+    local ok, q = pcall(Q, c)
+    if ok and type(q) == 'number' and q == q then r = min(b, max(a, q)) end
+  end
+  r = r or crossing(F, c, a, b, fa, fb)
+  return (c * (r - a) - integrate(F, a, r, 0.5 * tol, 0))
+       + (integrate(F, r, b, 0.5 * tol, 0) - c * (b - r))
+end
+
+-- ∫ over a tail, in chunks of doubling length, until F is within 1e-12 of its limit:
+-- dir = -1: ∫_{-inf}^{x} F ; dir = 1: ∫_{x}^{inf} (1 - F)
+local function tail(F, x, dir, h, tol, fname)
+  local g = dir < 0 and F or function(v) return 1 - F(v) end
+  local total, edge = 0, x
+  for _ = 1, 1100 do
+    local far = edge + dir * h
+    if far == edge or far ~= far or abs(far) == huge then break end
+    local a, b = edge, far
+    if dir < 0 then a, b = far, edge end
+    total = total + integrate(g, a, b, tol, 0)
+    if g(far) <= 1e-12 then return total end
+    edge, h = far, h * 2
+  end
+  error(fmt('%s: the cdf does not reach %s within 1e-12 towards %s', fname,
+            dir < 0 and '0' or '1', dir < 0 and '-infinity' or '+infinity'), 4)
+end
+
+-- ---- Wasserstein-1 -----------------------------------------------------------------------------
+
+--[[ diffuse.metrics.wasserstein1(samples, other) --> number
+  The 1-D Wasserstein-1 (earth mover's) distance W1 = ∫ |F_n(x) - G(x)| dx between the
+  empirical distribution F_n of `samples` and
+  - other samples (tensor or array, any size m): exact, by a sweep over the merged sorted
+    values (|F_n - G_m| is piecewise constant);
+  - a CDF function F(x) (or {cdf = F, quantile = Q}): between consecutive sorted samples F_n is
+    constant, and ∫ |c - F| is integrated by adaptive Gauss-Kronrod (7/15) split at the point
+    where F crosses c (found by Q when given, else by regula falsi); the two tails are integrated
+    until F is within 1e-12 of 0 and 1. Absolute error about 1e-9 times the samples' spread for
+    smooth F. F must be continuous and non-decreasing; for a distribution without a first
+    moment (Cauchy) the true W1 is infinite and the value returned is merely large.
+  The result is >= 0, in the units of the samples. ]]
+function M.wasserstein1(samples, other)
+  local fname = 'diffuse.metrics.wasserstein1'
+  local a = samples_of(samples, fname, 'samples')
+  table.sort(a)
+  local kind, ref, Q = reference_of(other, fname)
+  local n = #a
+  if kind == 'samples' then
+    local b, m = ref, #ref
+    local i, j = 0, 0                 -- how many of a and of b are <= x
+    local x = min(a[1], b[1])
+    local sum, comp = 0.0, 0.0        -- Neumaier-compensated sum of |i m - j n| dx
+    while true do
+      while i < n and a[i + 1] <= x do i = i + 1 end
+      while j < m and b[j + 1] <= x do j = j + 1 end
+      if i == n and j == m then break end
+      local nx = min(i < n and a[i + 1] or huge, j < m and b[j + 1] or huge)
+      local term = abs(i * m - j * n) * (nx - x)
+      local t = sum + term
+      if abs(sum) >= abs(term) then comp = comp + ((sum - t) + term) else comp = comp + ((term - t) + sum) end
+      sum = t
+      x = nx
+    end
+    return (sum + comp) / (n * m)
+  end
+  local F = checked_cdf(ref, fname)
+  local spread = a[n] - a[1]
+  local scale = spread > 0 and spread or max(1, abs(a[1]))
+  local tol = 1e-9 * scale
+  local Fx = {}
+  for i = 1, n do Fx[i] = F(a[i]) end
+  local total = tail(F, a[1], -1, scale, tol, fname) + tail(F, a[n], 1, scale, tol, fname)
+  for i = 1, n - 1 do
+    local lo, hi = a[i], a[i + 1]
+    if hi > lo then
+      total = total + abs_diff_integral(F, Q, i / n, lo, hi, Fx[i], Fx[i + 1], tol * (hi - lo) / scale + 1e-15)
+    end
+  end
+  return max(0, total)
+end
+
+-- ---- Kolmogorov-Smirnov ------------------------------------------------------------------------
+
+--[[ diffuse.metrics.kolmogorov_sf(lambda) --> number in [0, 1]
+  The Kolmogorov distribution's survival function P(K > lambda) = 2 Σ_{k>=1} (-1)^(k-1)
+  exp(-2 k^2 lambda^2), evaluated by the dual theta series for lambda < 1.18 where the
+  alternating one converges slowly. ]]
+function M.kolmogorov_sf(lambda)
+  if type(lambda) ~= 'number' or lambda ~= lambda then
+    error('diffuse.metrics.kolmogorov_sf: lambda must be a number', 2)
+  end
+  if lambda <= 0 then return 1 end
+  local p
+  if lambda < 1.18 then
+    -- P(K <= l) = sqrt(2 pi) / l Σ_{k>=1} exp(-(2k-1)^2 pi^2 / (8 l^2))
+    local s, q = 0, pi * pi / (8 * lambda * lambda)
+    for k = 1, 50 do
+      local term = exp(-(2 * k - 1) ^ 2 * q)
+      s = s + term
+      if term < 1e-17 * s then break end
+    end
+    p = 1 - sqrt(2 * pi) / lambda * s
+  else
+    local s = 0
+    for k = 1, 100 do
+      local term = exp(-2 * k * k * lambda * lambda)
+      s = s + (k % 2 == 1 and term or -term)
+      if term < 1e-17 then break end
+    end
+    p = 2 * s
+  end
+  return min(1, max(0, p))
+end
+
+-- p-value for statistic d with effective sample size ne (Stephens' small-sample correction,
+-- as in Numerical Recipes' probks)
+local function ks_pvalue(d, ne)
+  local sn = sqrt(ne)
+  return M.kolmogorov_sf((sn + 0.12 + 0.11 / sn) * d)
+end
+
+--[[ diffuse.metrics.ks(samples, other) --> D, p
+  D: the Kolmogorov-Smirnov statistic, in [0, 1].
+  - other a CDF function F (or {cdf = F}): D = sup_x |F_n(x) - F(x)|, exact: evaluated on both
+    sides of every jump of F_n (F continuous assumed).
+  - other samples: the two-sample statistic D = sup_x |F_n(x) - G_m(x)|, exact (ties handled).
+  p: the asymptotic p-value P(D' >= D) under the hypothesis that the samples come from F (or
+  that both samples share one distribution): the Kolmogorov distribution at
+  (sqrt(ne) + 0.12 + 0.11 / sqrt(ne)) D, with ne = n for one sample, n m / (n + m) for two.
+  Accurate for n of about 35 and more; indicative below. ]]
+function M.ks(samples, other)
+  local fname = 'diffuse.metrics.ks'
+  local a = samples_of(samples, fname, 'samples')
+  table.sort(a)
+  local kind, ref = reference_of(other, fname)
+  local n = #a
+  local d = 0
+  if kind == 'samples' then
+    local b, m = ref, #ref
+    local i, j = 0, 0
+    while i < n or j < m do
+      local x = min(i < n and a[i + 1] or huge, j < m and b[j + 1] or huge)
+      while i < n and a[i + 1] <= x do i = i + 1 end
+      while j < m and b[j + 1] <= x do j = j + 1 end
+      d = max(d, abs(i / n - j / m))
+    end
+    return d, ks_pvalue(d, n * m / (n + m))
+  end
+  local F = checked_cdf(ref, fname)
+  for i = 1, n do
+    local f = F(a[i])
+    d = max(d, i / n - f, f - (i - 1) / n)
+  end
+  return d, ks_pvalue(d, n)
+end
+
+-- ---- moments -----------------------------------------------------------------------------------
+
+--[[ diffuse.metrics.moments(x) --> { n, mean, var, std, skewness, kurtosis, min, max }
+  n: the number of samples; mean; var: the unbiased variance Σ (x - mean)^2 / (n - 1)
+  (NaN when n = 1); std = sqrt(var); skewness: m3 / m2^(3/2) and kurtosis: the excess
+  kurtosis m4 / m2^2 - 3, both from the central moments m_k = Σ (x - mean)^k / n (the plain
+  moment estimators, scipy's default bias = True; NaN when all values are equal); min, max.
+  Central moments are summed in a second pass over the data, for accuracy. ]]
+function M.moments(x)
+  local fname = 'diffuse.metrics.moments'
+  local t = samples_of(x, fname, 'x')
+  local n = #t
+  local s, lo, hi = 0, huge, -huge
+  for i = 1, n do
+    local v = t[i]
+    s = s + v
+    if v < lo then lo = v end
+    if v > hi then hi = v end
+  end
+  local mean = s / n
+  local c1, m2, m3, m4 = 0, 0, 0, 0
+  for i = 1, n do
+    local dv = t[i] - mean
+    local d2 = dv * dv
+    c1, m2, m3, m4 = c1 + dv, m2 + d2, m3 + d2 * dv, m4 + d2 * d2
+  end
+  mean = mean + c1 / n              -- corrects the rounding of the first pass
+  m2 = (m2 - c1 * c1 / n) / n
+  m3, m4 = m3 / n, m4 / n
+  local nan = 0 / 0
+  local var = n > 1 and m2 * n / (n - 1) or nan
+  local skew, kurt = nan, nan
+  if m2 > 0 then
+    skew = m3 / m2 ^ 1.5
+    kurt = m4 / (m2 * m2) - 3
+  end
+  return { n = n, mean = mean, var = var, std = sqrt(var), skewness = skew, kurtosis = kurt,
+           min = lo, max = hi }
+end
+
+-- diffuse.metrics.score_error(net, diffuser, score) is contributed separately (see DESIGN.md).
+
+return M
