@@ -39,6 +39,37 @@ typedef struct df_plan {
   const float *c1, *c2; /* per step k < steps: the coefficients of dmath.h's df_step_* rules */
 } df_plan;
 
+/* a score network as plain numbers: the Linear layers' sizes and where their weights [out, in]
+   and biases [out] sit in the flat parameter buffer (nn.c builds it) */
+#define DF_MAXLIN 16
+#define DF_NET_MAXDIM 64 /* widest data a network takes */
+enum { DF_NET_MLP, DF_NET_TEMB };
+typedef struct df_netdesc {
+  int kind, dim, act;        /* DF_NET_*, data dimension, DF_ACT_* */
+  int nlin;                  /* MLP: hidden layers + 1; TEMB: 3 (time, x, output) */
+  int in[DF_MAXLIN], out[DF_MAXLIN];
+  int64_t woff[DF_MAXLIN], boff[DF_MAXLIN];
+  int embed;                 /* TEMB: Fourier features (embed / 2 frequencies, sin and cos) */
+  int64_t nparams, nfixed;   /* trainable parameters; fixed ones (TEMB: the frequencies W) */
+  int maxw;                  /* widest layer */
+} df_netdesc;
+
+/* one denoising-score-matching step's draws: batch rows of data (drawn with replacement from
+   stream st_idx when sample is set), t = tol + (1 - tol) U from st_t, eta from st_eta */
+typedef struct df_dsm {
+  df_diffuser diff;
+  const float *data;
+  int64_t data_rows, batch;
+  int sample;
+  float tol;
+  uint64_t seed, st_idx, st_t, st_eta;
+} df_dsm;
+
+/* Adam's constants for one step (optim.c): step = lr / (1 - b1^t), sqrt_bc2 = sqrt(1 - b2^t) */
+typedef struct df_adam_hp {
+  float b1, b2, eps, wd, step, sqrt_bc2;
+} df_adam_hp;
+
 typedef struct df_backend {
   const char *name;                                  /* "cpu", "cuda" */
   int (*device_count)(int *count);
@@ -95,6 +126,27 @@ typedef struct df_backend {
      c2 z; HEUN_PRED xp = x + c1 s; HEUN_CORR x += (c1 s + c2 s2) / 2 */
   int (*sample_step)(int dev, int stage, float *x, float *xp, const float *s, const float *s2,
                      float c1, float c2, int64_t n, int64_t k, uint64_t seed, uint64_t stream);
+
+  /* ---- score networks (nn.h); x [rows, dim], t one per row (or t0 when t == NULL) ---- */
+  /* floats of device workspace a forward of `rows` rows keeps for the backward */
+  int64_t (*net_workspace)(const df_netdesc *nd, int64_t rows);
+  /* out [rows, dim] = net(x, t), using ws (net_workspace(nd, rows) floats); with keep, ws
+     then holds what net_backward needs */
+  int (*net_forward)(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                     const float *x, const float *t, float t0, int64_t rows, float *out,
+                     float *ws, int keep);
+  /* grads += d(sum of dout * out) / d params, for the forward that filled ws (kept); the
+     backward may use the rest of ws as scratch */
+  int (*net_backward)(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                      const float *x, const float *t, float t0, int64_t rows,
+                      const float *dout, float *grads, float *ws);
+  /* one DSM step: draws, forward, loss = mean((net(x_t, t) + eta)^2) into *loss (device
+     memory), grads += its gradient; ws holds net_workspace(nd, batch) floats */
+  int (*dsm_step)(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                  float *grads, const df_dsm *job, float *loss, float *ws);
+  /* p, m, v updated from g in one pass */
+  int (*adam)(int dev, float *p, const float *g, float *m, float *v, int64_t n,
+              const df_adam_hp *hp);
 } df_backend;
 
 /* what the core hands to a backend module (kernels/) when it loads: the ABI version it was

@@ -5,6 +5,10 @@
 
 #include "backend.h"
 
+/* cpu_rng.c: out[j] = element base + j of a uniform / normal stream */
+void cpu_uniform_run(uint64_t seed, uint64_t stream, uint64_t base, int64_t m, float *out);
+void cpu_normal_run(uint64_t seed, uint64_t stream, uint64_t base, int64_t m, float *out);
+
 /* cpu_diffusion.c */
 int cpu_diffuser_eval(int dev, const df_diffuser *D, int what, float *out, const float *t,
                       int64_t n);
@@ -19,5 +23,18 @@ int cpu_sample_fused(int dev, const df_plan *p, const df_mixture *m, float *x, i
                      uint64_t stream);
 int cpu_sample_step(int dev, int stage, float *x, float *xp, const float *s, const float *s2,
                     float c1, float c2, int64_t n, int64_t k, uint64_t seed, uint64_t stream);
+
+/* cpu_nn.c */
+int64_t cpu_net_workspace(const df_netdesc *nd, int64_t rows);
+int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                    const float *x, const float *t, float t0, int64_t rows, float *out, float *ws,
+                    int keep);
+int cpu_net_backward(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                     const float *x, const float *t, float t0, int64_t rows, const float *dout,
+                     float *grads, float *ws);
+int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                 float *grads, const df_dsm *job, float *loss, float *ws);
+int cpu_adam(int dev, float *p, const float *g, float *m, float *v, int64_t n,
+             const df_adam_hp *hp);
 
 #endif

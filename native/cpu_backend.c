@@ -116,15 +116,8 @@ static int cpu_ramp(int dev, float *x, int64_t n, double start, double step, dou
 static int cpu_random(int dev, int dist, float *x, int64_t n, uint64_t seed, uint64_t stream)
 {
   (void)dev;
-  for (int64_t b = 0; b * 4 < n; b++) {
-    uint32_t w[4];
-    float z[4];
-    df_philox_block(seed, stream, (uint64_t)b, w);
-    if (dist == DF_NORMAL) df_normal4(w, z);
-    else for (int j = 0; j < 4; j++) z[j] = df_u01(w[j]);
-    int64_t m = n - b * 4 < 4 ? n - b * 4 : 4;
-    for (int64_t j = 0; j < m; j++) x[b * 4 + j] = z[j];
-  }
+  if (dist == DF_NORMAL) cpu_normal_run(seed, stream, 0, n, x);
+  else cpu_uniform_run(seed, stream, 0, n, x);
   return DF_OK;
 }
 
@@ -388,4 +381,9 @@ const df_backend df_cpu_backend = {
   .mixture_sample = cpu_mixture_sample,
   .sample_fused = cpu_sample_fused,
   .sample_step = cpu_sample_step,
+  .net_workspace = cpu_net_workspace,
+  .net_forward = cpu_net_forward,
+  .net_backward = cpu_net_backward,
+  .dsm_step = cpu_dsm_step,
+  .adam = cpu_adam,
 };

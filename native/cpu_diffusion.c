@@ -58,20 +58,9 @@ int cpu_mixture_sample(int dev, const df_mixture *m, float *out, const float *si
   return DF_OK;
 }
 
-/* normals number base .. base + m - 1 of a stream, one Philox block per four */
 static void normals(uint64_t seed, uint64_t stream, uint64_t base, int64_t m, float *z)
 {
-  uint64_t b0 = base >> 2, b1 = (base + (uint64_t)m - 1) >> 2;
-  for (uint64_t b = b0; b <= b1; b++) {
-    uint32_t w[4];
-    float q[4];
-    df_philox_block(seed, stream, b, w);
-    df_normal4(w, q);
-    for (int l = 0; l < 4; l++) {
-      int64_t j = (int64_t)(b * 4 + (uint64_t)l - base);
-      if (j >= 0 && j < m) z[j] = q[l];
-    }
-  }
+  cpu_normal_run(seed, stream, base, m, z);
 }
 
 static void record_tile(int64_t k, int nrec, const int64_t *rec_k, float *const *rec_out,

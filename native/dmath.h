@@ -117,8 +117,9 @@ DF_FN float df_logf(float x)
 DF_FN float df_sin_kernel(float r)
 {
   float z = r * r;
-  return r + r * z * (-1.66666666666666667e-1f + z * (8.33333333333333333e-3f +
-             z * (-1.98412698412698413e-4f + z * 2.75573192239858907e-6f)));
+  float s = r + r * z * (-1.66666666666666667e-1f + z * (8.33333333333333333e-3f +
+            z * (-1.98412698412698413e-4f + z * 2.75573192239858907e-6f)));
+  return z == 0.0f ? r : s; /* keeps the sign of -0 */
 }
 
 DF_FN float df_cos_kernel(float r)
@@ -407,5 +408,67 @@ DF_FN float df_step_heun(float x, float s, float s2, float c1, float c2)
    run's stream, so the noise is the same for the fused and the step-by-step paths, and the four
    elements of one Philox block are neighbours within a step */
 DF_FN uint64_t df_noise_index(uint64_t i, uint64_t k, uint64_t n) { return k * n + i; }
+
+/* ---- network pieces: activations, Fourier features, Adam ------------------------------------ */
+
+enum { DF_ACT_SILU, DF_ACT_RELU, DF_ACT_TANH, DF_ACT_GELU };
+
+/* h = act(z); *aux keeps what the derivative needs (sigmoid(z), tanh(z) or tanh(u)) */
+DF_FN float df_act_fwd(int act, float z, float *aux)
+{
+  switch (act) {
+  case DF_ACT_RELU: *aux = 0.0f; return df_reluf(z);
+  case DF_ACT_TANH: *aux = df_tanhf(z); return *aux;
+  case DF_ACT_GELU: {
+    float th = df_tanhf(0.797884560802865356f * (z + 0.044715f * z * z * z));
+    *aux = th;
+    return 0.5f * z * (1.0f + th);
+  }
+  default: *aux = df_sigmoidf(z); return z * *aux;
+  }
+}
+
+/* d act / dz at z, from the aux value df_act_fwd left */
+DF_FN float df_act_bwd(int act, float z, float aux)
+{
+  switch (act) {
+  case DF_ACT_RELU: return z > 0.0f ? 1.0f : 0.0f;
+  case DF_ACT_TANH: return 1.0f - aux * aux;
+  case DF_ACT_GELU:
+    return 0.5f * (1.0f + aux) + 0.5f * z * (1.0f - aux * aux) * 0.797884560802865356f *
+           (1.0f + 3.0f * 0.044715f * z * z);
+  default: return aux * (1.0f + z * (1.0f - aux)); /* silu: s (1 + z (1 - s)) */
+  }
+}
+
+/* Gaussian Fourier features of t: [sin(2 pi t W_j)] for j < half, then [cos(2 pi t W_j)];
+   the argument is rounded as torch rounds (t W) * 2 pi in float32 */
+DF_FN void df_fourier(float t, float w, float *s, float *c)
+{
+  df_sincosf((t * w) * 6.28318530717958648f, s, c);
+}
+
+/* one Adam update of one parameter, in torch's order of operations (torch.optim.Adam with
+   L2 weight decay): g += wd p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+   p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps) */
+DF_FN float df_adam_update(float p, float g, float *m, float *v, float b1, float b2, float step,
+                           float sqrt_bc2, float eps, float wd)
+{
+  g = g + wd * p;
+  *m = *m * b1 + g * (1.0f - b1);
+  *v = *v * b2 + (g * g) * (1.0f - b2);
+  return p + (-step) * (*m / (sqrtf(*v) / sqrt_bc2 + eps));
+}
+
+/* a DSM time from a uniform u of the time stream: t = tol + (1 - tol) u */
+DF_FN float df_dsm_time(float u, float tol) { return tol + (1.0f - tol) * u; }
+
+/* row r of a batch drawn with replacement from n rows: block r of the index stream, 64 bits */
+DF_FN int64_t df_rand_index(uint64_t seed, uint64_t stream, uint64_t r, int64_t n)
+{
+  uint32_t w[4];
+  df_philox_block(seed, stream, r, w);
+  return (int64_t)((((uint64_t)w[0] << 32) | w[1]) % (uint64_t)n);
+}
 
 #endif

@@ -12,6 +12,7 @@
 #include "l_diffusion.h"
 
 int l_open_tensor(lua_State *L);
+void l_open_nn(lua_State *L);
 
 /* diffuse.seed([n]): set the seed of all random streams (and restart them); without n, pick
    one from the clock. Returns the seed. */
@@ -152,6 +153,7 @@ DF_EXPORT int luaopen_diffuse_core(lua_State *L)
   l_open_tensor(L);
   lua_setfield(L, -2, "tensor");
   l_open_diffusion(L);
+  l_open_nn(L);
   lua_pushinteger(L, DF_CORE_ABI);
   lua_setfield(L, -2, "abi");
   return 1;

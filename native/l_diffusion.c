@@ -321,7 +321,9 @@ static int s_gc(lua_State *L)
 {
   l_score *s = (l_score *)luaL_checkudata(L, 1, DF_SCORE_MT);
   free(s->mixbuf);
+  free(s->owned);
   s->mixbuf = NULL;
+  s->owned = NULL;
   s->src.mix.k = 0;
   return 0;
 }

@@ -15,6 +15,7 @@ typedef struct l_score {
   df_score_src src;
   float *mixbuf;          /* a mixture's parameters (owned) */
   const char *kind_name;  /* for callbacks: "net", ... */
+  void *owned;            /* a callback's context (malloc'd, freed with the source) */
 } l_score;
 
 df_diffuser *l_checkdiffuser(lua_State *L, int idx, const char *fname, const char *what);

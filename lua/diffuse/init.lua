@@ -29,6 +29,46 @@ function diffuse.cuda_available()
   return diffuse.cuda.available()
 end
 
+--- diffuse.train{net, diffuser, data, steps = 1000, lr = 1e-3, batch = #data, tol = 1e-5,
+---                progress = false, optimizer = nil} --> losses [steps], optimizer
+-- The whole loop (draw t and noise, forward, loss, backward, Adam) runs in one native call; Lua
+-- only draws the progress bar a few times a second. With more data rows than batch, each step
+-- draws batch rows at random; with as many, it uses them all (the seed's zeros). Pass the
+-- optimizer returned by an earlier call (or loaded from a checkpoint) to resume.
+local train_options = { net = true, diffuser = true, data = true, steps = true, lr = true,
+                        batch = true, tol = true, progress = true, optimizer = true }
+function diffuse.train(o)
+  local fname = 'diffuse.train: '
+  if type(o) ~= 'table' then error(fname .. 'expected {net = ..., diffuser = ..., data = ...}', 2) end
+  for k in pairs(o) do
+    if not train_options[k] then error(fname .. "unknown option '" .. tostring(k) .. "'", 2) end
+  end
+  for _, k in ipairs{ 'net', 'diffuser', 'data' } do
+    if o[k] == nil then error(fname .. k .. ' is required', 2) end
+  end
+  local steps = o.steps or 1000
+  local rows = type(o.data) == 'userdata' and o.data.shape and o.data:shape()[1]
+  local batch = o.batch or rows
+  local opt = o.optimizer
+  if opt == nil then
+    opt = diffuse.optim.adam(o.net, { lr = o.lr or 1e-3 })
+  elseif o.lr ~= nil then
+    opt.lr = o.lr
+  end
+  local fn, bar
+  if o.progress == true then
+    bar = diffuse.progress.new{ total = steps, label = 'train' }
+    fn = function(step, _, loss) bar:update(step, { loss = loss }) end
+  elseif type(o.progress) == 'function' then
+    fn = o.progress
+  elseif o.progress ~= nil and o.progress ~= false then
+    error(fname .. 'progress must be true, false or a function(step, total, loss)', 2)
+  end
+  local losses = core.train(o.net, opt, o.diffuser, o.data, steps, batch or 0, o.tol or 1e-5, fn)
+  if bar then bar:finish() end
+  return losses, opt
+end
+
 -- Lua submodules, loaded on first use: diffuse.plot, diffuse.metrics, ...
 local submodules = { plot = true, metrics = true, progress = true }
 

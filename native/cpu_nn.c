@@ -1,0 +1,362 @@
+/* cpu_nn.c: score networks on the CPU. Layers are llm.c-style forward/backward functions
+ * (outputs first, backward accumulates) over one tile of TILE rows held feature-major
+ * (a[i * TILE + r] is feature i of row r), so every inner loop runs along the rows and
+ * vectorises. A network's forward and backward run tile by tile, so a tile's activations stay
+ * in cache; a DSM step draws, runs forward, the loss and backward for each tile in one pass.
+ * Gradients are summed per partition of tiles (NPART, fixed) and then across partitions in
+ * order, so the result never depends on how many threads share the work. */
+#include <string.h>
+#include "status.h"
+#include "cpu.h"
+
+#define TILE 64   /* rows per tile */
+#define NPART 8   /* gradient partitions */
+#define LANES 16  /* partial sums per row reduction (one AVX-512 register of floats) */
+
+/* ---- layers over one tile (shapes in comments: [features][TILE]) -------------------------- */
+
+/* out [O][T] = W [O, I] inp [I][T] + b [O] */
+static void linear_forward(float *out, const float *inp, const float *w, const float *b, int I,
+                           int O)
+{
+  for (int o = 0; o < O; o++) {
+    float *y = out + o * TILE;
+    for (int r = 0; r < TILE; r++) y[r] = b[o];
+    for (int i = 0; i < I; i++) {
+      float wi = w[o * I + i];
+      const float *x = inp + i * TILE;
+      for (int r = 0; r < TILE; r++) y[r] += wi * x[r];
+    }
+  }
+}
+
+/* sum over the tile's rows of a[r] * b[r] (b == NULL: of a[r]), in LANES fixed partial sums */
+static float row_dot(const float *a, const float *b)
+{
+  float acc[LANES];
+  for (int l = 0; l < LANES; l++) acc[l] = 0.0f;
+  if (b) {
+    for (int r0 = 0; r0 < TILE; r0 += LANES)
+      for (int l = 0; l < LANES; l++) acc[l] += a[r0 + l] * b[r0 + l];
+  } else {
+    for (int r0 = 0; r0 < TILE; r0 += LANES)
+      for (int l = 0; l < LANES; l++) acc[l] += a[r0 + l];
+  }
+  for (int h = LANES / 2; h > 0; h /= 2)
+    for (int l = 0; l < h; l++) acc[l] += acc[l + h];
+  return acc[0];
+}
+
+/* dw [O, I] += dout inp^T and db [O] += dout summed over rows; dinp [I][T] = W^T dout
+   (overwritten; skipped when dinp is NULL) */
+static void linear_backward(float *dinp, float *dw, float *db, const float *dout,
+                            const float *inp, const float *w, int I, int O)
+{
+  for (int o = 0; o < O; o++) {
+    const float *g = dout + o * TILE;
+    db[o] += row_dot(g, NULL);
+    for (int i = 0; i < I; i++) dw[o * I + i] += row_dot(g, inp + i * TILE);
+  }
+  if (!dinp) return;
+  for (int i = 0; i < I; i++) {
+    float *d = dinp + i * TILE;
+    for (int r = 0; r < TILE; r++) d[r] = 0.0f;
+    for (int o = 0; o < O; o++) {
+      float wi = w[o * I + i];
+      const float *g = dout + o * TILE;
+      for (int r = 0; r < TILE; r++) d[r] += wi * g[r];
+    }
+  }
+}
+
+/* h = act(z), aux for the backward; n = features * TILE */
+static void act_forward(int act, float *h, float *aux, const float *z, int n)
+{
+  for (int i = 0; i < n; i++) h[i] = df_act_fwd(act, z[i], &aux[i]);
+}
+
+/* dz = dh * act'(z) */
+static void act_backward(int act, float *dz, const float *dh, const float *z, const float *aux,
+                         int n)
+{
+  for (int i = 0; i < n; i++) dz[i] = dh[i] * df_act_bwd(act, z[i], aux[i]);
+}
+
+/* f [2 half][T]: sin(2 pi t W_j) then cos(2 pi t W_j) */
+static void fourier_forward(float *f, const float *t, const float *w, int half)
+{
+  for (int j = 0; j < half; j++) {
+    float *s = f + j * TILE, *c = f + (half + j) * TILE;
+    for (int r = 0; r < TILE; r++) df_fourier(t[r], w[j], &s[r], &c[r]);
+  }
+}
+
+/* out = a + b, n = features * TILE */
+static void add_forward(float *out, const float *a, const float *b, int n)
+{
+  for (int i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+/* ---- the per-tile frame: everything one tile's forward leaves for its backward ------------- */
+
+/* MLP:  in0 [dim+1], then per Linear l: z_l [out_l], and for hidden layers aux_l, h_l
+   TEMB: x [dim], t [1], f [embed], ze, ae, e, u, v, av, h [H each], out [dim]
+   (sizes in features; each feature is TILE floats) */
+typedef struct {
+  float *in0, *z[DF_MAXLIN], *aux[DF_MAXLIN], *h[DF_MAXLIN];       /* MLP */
+  float *x, *t, *f, *ze, *ae, *e, *u, *v, *av, *hh, *out;           /* TEMB */
+} frame;
+
+static int64_t frame_floats(const df_netdesc *nd)
+{
+  int64_t n = 0;
+  if (nd->kind == DF_NET_MLP) {
+    n += nd->in[0];
+    for (int l = 0; l < nd->nlin; l++) n += l + 1 < nd->nlin ? 3 * nd->out[l] : nd->out[l];
+  } else {
+    int H = nd->out[0];
+    n += nd->dim + 1 + nd->embed + 7 * H + nd->dim;
+  }
+  return n * TILE;
+}
+
+static frame frame_at(const df_netdesc *nd, float *p)
+{
+  frame f;
+  memset(&f, 0, sizeof f);
+  if (nd->kind == DF_NET_MLP) {
+    f.in0 = p; p += nd->in[0] * TILE;
+    for (int l = 0; l < nd->nlin; l++) {
+      f.z[l] = p; p += nd->out[l] * TILE;
+      if (l + 1 < nd->nlin) {
+        f.aux[l] = p; p += nd->out[l] * TILE;
+        f.h[l] = p; p += nd->out[l] * TILE;
+      }
+    }
+    f.out = f.z[nd->nlin - 1];
+  } else {
+    int H = nd->out[0];
+    f.x = p; p += nd->dim * TILE;
+    f.t = p; p += TILE;
+    f.f = p; p += nd->embed * TILE;
+    f.ze = p; p += H * TILE;
+    f.ae = p; p += H * TILE;
+    f.e = p; p += H * TILE;
+    f.u = p; p += H * TILE;
+    f.v = p; p += H * TILE;
+    f.av = p; p += H * TILE;
+    f.hh = p; p += H * TILE;
+    f.out = p;
+  }
+  return f;
+}
+
+/* the inputs of a tile: rows r0 .. r0 + m - 1 of x [rows, dim] and of t (or t0), zero padded */
+static void load_inputs(const df_netdesc *nd, const frame *f, const float *x, const float *t,
+                        float t0, int64_t r0, int m)
+{
+  int d = nd->dim;
+  float *xs = nd->kind == DF_NET_MLP ? f->in0 : f->x;
+  float *ts = nd->kind == DF_NET_MLP ? f->in0 + d * TILE : f->t;
+  for (int c = 0; c < d; c++)
+    for (int r = 0; r < TILE; r++) xs[c * TILE + r] = r < m ? x[(r0 + r) * d + c] : 0.0f;
+  for (int r = 0; r < TILE; r++) ts[r] = r < m ? (t ? t[r0 + r] : t0) : 0.0f;
+}
+
+/* forward of one tile whose inputs are loaded; the output ends in f->out [dim][T] */
+static void tile_forward(const df_netdesc *nd, const float *params, const float *fixed,
+                         const frame *f)
+{
+  const float *W[DF_MAXLIN], *B[DF_MAXLIN];
+  for (int l = 0; l < nd->nlin; l++) { W[l] = params + nd->woff[l]; B[l] = params + nd->boff[l]; }
+  if (nd->kind == DF_NET_MLP) {
+    const float *in = f->in0;
+    for (int l = 0; l < nd->nlin; l++) {
+      linear_forward(f->z[l], in, W[l], B[l], nd->in[l], nd->out[l]);
+      if (l + 1 < nd->nlin) {
+        act_forward(nd->act, f->h[l], f->aux[l], f->z[l], nd->out[l] * TILE);
+        in = f->h[l];
+      }
+    }
+    return;
+  }
+  int H = nd->out[0];
+  fourier_forward(f->f, f->t, fixed, nd->embed / 2);
+  linear_forward(f->ze, f->f, W[0], B[0], nd->embed, H);     /* time: Linear(embed, H) */
+  act_forward(nd->act, f->e, f->ae, f->ze, H * TILE);          /*       then the activation */
+  linear_forward(f->u, f->x, W[1], B[1], nd->dim, H);         /* x:    Linear(dim, H) */
+  add_forward(f->v, f->e, f->u, H * TILE);                     /* summed */
+  act_forward(nd->act, f->hh, f->av, f->v, H * TILE);
+  linear_forward(f->out, f->hh, W[2], B[2], H, nd->dim);      /* out:  Linear(H, dim) */
+}
+
+/* backward of one tile from dout [dim][T]; gradients accumulate into g; d1, d2 are scratch of
+   maxw features each */
+static void tile_backward(const df_netdesc *nd, const float *params, const frame *f,
+                          const float *dout, float *g, float *d1, float *d2)
+{
+  const float *W[DF_MAXLIN];
+  for (int l = 0; l < nd->nlin; l++) W[l] = params + nd->woff[l];
+  if (nd->kind == DF_NET_MLP) {
+    const float *dz = dout;
+    for (int l = nd->nlin - 1; l >= 0; l--) {
+      const float *in = l > 0 ? f->h[l - 1] : f->in0;
+      float *dh = l == 0 ? NULL : dz == d1 ? d2 : d1; /* never the buffer dz is in; none for x, t */
+      linear_backward(dh, g + nd->woff[l], g + nd->boff[l], dz, in, W[l], nd->in[l], nd->out[l]);
+      if (l > 0) {
+        act_backward(nd->act, dh, dh, f->z[l - 1], f->aux[l - 1], nd->out[l - 1] * TILE);
+        dz = dh;
+      }
+    }
+    return;
+  }
+  int H = nd->out[0];
+  linear_backward(d1, g + nd->woff[2], g + nd->boff[2], dout, f->hh, W[2], H, nd->dim);
+  act_backward(nd->act, d2, d1, f->v, f->av, H * TILE);     /* dv: goes to both branches */
+  linear_backward(NULL, g + nd->woff[1], g + nd->boff[1], d2, f->x, W[1], nd->dim, H);
+  act_backward(nd->act, d1, d2, f->ze, f->ae, H * TILE);    /* dze */
+  linear_backward(NULL, g + nd->woff[0], g + nd->boff[0], d1, f->f, W[0], nd->embed, H);
+}
+
+/* ---- workspace -------------------------------------------------------------------------------- */
+
+/* frames for every tile (or NPART when nothing is kept), then per partition: two backward
+   scratch blocks and a gradient accumulator */
+static int64_t ntiles_of(int64_t rows) { return (rows + TILE - 1) / TILE; }
+
+int64_t cpu_net_workspace(const df_netdesc *nd, int64_t rows)
+{
+  int64_t nt = ntiles_of(rows);
+  return (nt > NPART ? nt : NPART) * frame_floats(nd) +
+         NPART * (2 * (int64_t)nd->maxw * TILE + nd->nparams);
+}
+
+static float *part_scratch(const df_netdesc *nd, float *ws, int64_t rows, int p)
+{
+  int64_t nt = ntiles_of(rows);
+  float *base = ws + (nt > NPART ? nt : NPART) * frame_floats(nd);
+  return base + p * (2 * (int64_t)nd->maxw * TILE + nd->nparams);
+}
+
+/* tiles [lo, hi) of partition p */
+static void part_range(int64_t nt, int p, int64_t *lo, int64_t *hi)
+{
+  *lo = nt * p / NPART;
+  *hi = nt * (p + 1) / NPART;
+}
+
+/* grads += the partitions' sums, in order */
+static void add_partitions(const df_netdesc *nd, float *grads, float *ws, int64_t rows)
+{
+  for (int p = 0; p < NPART; p++) {
+    const float *g = part_scratch(nd, ws, rows, p) + 2 * (int64_t)nd->maxw * TILE;
+    for (int64_t i = 0; i < nd->nparams; i++) grads[i] += g[i];
+  }
+}
+
+/* ---- whole-network entry points ------------------------------------------------------------------ */
+
+int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                    const float *x, const float *t, float t0, int64_t rows, float *out, float *ws,
+                    int keep)
+{
+  (void)dev;
+  int64_t nt = ntiles_of(rows), ff = frame_floats(nd);
+  for (int64_t k = 0; k < nt; k++) {
+    int m = rows - k * TILE < TILE ? (int)(rows - k * TILE) : TILE;
+    frame f = frame_at(nd, ws + (keep ? k : k % NPART) * ff);
+    load_inputs(nd, &f, x, t, t0, k * TILE, m);
+    tile_forward(nd, params, fixed, &f);
+    for (int c = 0; c < nd->dim; c++)
+      for (int r = 0; r < m; r++) out[(k * TILE + r) * nd->dim + c] = f.out[c * TILE + r];
+  }
+  return DF_OK;
+}
+
+int cpu_net_backward(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                     const float *x, const float *t, float t0, int64_t rows, const float *dout,
+                     float *grads, float *ws)
+{
+  (void)dev; (void)fixed; (void)x; (void)t; (void)t0;
+  int64_t nt = ntiles_of(rows), ff = frame_floats(nd);
+  for (int p = 0; p < NPART; p++) {
+    float *sc = part_scratch(nd, ws, rows, p), *d1 = sc, *d2 = sc + nd->maxw * TILE;
+    float *g = sc + 2 * (int64_t)nd->maxw * TILE;
+    float dd[TILE * DF_NET_MAXDIM];
+    int64_t lo, hi;
+    memset(g, 0, (size_t)nd->nparams * sizeof(float));
+    part_range(nt, p, &lo, &hi);
+    for (int64_t k = lo; k < hi; k++) {
+      int m = rows - k * TILE < TILE ? (int)(rows - k * TILE) : TILE;
+      frame f = frame_at(nd, ws + k * ff);
+      for (int c = 0; c < nd->dim; c++)
+        for (int r = 0; r < TILE; r++) dd[c * TILE + r] = r < m ? dout[(k * TILE + r) * nd->dim + c] : 0.0f;
+      tile_backward(nd, params, &f, dd, g, d1, d2);
+    }
+  }
+  add_partitions(nd, grads, ws, rows);
+  return DF_OK;
+}
+
+int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                 float *grads, const df_dsm *job, float *loss, float *ws)
+{
+  (void)dev;
+  const int d = nd->dim;
+  const int64_t B = job->batch, nt = ntiles_of(B), ff = frame_floats(nd);
+  const float scale = 2.0f / (float)((double)B * d); /* d loss / d out = 2 (out + eta) / (B d) */
+  double total = 0.0;
+  for (int p = 0; p < NPART; p++) {
+    float *sc = part_scratch(nd, ws, B, p), *d1 = sc, *d2 = sc + nd->maxw * TILE;
+    float *g = sc + 2 * (int64_t)nd->maxw * TILE;
+    frame f = frame_at(nd, ws + p * ff);
+    float *xs = nd->kind == DF_NET_MLP ? f.in0 : f.x, *ts = nd->kind == DF_NET_MLP ? f.in0 + d * TILE : f.t;
+    float u[TILE], eta[TILE * DF_NET_MAXDIM], dout[TILE * DF_NET_MAXDIM];
+    double part = 0.0;
+    int64_t lo, hi;
+    memset(g, 0, (size_t)nd->nparams * sizeof(float));
+    part_range(nt, p, &lo, &hi);
+    for (int64_t k = lo; k < hi; k++) {
+      int64_t r0 = k * TILE;
+      int m = B - r0 < TILE ? (int)(B - r0) : TILE;
+      /* draws: times, noise (row-major, as a [B, d] tensor of normals), data rows */
+      cpu_uniform_run(job->seed, job->st_t, (uint64_t)r0, m, u);
+      cpu_normal_run(job->seed, job->st_eta, (uint64_t)(r0 * d), (int64_t)m * d, eta);
+      for (int r = 0; r < TILE; r++) {
+        if (r >= m) {
+          ts[r] = 0.0f;
+          for (int c = 0; c < d; c++) xs[c * TILE + r] = 0.0f;
+          continue;
+        }
+        int64_t src = job->sample ? df_rand_index(job->seed, job->st_idx, (uint64_t)(r0 + r), job->data_rows)
+                                  : r0 + r;
+        float t = df_dsm_time(u[r], job->tol);
+        float sigma = sqrtf(df_diffuser_sigma2(&job->diff, t));
+        ts[r] = t;
+        for (int c = 0; c < d; c++) xs[c * TILE + r] = job->data[src * d + c] + sigma * eta[r * d + c];
+      }
+      tile_forward(nd, params, fixed, &f);
+      for (int c = 0; c < d; c++)
+        for (int r = 0; r < TILE; r++) {
+          float res = r < m ? f.out[c * TILE + r] + eta[r * d + c] : 0.0f;
+          part += (double)res * (double)res;
+          dout[c * TILE + r] = scale * res;
+        }
+      tile_backward(nd, params, &f, dout, g, d1, d2);
+    }
+    total += part;
+  }
+  add_partitions(nd, grads, ws, B);
+  *loss = (float)(total / ((double)B * d));
+  return DF_OK;
+}
+
+int cpu_adam(int dev, float *p, const float *g, float *m, float *v, int64_t n,
+             const df_adam_hp *hp)
+{
+  (void)dev;
+  for (int64_t i = 0; i < n; i++)
+    p[i] = df_adam_update(p[i], g[i], &m[i], &v[i], hp->b1, hp->b2, hp->step, hp->sqrt_bc2,
+                          hp->eps, hp->wd);
+  return DF_OK;
+}

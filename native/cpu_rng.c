@@ -1,0 +1,57 @@
+/* cpu_rng.c: runs of the shared Philox stream on the CPU. Blocks are computed in batches, word
+ * by word (structure of arrays), so that gcc vectorises the rounds and Box-Muller; element j of a
+ * run is element base + j of the stream, exactly as dmath.h's df_rand_at / df_randn_at. */
+#include <string.h>
+#include "cpu.h"
+
+#define BATCH 64 /* Philox blocks per batch */
+
+/* words of blocks b0 .. b0 + nb - 1 (nb <= BATCH) */
+static void blocks(uint64_t seed, uint64_t stream, uint64_t b0, int nb, uint32_t w[4][BATCH])
+{
+  for (int i = 0; i < nb; i++) {
+    uint32_t ctr[4], key[2], out[4];
+    uint64_t b = b0 + (uint64_t)i;
+    ctr[0] = (uint32_t)b; ctr[1] = (uint32_t)(b >> 32);
+    ctr[2] = (uint32_t)stream; ctr[3] = (uint32_t)(stream >> 32);
+    key[0] = (uint32_t)seed; key[1] = (uint32_t)(seed >> 32);
+    df_philox4x32_10(ctr, key, out);
+    w[0][i] = out[0]; w[1][i] = out[1]; w[2][i] = out[2]; w[3][i] = out[3];
+  }
+}
+
+static void run(uint64_t seed, uint64_t stream, uint64_t base, int64_t m, float *out, int normal)
+{
+  uint32_t w[4][BATCH];
+  float z[4][BATCH];
+  uint64_t first = base >> 2, last = (base + (uint64_t)m - 1) >> 2;
+  if (m <= 0) return;
+  for (uint64_t b0 = first; b0 <= last; b0 += BATCH) {
+    int nb = last - b0 + 1 < BATCH ? (int)(last - b0 + 1) : BATCH;
+    blocks(seed, stream, b0, nb, w);
+    if (normal) {
+      for (int i = 0; i < nb; i++) {
+        df_box_muller(w[0][i], w[1][i], &z[0][i], &z[1][i]);
+        df_box_muller(w[2][i], w[3][i], &z[2][i], &z[3][i]);
+      }
+    } else {
+      for (int i = 0; i < nb; i++)
+        for (int l = 0; l < 4; l++) z[l][i] = df_u01(w[l][i]);
+    }
+    for (int i = 0; i < nb; i++)
+      for (int l = 0; l < 4; l++) {
+        int64_t j = (int64_t)((b0 + (uint64_t)i) * 4 + (uint64_t)l - base);
+        if (j >= 0 && j < m) out[j] = z[l][i];
+      }
+  }
+}
+
+void cpu_uniform_run(uint64_t seed, uint64_t stream, uint64_t base, int64_t m, float *out)
+{
+  run(seed, stream, base, m, out, 0);
+}
+
+void cpu_normal_run(uint64_t seed, uint64_t stream, uint64_t base, int64_t m, float *out)
+{
+  run(seed, stream, base, m, out, 1);
+}

@@ -1,0 +1,521 @@
+/* nn.c: score networks (layout, initialisation, forward/backward through the backend, moving
+ * between devices), the network score source, Adam, the DSM loss and the training loop. */
+#define _POSIX_C_SOURCE 200112L
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "status.h"
+#include "nn.h"
+
+/* ---- descriptions -------------------------------------------------------------------------- */
+
+static int check_act(int act)
+{
+  if (act < DF_ACT_SILU || act > DF_ACT_GELU) return df_fail(DF_EARG, "unknown activation %d", act);
+  return DF_OK;
+}
+
+static void layout(df_netdesc *d)
+{
+  int64_t off = 0;
+  d->maxw = d->dim + 1;
+  for (int l = 0; l < d->nlin; l++) {
+    d->woff[l] = off;
+    off += (int64_t)d->in[l] * d->out[l];
+    d->boff[l] = off;
+    off += d->out[l];
+    if (d->out[l] > d->maxw) d->maxw = d->out[l];
+    if (d->kind == DF_NET_MLP && d->in[l] > d->maxw) d->maxw = d->in[l];
+  }
+  d->nparams = off;
+}
+
+int df_netdesc_mlp(df_netdesc *d, int dim, int nhidden, const int64_t *hidden, int act)
+{
+  int st;
+  memset(d, 0, sizeof *d);
+  if (dim < 1 || dim > DF_NET_MAXDIM)
+    return df_fail(DF_EARG, "dim must be between 1 and %d (got %d)", DF_NET_MAXDIM, dim);
+  if (nhidden < 1 || nhidden > DF_MAXLIN - 1)
+    return df_fail(DF_EARG, "hidden must list 1 to %d layer widths (got %d)", DF_MAXLIN - 1, nhidden);
+  if ((st = check_act(act))) return st;
+  for (int l = 0; l < nhidden; l++)
+    if (hidden[l] < 1 || hidden[l] > 4096)
+      return df_fail(DF_EARG, "hidden width %d must be between 1 and 4096 (got %lld)", l + 1,
+                     (long long)hidden[l]);
+  d->kind = DF_NET_MLP;
+  d->dim = dim;
+  d->act = act;
+  d->nlin = nhidden + 1;
+  for (int l = 0; l <= nhidden; l++) {
+    d->in[l] = l == 0 ? dim + 1 : (int)hidden[l - 1]; /* input: concat[x, t] */
+    d->out[l] = l == nhidden ? dim : (int)hidden[l];
+  }
+  layout(d);
+  return DF_OK;
+}
+
+int df_netdesc_temb(df_netdesc *d, int dim, int hidden, int embed, int act)
+{
+  int st;
+  memset(d, 0, sizeof *d);
+  if (dim < 1 || dim > DF_NET_MAXDIM)
+    return df_fail(DF_EARG, "dim must be between 1 and %d (got %d)", DF_NET_MAXDIM, dim);
+  if (hidden < 1 || hidden > 4096)
+    return df_fail(DF_EARG, "hidden must be between 1 and 4096 (got %d)", hidden);
+  if (embed < 2 || embed > 8192 || embed % 2)
+    return df_fail(DF_EARG, "embed must be even, between 2 and 8192 (got %d)", embed);
+  if ((st = check_act(act))) return st;
+  d->kind = DF_NET_TEMB;
+  d->dim = dim;
+  d->act = act;
+  d->embed = embed;
+  d->nlin = 3;
+  d->in[0] = embed; d->out[0] = hidden; /* time: Linear(embed, hidden), then the activation */
+  d->in[1] = dim;   d->out[1] = hidden; /* x: Linear(dim, hidden) */
+  d->in[2] = hidden; d->out[2] = dim;   /* summed, activation, Linear(hidden, dim) */
+  d->nfixed = embed / 2;
+  layout(d);
+  return DF_OK;
+}
+
+/* ---- buffers ------------------------------------------------------------------------------- */
+
+static int alloc_buf(const df_backend *be, int dev, int64_t n, float **p)
+{
+  *p = NULL;
+  return be->alloc(dev, n, p);
+}
+
+static void free_buf(const df_backend *be, int dev, float **p)
+{
+  if (*p) be->release(dev, *p);
+  *p = NULL;
+}
+
+/* copy n floats between any two devices (through the host when neither is the CPU) */
+static int copy_buf(const df_backend *bd, int dd, float *dst, const df_backend *bs, int ds,
+                    const float *src, int64_t n)
+{
+  if (n == 0) return DF_OK;
+  if (bd == bs && dd == ds) return bs->copy2d(ds, dst, n, src, n, 1, n);
+  if (bd == &df_cpu_backend) return bs->download(ds, dst, src, n);
+  if (bs == &df_cpu_backend) return bd->upload(dd, dst, src, n);
+  float *tmp = (float *)malloc((size_t)n * sizeof(float));
+  if (!tmp) return df_fail(DF_ENOMEM, "out of memory");
+  int st = bs->download(ds, tmp, src, n);
+  if (!st) st = bd->upload(dd, dst, tmp, n);
+  free(tmp);
+  return st;
+}
+
+static int need_nn(const df_backend *be)
+{
+  if (be->net_forward && be->net_backward && be->net_workspace && be->dsm_step && be->adam)
+    return DF_OK;
+  return df_fail(DF_EDEVICE, "networks are not implemented on %s", be->name);
+}
+
+void df_net_release(df_net *n)
+{
+  if (!n->live) return;
+  free_buf(n->be, n->dev, &n->params);
+  free_buf(n->be, n->dev, &n->grads);
+  free_buf(n->be, n->dev, &n->fixed);
+  free_buf(n->be, n->dev, &n->ws);
+  free_buf(n->be, n->dev, &n->in_x);
+  free_buf(n->be, n->dev, &n->in_t);
+  free_buf(n->be, n->dev, &n->loss);
+  n->live = 0;
+}
+
+static int alloc_net(df_net *n, const df_backend *be, int dev)
+{
+  int st;
+  n->be = be;
+  n->dev = dev;
+  n->live = 1;
+  n->ws_floats = n->in_cap = 0;
+  n->cached_rows = -1;
+  if ((st = alloc_buf(be, dev, n->d.nparams, &n->params)) ||
+      (st = alloc_buf(be, dev, n->d.nparams, &n->grads)) ||
+      (st = alloc_buf(be, dev, n->d.nfixed > 0 ? n->d.nfixed : 1, &n->fixed)) ||
+      (st = alloc_buf(be, dev, 1, &n->loss)) ||
+      (st = be->fill(dev, n->grads, n->d.nparams, 0.0f))) {
+    df_net_release(n);
+    return st;
+  }
+  return DF_OK;
+}
+
+int df_net_alloc(df_net *n, const df_netdesc *d, double scale, const df_backend *be, int dev)
+{
+  int st;
+  memset(n, 0, sizeof *n);
+  if ((st = need_nn(be))) return st;
+  if (d->kind == DF_NET_TEMB && (!(scale > 0.0) || !isfinite(scale) || scale > 1e6))
+    return df_fail(DF_EARG, "scale must be positive and finite (got %g)", scale);
+  n->d = *d;
+  n->scale = scale;
+  return alloc_net(n, be, dev);
+}
+
+int df_net_create(df_net *n, const df_netdesc *d, double scale, const df_backend *be, int dev)
+{
+  int st;
+  uint64_t seed, unused;
+  if ((st = df_net_alloc(n, d, scale, be, dev))) return st;
+  /* on the host: the frequencies from a normal stream, then every Linear's weight and bias
+     from one uniform stream, in the order torch creates them */
+  int64_t np = d->nparams, nf = d->nfixed;
+  float *host = (float *)malloc((size_t)(np + nf + 1) * sizeof(float));
+  if (!host) {
+    df_net_release(n);
+    return df_fail(DF_ENOMEM, "out of memory for %lld parameters", (long long)np);
+  }
+  df_rng_state(&seed, &unused);
+  if (nf > 0) {
+    uint64_t sw = df_rng_next_stream();
+    for (int64_t j = 0; j < nf; j++) host[np + j] = (float)scale * df_randn_at(seed, sw, (uint64_t)j);
+  }
+  uint64_t sp = df_rng_next_stream();
+  for (int l = 0; l < d->nlin; l++) {
+    float bound = (float)(1.0 / sqrt((double)d->in[l]));
+    int64_t cnt = (int64_t)d->in[l] * d->out[l] + d->out[l];
+    for (int64_t i = 0; i < cnt; i++) {
+      int64_t at = d->woff[l] + i; /* the bias follows its weight */
+      host[at] = (2.0f * df_rand_at(seed, sp, (uint64_t)at) - 1.0f) * bound;
+    }
+  }
+  st = be->upload(dev, n->params, host, np);
+  if (!st && nf > 0) st = be->upload(dev, n->fixed, host + np, nf);
+  free(host);
+  if (st) df_net_release(n);
+  return st;
+}
+
+/* room for a forward of `rows` rows (and their inputs, for backward) */
+static int ensure_ws(df_net *n, int64_t rows)
+{
+  int st;
+  int64_t need = n->be->net_workspace(&n->d, rows);
+  if (need > n->ws_floats) {
+    free_buf(n->be, n->dev, &n->ws);
+    n->ws_floats = 0;
+    n->cached_rows = -1;
+    if ((st = alloc_buf(n->be, n->dev, need, &n->ws))) return st;
+    n->ws_floats = need;
+  }
+  if (rows > n->in_cap) {
+    free_buf(n->be, n->dev, &n->in_x);
+    free_buf(n->be, n->dev, &n->in_t);
+    n->in_cap = 0;
+    n->cached_rows = -1;
+    if ((st = alloc_buf(n->be, n->dev, rows * n->d.dim, &n->in_x)) ||
+        (st = alloc_buf(n->be, n->dev, rows, &n->in_t)))
+      return st;
+    n->in_cap = rows;
+  }
+  return DF_OK;
+}
+
+/* x as [rows, dim] (a 1-d x for dim 1) */
+static int net_rows(const df_net *n, const df_tensor *x, int64_t *rows)
+{
+  char b[96];
+  int64_t d = x->ndim == 2 ? x->shape[1] : 1;
+  if (x->ndim > 2 || d != n->d.dim || (x->ndim == 1 && n->d.dim != 1))
+    return df_fail(DF_EARG, "x must be [B, %d], got %s", n->d.dim,
+                   df_shape_str(x->ndim, x->shape, b, sizeof b));
+  if (x->be != n->be || x->dev != n->dev) {
+    char s1[32], s2[32];
+    return df_fail(DF_EARG, "x is on %s but the network is on %s",
+                   df_device_str(x->be, x->dev, s1, sizeof s1), df_device_str(n->be, n->dev, s2, sizeof s2));
+  }
+  *rows = x->shape[0];
+  return DF_OK;
+}
+
+int df_net_forward(df_net *n, df_tensor *out, const df_tensor *x, const df_tensor *t, double t0,
+                   int keep)
+{
+  int64_t rows;
+  int st;
+  if ((st = net_rows(n, x, &rows))) return st;
+  if (t) {
+    if (!df_same_device(x, t)) return df_fail(DF_EARG, "x and t are on different devices");
+    if (t->numel != rows || t->ndim > 2 || (t->ndim == 2 && t->shape[1] != 1))
+      return df_fail(DF_EARG, "t must be a number or hold one time per row (%lld)", (long long)rows);
+  } else if (!isfinite(t0)) {
+    return df_fail(DF_EARG, "t must be finite (got %g)", t0);
+  }
+  int64_t shape[2] = { rows, n->d.dim };
+  if ((st = df_tensor_alloc(out, n->be, n->dev, 2, shape))) return st;
+  if ((st = ensure_ws(n, rows))) return st;
+  n->cached_rows = -1;
+  if (rows == 0) return DF_OK;
+  st = n->be->net_forward(n->dev, &n->d, n->params, n->fixed, df_data(x), t ? df_data(t) : NULL,
+                          (float)t0, rows, df_data(out), n->ws, keep);
+  if (st || !keep) return st;
+  /* keep the inputs for backward */
+  if ((st = copy_buf(n->be, n->dev, n->in_x, x->be, x->dev, df_data(x), rows * n->d.dim)))
+    return st;
+  if (t && (st = copy_buf(n->be, n->dev, n->in_t, t->be, t->dev, df_data(t), rows))) return st;
+  n->cached_rows = rows;
+  n->cached_has_t = t != NULL;
+  n->cached_t0 = (float)t0;
+  return DF_OK;
+}
+
+int df_net_backward(df_net *n, const df_tensor *dout)
+{
+  int64_t rows;
+  int st;
+  if (n->cached_rows < 0)
+    return df_fail(DF_ESTATE, "backward needs a forward first (and nothing else using the "
+                              "network in between)");
+  if ((st = net_rows(n, dout, &rows))) return st;
+  if (rows != n->cached_rows)
+    return df_fail(DF_EARG, "grad_out has %lld rows but the last forward had %lld",
+                   (long long)rows, (long long)n->cached_rows);
+  if (rows == 0) return DF_OK;
+  return n->be->net_backward(n->dev, &n->d, n->params, n->fixed, n->in_x,
+                             n->cached_has_t ? n->in_t : NULL, n->cached_t0, rows, df_data(dout),
+                             n->grads, n->ws);
+}
+
+int df_net_zero_grad(df_net *n) { return n->be->fill(n->dev, n->grads, n->d.nparams, 0.0f); }
+
+int df_net_to(df_net *n, const df_backend *be, int dev)
+{
+  int st;
+  if (n->be == be && n->dev == dev) return DF_OK;
+  if ((st = need_nn(be))) return st;
+  df_net m = *n;
+  if ((st = alloc_net(&m, be, dev))) return st;
+  if ((st = copy_buf(be, dev, m.params, n->be, n->dev, n->params, n->d.nparams)) ||
+      (st = copy_buf(be, dev, m.grads, n->be, n->dev, n->grads, n->d.nparams)) ||
+      (st = copy_buf(be, dev, m.fixed, n->be, n->dev, n->fixed, n->d.nfixed))) {
+    df_net_release(&m);
+    return st;
+  }
+  df_net_release(n);
+  *n = m;
+  return DF_OK;
+}
+
+int df_net_get(const df_net *n, int which, df_tensor *out)
+{
+  int64_t len = which == DF_FIXED ? n->d.nfixed : n->d.nparams;
+  const float *src = which == DF_PARAMS ? n->params : which == DF_GRADS ? n->grads : n->fixed;
+  int st = df_tensor_alloc(out, n->be, n->dev, 1, &len);
+  return st ? st : copy_buf(n->be, n->dev, df_data(out), n->be, n->dev, src, len);
+}
+
+int df_net_set(df_net *n, int which, const df_tensor *src)
+{
+  int64_t len = which == DF_FIXED ? n->d.nfixed : n->d.nparams;
+  float *dst = which == DF_PARAMS ? n->params : which == DF_GRADS ? n->grads : n->fixed;
+  if (src->numel != len)
+    return df_fail(DF_EARG, "expected %lld values, got %lld", (long long)len, (long long)src->numel);
+  return copy_buf(n->be, n->dev, dst, src->be, src->dev, df_data(src), len);
+}
+
+/* ---- the network as a score source --------------------------------------------------------- */
+
+int df_net_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t)
+{
+  df_net_score *ns = (df_net_score *)ctx;
+  if (!ns->net->live) return df_fail(DF_ESTATE, "attempt to use a released network");
+  double s2 = df_diffuser_sigma2_host(&ns->diff, (double)t);
+  if (!(s2 > 0.0)) return df_fail(DF_EARG, "the network score is singular at t = 0 (sigma(0) = 0)");
+  int st = df_net_forward(ns->net, out, x, NULL, (double)t, 0);
+  if (st) return st;
+  return out->be->binary_scalar(out->dev, DF_MUL, df_data(out), df_data(out),
+                                (float)(1.0 / sqrt(s2)), 0, out->numel);
+}
+
+/* ---- Adam ------------------------------------------------------------------------------------ */
+
+void df_adam_release(df_adam *o)
+{
+  if (!o->live) return;
+  free_buf(o->be, o->dev, &o->m);
+  free_buf(o->be, o->dev, &o->v);
+  o->live = 0;
+}
+
+int df_adam_create(df_adam *o, const df_net *n, double lr, double b1, double b2, double eps,
+                   double wd)
+{
+  int st;
+  memset(o, 0, sizeof *o);
+  if (!(lr > 0.0) || !isfinite(lr)) return df_fail(DF_EARG, "lr must be positive and finite (got %g)", lr);
+  if (!(b1 >= 0.0 && b1 < 1.0) || !(b2 >= 0.0 && b2 < 1.0))
+    return df_fail(DF_EARG, "betas must be in [0, 1) (got %g and %g)", b1, b2);
+  if (!(eps > 0.0) || !isfinite(eps)) return df_fail(DF_EARG, "eps must be positive (got %g)", eps);
+  if (!(wd >= 0.0) || !isfinite(wd)) return df_fail(DF_EARG, "weight_decay must be >= 0 (got %g)", wd);
+  o->lr = lr; o->b1 = b1; o->b2 = b2; o->eps = eps; o->wd = wd;
+  o->n = n->d.nparams;
+  o->be = n->be;
+  o->dev = n->dev;
+  o->live = 1;
+  if ((st = alloc_buf(o->be, o->dev, o->n, &o->m)) || (st = alloc_buf(o->be, o->dev, o->n, &o->v)) ||
+      (st = o->be->fill(o->dev, o->m, o->n, 0.0f)) || (st = o->be->fill(o->dev, o->v, o->n, 0.0f))) {
+    df_adam_release(o);
+    return st;
+  }
+  return DF_OK;
+}
+
+/* the optimizer's state follows its network to whatever device the network is on */
+static int adam_follow(df_adam *o, const df_net *n)
+{
+  int st;
+  if (o->n != n->d.nparams)
+    return df_fail(DF_EARG, "the optimizer was made for %lld parameters, the network has %lld",
+                   (long long)o->n, (long long)n->d.nparams);
+  if (o->be == n->be && o->dev == n->dev) return DF_OK;
+  df_adam p = *o;
+  p.be = n->be;
+  p.dev = n->dev;
+  p.m = p.v = NULL;
+  if ((st = alloc_buf(p.be, p.dev, p.n, &p.m)) || (st = alloc_buf(p.be, p.dev, p.n, &p.v)) ||
+      (st = copy_buf(p.be, p.dev, p.m, o->be, o->dev, o->m, o->n)) ||
+      (st = copy_buf(p.be, p.dev, p.v, o->be, o->dev, o->v, o->n))) {
+    df_adam_release(&p);
+    return st;
+  }
+  df_adam_release(o);
+  *o = p;
+  return DF_OK;
+}
+
+static df_adam_hp adam_constants(const df_adam *o)
+{
+  df_adam_hp hp;
+  double t = (double)o->t; /* steps taken, this one included */
+  hp.b1 = (float)o->b1;
+  hp.b2 = (float)o->b2;
+  hp.eps = (float)o->eps;
+  hp.wd = (float)o->wd;
+  hp.step = (float)(o->lr / (1.0 - pow(o->b1, t)));
+  hp.sqrt_bc2 = (float)sqrt(1.0 - pow(o->b2, t));
+  return hp;
+}
+
+int df_adam_step(df_adam *o, df_net *n)
+{
+  int st = adam_follow(o, n);
+  if (st) return st;
+  o->t++;
+  df_adam_hp hp = adam_constants(o);
+  return n->be->adam(n->dev, n->params, n->grads, o->m, o->v, o->n, &hp);
+}
+
+/* ---- DSM and training ------------------------------------------------------------------------ */
+
+static int check_tol(double tol)
+{
+  if (!(tol >= 0.0 && tol < 1.0)) return df_fail(DF_EARG, "tol must be in [0, 1) (got %g)", tol);
+  return DF_OK;
+}
+
+/* a DSM job over `batch` rows of data, from the next streams (index stream only if sampling) */
+static void dsm_job(df_dsm *job, const df_diffuser *D, const df_tensor *data, int64_t batch,
+                    double tol)
+{
+  uint64_t unused;
+  memset(job, 0, sizeof *job);
+  job->diff = *D;
+  job->data = df_data(data);
+  job->data_rows = data->shape[0];
+  job->batch = batch;
+  job->sample = batch != data->shape[0];
+  job->tol = (float)tol;
+  df_rng_state(&job->seed, &unused);
+  if (job->sample) job->st_idx = df_rng_next_stream();
+  job->st_t = df_rng_next_stream();
+  job->st_eta = df_rng_next_stream();
+}
+
+int df_dsm_loss(df_net *n, const df_diffuser *D, const df_tensor *x0, double tol, double *loss)
+{
+  int64_t rows;
+  int st;
+  df_dsm job;
+  if ((st = check_tol(tol)) || (st = net_rows(n, x0, &rows))) return st;
+  if (rows < 1) return df_fail(DF_EARG, "x0 has no rows");
+  if ((st = ensure_ws(n, rows))) return st;
+  n->cached_rows = -1;
+  dsm_job(&job, D, x0, rows, tol);
+  float l;
+  if ((st = n->be->dsm_step(n->dev, &n->d, n->params, n->fixed, n->grads, &job, n->loss, n->ws)) ||
+      (st = n->be->download(n->dev, &l, n->loss, 1)))
+    return st;
+  *loss = (double)l;
+  return DF_OK;
+}
+
+static double wall(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* the first non-finite loss among losses[from, to) */
+static int check_losses(const df_tensor *losses, int64_t from, int64_t to, float *host)
+{
+  int st;
+  if (to <= from) return DF_OK;
+  if ((st = losses->be->download(losses->dev, host, df_data(losses) + from, to - from))) return st;
+  for (int64_t i = 0; i < to - from; i++)
+    if (!isfinite(host[i]))
+      return df_fail(DF_EARG, "training diverged at step %lld: loss = %g", (long long)(from + i + 1),
+                     (double)host[i]);
+  return DF_OK;
+}
+
+int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data, int64_t steps,
+             int64_t batch, double tol, df_tensor *losses, df_progress_fn progress, void *ctx,
+             double every)
+{
+  int64_t rows;
+  int st;
+  if ((st = check_tol(tol)) || (st = net_rows(n, data, &rows))) return st;
+  if (rows < 1) return df_fail(DF_EARG, "data has no rows");
+  if (steps < 0) return df_fail(DF_EARG, "steps must be >= 0 (got %lld)", (long long)steps);
+  if (batch < 1) return df_fail(DF_EARG, "batch must be >= 1 (got %lld)", (long long)batch);
+  if ((st = adam_follow(o, n)) || (st = ensure_ws(n, batch))) return st;
+  if ((st = df_tensor_alloc(losses, n->be, n->dev, 1, &steps))) return st;
+  n->cached_rows = -1;
+  /* losses are checked in chunks, so a GPU is not synchronised every step */
+  const int64_t chunk = n->be == &df_cpu_backend ? 1 : 256;
+  float host[256];
+  int64_t checked = 0;
+  double last = wall();
+  for (int64_t k = 0; k < steps; k++) {
+    df_dsm job;
+    float *loss = df_data(losses) + k;
+    dsm_job(&job, D, data, batch, tol);
+    if ((st = n->be->fill(n->dev, n->grads, n->d.nparams, 0.0f)) ||
+        (st = n->be->dsm_step(n->dev, &n->d, n->params, n->fixed, n->grads, &job, loss, n->ws)))
+      return st;
+    o->t++;
+    df_adam_hp hp = adam_constants(o);
+    if ((st = n->be->adam(n->dev, n->params, n->grads, o->m, o->v, o->n, &hp))) return st;
+    if (k + 1 - checked >= chunk || k + 1 == steps) {
+      if ((st = check_losses(losses, checked, k + 1, host))) return st;
+      checked = k + 1;
+    }
+    if (progress && (k + 1 == steps || wall() - last >= every)) {
+      float l;
+      if ((st = n->be->download(n->dev, &l, loss, 1))) return st;
+      if ((st = progress(ctx, k + 1, steps, (double)l))) return st;
+      last = wall();
+    }
+  }
+  return DF_OK;
+}

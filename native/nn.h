@@ -1,0 +1,82 @@
+/* nn.h: score networks (the seed's plain MLP and the time-embedded net), the denoising score
+ * matching loss, Adam, the native training loop, the network score source and checkpoints.
+ * Parameters live in one flat device buffer, gradients in another. */
+#ifndef DF_NN_H
+#define DF_NN_H
+
+#include "tensor.h"
+#include "diffusion.h"
+
+typedef struct df_net {
+  df_netdesc d;
+  double scale;             /* TEMB: std of the Fourier frequencies */
+  const df_backend *be;
+  int dev;
+  int live;
+  float *params, *grads, *fixed;
+  float *ws;                /* workspace: the forward cache and scratch */
+  int64_t ws_floats;
+  float *in_x, *in_t;       /* the inputs of the last kept forward, for backward */
+  int64_t in_cap, cached_rows; /* cached_rows < 0: nothing to go backward from */
+  int cached_has_t;
+  float cached_t0;
+  float *loss;              /* one float of device memory for dsm_step */
+} df_net;
+
+/* descriptions: validate the sizes and lay out the parameters */
+int df_netdesc_mlp(df_netdesc *d, int dim, int nhidden, const int64_t *hidden, int act);
+int df_netdesc_temb(df_netdesc *d, int dim, int hidden, int embed, int act);
+/* allocate on a device and initialise as torch's nn.Linear (uniform +-1/sqrt(fan_in)) from the
+   current random streams; TEMB frequencies ~ N(0, scale^2) */
+int df_net_create(df_net *n, const df_netdesc *d, double scale, const df_backend *be, int dev);
+/* the same buffers, uninitialised and without touching the random streams (for loading) */
+int df_net_alloc(df_net *n, const df_netdesc *d, double scale, const df_backend *be, int dev);
+void df_net_release(df_net *n);
+int df_net_forward(df_net *n, df_tensor *out, const df_tensor *x, const df_tensor *t, double t0,
+                   int keep);
+int df_net_backward(df_net *n, const df_tensor *dout);
+int df_net_zero_grad(df_net *n);
+int df_net_to(df_net *n, const df_backend *be, int dev);
+enum { DF_PARAMS, DF_GRADS, DF_FIXED };
+int df_net_get(const df_net *n, int which, df_tensor *out);  /* a copy, on the net's device */
+int df_net_set(df_net *n, int which, const df_tensor *src);
+
+/* the score source s(x, t) = net(x, t) / sigma(t) */
+int df_net_score_eval(void *net_and_diffuser, df_tensor *out, const df_tensor *x, float t);
+typedef struct df_net_score {
+  df_net *net;
+  df_diffuser diff;
+} df_net_score;
+
+typedef struct df_adam {
+  double lr, b1, b2, eps, wd;
+  int64_t t, n;             /* steps taken, parameters */
+  const df_backend *be;
+  int dev;
+  int live;
+  float *m, *v;
+} df_adam;
+
+int df_adam_create(df_adam *o, const df_net *n, double lr, double b1, double b2, double eps,
+                   double wd);
+int df_adam_step(df_adam *o, df_net *n);
+void df_adam_release(df_adam *o);
+
+/* one DSM step on x0 [B, dim] (all rows): draws from the current streams, grads += gradient */
+int df_dsm_loss(df_net *n, const df_diffuser *D, const df_tensor *x0, double tol, double *loss);
+
+/* the whole loop: each step zero_grad, dsm (batch rows of data, drawn at random when data has
+   more rows), Adam; losses [steps] (released on entry). progress (if not NULL) is called about
+   every `every` seconds and at the end; a non-zero return stops with that status. */
+typedef int (*df_progress_fn)(void *ctx, int64_t step, int64_t total, double loss);
+int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data, int64_t steps,
+             int64_t batch, double tol, df_tensor *losses, df_progress_fn progress, void *ctx,
+             double every);
+
+/* checkpoints (checkpoint.c): the net, optionally its optimizer, and the random-stream state */
+int df_save(const char *path, const df_net *n, const df_adam *o, uint64_t seed, uint64_t stream);
+/* reads onto (be, dev); *has_opt tells whether o was filled */
+int df_load(const char *path, df_net *n, df_adam *o, int *has_opt, uint64_t *seed,
+            uint64_t *stream, const df_backend *be, int dev);
+
+#endif

@@ -1,0 +1,402 @@
+-- spec/nn_spec.lua: score networks against a double-precision Lua reference of the same
+-- architectures (forward values, finite-difference gradients of every parameter, for every
+-- activation and both networks), the DSM loss against its definition with the same random
+-- draws, Adam against torch's update rule, training, the network score, and bad input.
+local diffuse = require 'diffuse'
+local tensor = diffuse.tensor
+
+-- ---- the reference: the same networks in double precision, from the flat parameters -------
+
+local acts = {
+  silu = function(z) return z / (1 + math.exp(-z)) end,
+  relu = function(z) return z > 0 and z or 0 end,
+  tanh = function(z) return math.tanh and math.tanh(z) or (math.exp(2 * z) - 1) / (math.exp(2 * z) + 1) end,
+  gelu = function(z)
+    local u = math.sqrt(2 / math.pi) * (z + 0.044715 * z ^ 3)
+    local th = (math.exp(2 * u) - 1) / (math.exp(2 * u) + 1)
+    return 0.5 * z * (1 + th)
+  end,
+}
+acts.tanh = function(z) local e = math.exp(2 * z); return (e - 1) / (e + 1) end
+
+-- y = W x + b with W [out, in] at params[off + 1 ..], b right after it
+local function linear(p, off, x, nin, nout)
+  local y = {}
+  for o = 1, nout do
+    local s = p[off + nin * nout + o]
+    for i = 1, nin do s = s + p[off + (o - 1) * nin + i] * x[i] end
+    y[o] = s
+  end
+  return y, off + nin * nout + nout
+end
+
+local function mlp_ref(p, spec, x, t)
+  local act = acts[spec.activation or 'silu']
+  local h = { table.unpack(x) }
+  h[#h + 1] = t
+  local widths = { #h }
+  for _, w in ipairs(spec.hidden) do widths[#widths + 1] = w end
+  widths[#widths + 1] = #x
+  local off = 0
+  for l = 1, #widths - 1 do
+    local z
+    z, off = linear(p, off, h, widths[l], widths[l + 1])
+    if l < #widths - 1 then for i = 1, #z do z[i] = act(z[i]) end end
+    h = z
+  end
+  return h
+end
+
+local function temb_ref(p, W, spec, x, t)
+  local act = acts[spec.activation or 'silu']
+  local f = {}
+  for j, w in ipairs(W) do
+    local a = 2 * math.pi * t * w
+    f[j], f[#W + j] = math.sin(a), math.cos(a)
+  end
+  local e, off = linear(p, 0, f, 2 * #W, spec.hidden)
+  for i = 1, #e do e[i] = act(e[i]) end
+  local u
+  u, off = linear(p, off, x, #x, spec.hidden)
+  local h = {}
+  for i = 1, spec.hidden do h[i] = act(e[i] + u[i]) end
+  return (linear(p, off, h, spec.hidden, #x))
+end
+
+local function rows(tsr) -- [B, d] tensor -> array of arrays
+  local v = tsr:totable()
+  if type(v[1]) ~= 'table' then for i = 1, #v do v[i] = { v[i] } end end
+  return v
+end
+
+local function col(tsr)
+  local v = tsr:totable()
+  if type(v[1]) == 'table' then for i = 1, #v do v[i] = v[i][1] end end
+  return v
+end
+
+-- f(p) = sum over rows and outputs of dout * net(x, t), in double
+local function objective(ref, p, xs, ts, dout)
+  local s = 0
+  for r = 1, #xs do
+    local y = ref(p, xs[r], ts[r])
+    for c = 1, #y do s = s + dout[r][c] * y[c] end
+  end
+  return s
+end
+
+local function grad_check(net, ref, B, seed)
+  local d = net.dim
+  diffuse.seed(seed)
+  local x = tensor.randn(B, d)
+  local t = tensor.rand(B)
+  local dout = tensor.randn(B, d)
+  local xs, ts, ds = rows(x), col(t), rows(dout)
+  local p = col(net:parameters())
+  -- forward: float32 against the double reference
+  local out = rows(net:forward(x, t))
+  for r = 1, B do
+    local y = ref(p, xs[r], ts[r])
+    for c = 1, d do assert.near(y[c], out[r][c], 2e-5 * (1 + math.abs(y[c])), 'forward') end
+  end
+  net:zero_grad()
+  net:backward(dout)
+  local g = col(net:gradients())
+  local worst = 0
+  for i = 1, #p do
+    local h = 1e-5 * math.max(1, math.abs(p[i]))
+    local keep = p[i]
+    p[i] = keep + h
+    local fp = objective(ref, p, xs, ts, ds)
+    p[i] = keep - h
+    local fm = objective(ref, p, xs, ts, ds)
+    p[i] = keep
+    local fd = (fp - fm) / (2 * h)
+    -- the analytic gradient is summed in float32 over B rows: a few ulp of sum |terms|
+    local tol = 1e-4 * (1 + math.abs(fd))
+    worst = math.max(worst, math.abs(fd - g[i]) / (1 + math.abs(fd)))
+    assert.near(fd, g[i], tol, ('parameter %d of %d'):format(i, #p))
+  end
+  return worst
+end
+
+describe('score networks', function()
+  for _, act in ipairs{ 'silu', 'relu', 'tanh', 'gelu' } do
+    it('mlp with ' .. act .. ': forward and every parameter gradient against the double reference', function()
+      diffuse.seed(1)
+      local spec = { dim = 2, hidden = { 7, 5 }, activation = act }
+      local net = diffuse.nn.mlp(spec)
+      assert.equal(3 * 7 + 7 + 7 * 5 + 5 + 5 * 2 + 2, net:num_parameters())
+      -- 70 rows: a full tile of 64 plus a partial one
+      grad_check(net, function(p, x, t) return mlp_ref(p, spec, x, t) end, 70, 2)
+    end)
+  end
+
+  for _, act in ipairs{ 'silu', 'tanh' } do
+    it('time_embedded with ' .. act .. ': forward and every parameter gradient', function()
+      diffuse.seed(3)
+      local spec = { dim = 2, hidden = 6, embed = 16, scale = 3, activation = act }
+      local net = diffuse.nn.time_embedded(spec)
+      assert.equal(16 * 6 + 6 + 2 * 6 + 6 + 6 * 2 + 2, net:num_parameters())
+      local W = col(net:frequencies())
+      assert.equal(8, #W)
+      grad_check(net, function(p, x, t) return temb_ref(p, W, spec, x, t) end, 67, 4)
+    end)
+  end
+
+  it('the seed architectures: sizes, parameter counts, initialisation as nn.Linear', function()
+    diffuse.seed(0)
+    local mlp = diffuse.nn.mlp{ dim = 1, hidden = { 8, 8, 8 } }
+    assert.equal(177, mlp:num_parameters())
+    local temb = diffuse.nn.time_embedded{ dim = 1, hidden = 8, embed = 256, scale = 30 }
+    assert.equal(2081, temb:num_parameters())
+    -- weights and biases of Linear(in, out) uniform in +-1/sqrt(in): the 256-input layer of temb
+    local p = col(temb:parameters())
+    local bound, maxabs, sum2 = 1 / 16, 0, 0
+    for i = 1, 256 * 8 + 8 do
+      maxabs = math.max(maxabs, math.abs(p[i]))
+      sum2 = sum2 + p[i] ^ 2
+    end
+    assert.is_true(maxabs <= bound)
+    local n = 256 * 8 + 8
+    local var = sum2 / n -- U(-b, b) has variance b^2 / 3; the sample variance within 5 SE
+    assert.is_true(math.abs(var - bound ^ 2 / 3) < 5 * bound ^ 2 * math.sqrt(4 / 45 / n))
+    -- frequencies ~ N(0, 30^2)
+    local W = col(temb:frequencies())
+    local s2 = 0
+    for _, w in ipairs(W) do s2 = s2 + w * w end
+    assert.is_true(math.abs(math.sqrt(s2 / 128) - 30) < 5 * 30 / math.sqrt(2 * 128))
+    assert.matches('177 trainable parameters', tostring(mlp), 1, true)
+    assert.matches('Linear%(256, 8%)', tostring(temb))
+    assert.equal('mlp', mlp.kind)
+    assert.equal('time_embedded', temb.kind)
+    assert.equal('cpu', mlp.device)
+  end)
+
+  it('the same seed makes the same network', function()
+    diffuse.seed(5)
+    local a = diffuse.nn.mlp{ dim = 1 }
+    diffuse.seed(5)
+    local b = diffuse.nn.mlp{ dim = 1 }
+    assert.equal(0, (a:parameters() - b:parameters()):abs():max())
+  end)
+
+  it('backward accumulates, zero_grad clears, a number t works like a constant tensor', function()
+    diffuse.seed(6)
+    local net = diffuse.nn.mlp{ dim = 1, hidden = { 4 } }
+    local x, dout = tensor.randn(10, 1), tensor.randn(10, 1)
+    local a = net:forward(x, 0.3)
+    local b = net:forward(x, tensor.full({ 10 }, 0.3))
+    assert.equal(0, (a - b):abs():max())
+    net:zero_grad()
+    net:backward(dout)
+    local g1 = net:gradients()
+    net:backward(dout)
+    assert.is_true((net:gradients() - 2 * g1):abs():max() < 1e-6)
+    net:zero_grad()
+    assert.equal(0, net:gradients():abs():max())
+    assert.same(net:forward(x, 0.3):totable(), net(x, 0.3):totable()) -- __call
+  end)
+end)
+
+describe('DSM loss and Adam', function()
+  local ve = diffuse.ve(1.1)
+
+  it('loss.dsm is mean((net(x_t, t) + eta)^2) with its own draws, and its gradient', function()
+    local B, tol = 100, 1e-5
+    diffuse.seed(7)
+    local net = diffuse.nn.mlp{ dim = 2, hidden = { 6, 6 } }
+    local x0 = tensor.randn(B, 2)
+    local seed, stream = diffuse.rng_state()
+    net:zero_grad()
+    local loss = diffuse.loss.dsm(net, ve, x0, { tol = tol })
+    local g = net:gradients()
+    -- the same draws by hand: t from the next stream (uniform), eta from the one after it
+    diffuse.set_rng_state(seed, stream)
+    local t = tol + (1 - tol) * tensor.rand(B)
+    local eta = tensor.randn(B, 2)
+    local xt = x0 + ve:sigma(t):reshape(B, 1) * eta
+    local out = net:forward(xt, t)
+    local res = out + eta
+    local want = (res * res):mean()
+    assert.near(want, loss, 2e-6 * want)
+    net:zero_grad()
+    net:backward(res * (2 / (B * 2)))
+    assert.is_true((net:gradients() - g):abs():max() < 1e-6 * (1 + g:abs():max()))
+  end)
+
+  it('Adam follows torch.optim.Adam (bias corrections, L2 weight decay)', function()
+    diffuse.seed(8)
+    local net = diffuse.nn.mlp{ dim = 1, hidden = { 3 } }
+    local opt = diffuse.optim.adam(net, { lr = 0.01, betas = { 0.8, 0.95 }, eps = 1e-6, weight_decay = 0.1 })
+    local p = col(net:parameters())
+    local m, v = {}, {}
+    for i = 1, #p do m[i], v[i] = 0, 0 end
+    local x = tensor.randn(16, 1)
+    for step = 1, 5 do
+      net:zero_grad()
+      net:forward(x, 0.5)
+      net:backward(tensor.ones(16, 1))
+      local g = col(net:gradients())
+      opt:step()
+      for i = 1, #p do
+        local gi = g[i] + 0.1 * p[i]
+        m[i] = 0.8 * m[i] + 0.2 * gi
+        v[i] = 0.95 * v[i] + 0.05 * gi * gi
+        local mhat, denom = m[i] / (1 - 0.8 ^ step), math.sqrt(v[i]) / math.sqrt(1 - 0.95 ^ step) + 1e-6
+        p[i] = p[i] - 0.01 * mhat / denom
+      end
+      local got = col(net:parameters())
+      for i = 1, #p do assert.near(p[i], got[i], 1e-5 * (1 + math.abs(p[i])), 'step ' .. step) end
+      p = got -- keep the reference on the float32 trajectory
+    end
+    assert.equal(5, opt.t)
+    opt.lr = 0.5
+    assert.equal(0.5, opt.lr)
+  end)
+
+  it('the manual loop gives bitwise the losses of diffuse.train', function()
+    local function manual(seed, steps)
+      diffuse.seed(seed)
+      local net = diffuse.nn.mlp{ dim = 1 }
+      local opt = diffuse.optim.adam(net, { lr = 1e-3 })
+      local x0 = tensor.zeros(256, 1)
+      local ls = {}
+      for k = 1, steps do
+        net:zero_grad()
+        ls[k] = diffuse.loss.dsm(net, ve, x0)
+        opt:step()
+      end
+      return ls, net
+    end
+    local ls, a = manual(9, 50)
+    diffuse.seed(9)
+    local b = diffuse.nn.mlp{ dim = 1 }
+    local losses = diffuse.train{ net = b, diffuser = ve, data = tensor.zeros(256, 1), steps = 50, lr = 1e-3 }
+    assert.same(ls, col(losses))
+    assert.equal(0, (a:parameters() - b:parameters()):abs():max())
+  end)
+
+  it('the seed settings: the MLP and time-embedded losses land where the reference does', function()
+    -- kappa 1.1, batch 1024 zeros, 1000 steps, Adam 1e-3. The reference's 5 seeds give last-100
+    -- means of 0.028-0.056 (MLP) and 0.030-0.049 (time-embedded); the notebook's own run 0.077
+    local function last100(net)
+      local l = col(diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(1024, 1), steps = 1000 })
+      local s = 0
+      for i = 901, 1000 do s = s + l[i] end
+      return s / 100, l
+    end
+    diffuse.seed(0)
+    local mlp = diffuse.nn.mlp{ dim = 1 }
+    local lm, l = last100(mlp)
+    assert.is_true(l[1] > 0.5 and lm > 0.015 and lm < 0.07, 'mlp ' .. lm)
+    diffuse.seed(0)
+    local temb = diffuse.nn.time_embedded{ dim = 1, hidden = 8, embed = 256, scale = 30 }
+    local lt = last100(temb)
+    assert.is_true(lt > 0.015 and lt < 0.09, 'temb ' .. lt)
+    -- samples with the trained nets (Euler ODE, 100 steps, 4096) sit near the origin, far inside
+    -- the prior's width sigma(1) = 1.05, as in the reference (x0 std 0.15-0.21)
+    local s = diffuse.sampler{ diffuser = ve, steps = 100 }
+    local x1 = ve:prior(4096)
+    for _, net in ipairs{ mlp, temb } do
+      local x0 = s:run(x1, diffuse.score.net(net, ve))
+      assert.is_true(math.abs(x0:mean()) < 0.1 and x0:std() < 0.35, net.kind .. ' std ' .. x0:std())
+    end
+  end)
+
+  it('a NaN loss stops training with an error naming the step', function()
+    diffuse.seed(10)
+    local net = diffuse.nn.mlp{ dim = 1, hidden = { 4 } }
+    local data = tensor.zeros(64, 1)
+    data[3] = 0 / 0
+    assert.error_matches(function() diffuse.train{ net = net, diffuser = ve, data = data, steps = 5 } end,
+      'diffuse.train: training diverged at step 1: loss = %-?nan')
+  end)
+
+  it('rows are drawn at random when the data is larger than the batch', function()
+    diffuse.seed(11)
+    local net = diffuse.nn.mlp{ dim = 1, hidden = { 8 } }
+    -- data at +-3: a batch of 64 rows out of 4096 keeps both modes and trains
+    local data = tensor.cat({ tensor.full({ 2048, 1 }, -3), tensor.full({ 2048, 1 }, 3) })
+    local losses = diffuse.train{ net = net, diffuser = ve, data = data, steps = 300, batch = 64, lr = 1e-2 }
+    local l = col(losses)
+    assert.equal(300, #l)
+    assert.is_true(l[300] < l[1])
+  end)
+
+  it('progress reports steps, total and loss a few times; progress = true draws a bar', function()
+    diffuse.seed(12)
+    local net = diffuse.nn.mlp{ dim = 1, hidden = { 4 } }
+    local calls = {}
+    diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(32, 1), steps = 20,
+                   progress = function(step, total, loss) calls[#calls + 1] = { step, total, loss } end }
+    assert.is_true(#calls >= 1)
+    assert.same({ 20, 20 }, { calls[#calls][1], calls[#calls][2] })
+    assert.is_true(calls[#calls][3] > 0)
+    assert.error_matches(function()
+      diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(32, 1), steps = 3,
+                     progress = function() error('stop') end }
+    end, 'the progress function failed: .*stop')
+  end)
+end)
+
+describe('the network score source and bad input', function()
+  local ve = diffuse.ve(1.1)
+
+  it('score.net is net(x, t) / sigma(t) and samplers run it', function()
+    diffuse.seed(13)
+    local net = diffuse.nn.mlp{ dim = 1, hidden = { 5 } }
+    local score = diffuse.score.net(net, ve)
+    assert.equal('net', score.kind)
+    local x = tensor.randn(9, 1)
+    local s = score(x, 0.4)
+    assert.is_true((s - net:forward(x, 0.4) / ve:sigma(0.4)):abs():max() < 1e-6)
+    local sampler = diffuse.sampler{ diffuser = ve, steps = 10, method = 'heun' }
+    local x0 = sampler:run(x, score)
+    assert.equal(19, sampler.nfe)
+    -- the same through a Lua function
+    local y0 = sampler:run(x, function(xx, t) return net:forward(xx, t) / ve:sigma(t) end)
+    assert.is_true((x0 - y0):abs():max() < 1e-5)
+  end)
+
+  it('rejects bad networks, inputs and options', function()
+    assert.error_matches(function() diffuse.nn.mlp{ dim = 0 } end, 'diffuse.nn.mlp: dim must be between 1 and 64')
+    assert.error_matches(function() diffuse.nn.mlp{ dim = 1, hidden = {} } end, 'hidden must list 1 to 15')
+    assert.error_matches(function() diffuse.nn.mlp{ dim = 1, hidden = { 0 } } end, 'hidden width 1 must be between')
+    assert.error_matches(function() diffuse.nn.mlp{ dim = 1, activation = 'elu' } end, "unknown activation 'elu'")
+    assert.error_matches(function() diffuse.nn.mlp{ dim = 1, hiden = { 4 } } end, "unknown option 'hiden'")
+    assert.error_matches(function() diffuse.nn.time_embedded{ dim = 1, embed = 255 } end, 'embed must be even')
+    assert.error_matches(function() diffuse.nn.time_embedded{ dim = 1, scale = -1 } end, 'scale must be positive')
+    local net = diffuse.nn.mlp{ dim = 2, hidden = { 3 } }
+    assert.error_matches(function() net:forward(tensor.zeros(4, 3), 0.5) end, 'diffuse.net.forward: x must be %[B, 2%], got 4x3')
+    assert.error_matches(function() net:forward(tensor.zeros(4, 2), tensor.zeros(3)) end, 'one time per row %(4%)')
+    assert.error_matches(function() net:forward(tensor.zeros(4, 2), 0 / 0) end, 't must be finite')
+    net:forward(tensor.zeros(4, 2), 0.5)
+    assert.error_matches(function() net:backward(tensor.zeros(5, 2)) end, 'grad_out has 5 rows but the last forward had 4')
+    local fresh = diffuse.nn.mlp{ dim = 2, hidden = { 3 } }
+    assert.error_matches(function() fresh:backward(tensor.zeros(4, 2)) end, 'backward needs a forward first')
+    assert.error_matches(function() diffuse.optim.adam(net, { lr = -1 }) end, 'lr must be positive')
+    assert.error_matches(function() diffuse.optim.adam(net, { betas = { 1, 0.9 } }) end, 'betas must be in')
+    assert.error_matches(function() diffuse.optim.adam(net, { lr = 1, momentum = 0 }) end, "unknown option 'momentum'")
+    assert.error_matches(function() diffuse.loss.dsm(net, ve, tensor.zeros(4, 1)) end, 'x must be %[B, 2%]')
+    assert.error_matches(function() diffuse.loss.dsm(net, ve, tensor.zeros(4, 2), { tol = 1 }) end, 'tol must be in')
+    assert.error_matches(function() diffuse.train{ net = net, diffuser = ve } end, 'diffuse.train: data is required')
+    assert.error_matches(function() diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(4, 2), stesp = 3 } end,
+      "diffuse.train: unknown option 'stesp'")
+    assert.error_matches(function() diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(4, 2), steps = -1 } end,
+      'steps must be >= 0')
+    assert.error_matches(function() diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(4, 2), batch = 0 } end,
+      'batch must be >= 1')
+    local other = diffuse.nn.mlp{ dim = 2, hidden = { 3 } }
+    assert.error_matches(function()
+      diffuse.train{ net = other, diffuser = ve, data = tensor.zeros(4, 2), optimizer = diffuse.optim.adam(net) }
+    end, 'the optimizer belongs to another network')
+    net:free()
+    assert.error_matches(function() net:forward(tensor.zeros(4, 2), 0.5) end, 'attempt to use a released network')
+    local score = diffuse.score.net(other, ve)
+    other:free()
+    assert.error_matches(function()
+      diffuse.sampler{ diffuser = ve, steps = 2 }:run(tensor.zeros(4, 2), score)
+    end, 'released network')
+  end)
+end)
