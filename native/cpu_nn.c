@@ -9,42 +9,69 @@
 #include "status.h"
 #include "cpu.h"
 
-#define TILE 64   /* rows per tile */
+#define TILE 256   /* rows per tile */
 #define NPART 8   /* gradient partitions */
-#define LANES 16  /* partial sums per row reduction (one AVX-512 register of floats) */
 
 /* ---- layers over one tile (shapes in comments: [features][TILE]) -------------------------- */
 
-/* out [O][T] = W [O, I] inp [I][T] + b [O] */
+#define INLINE static inline __attribute__((always_inline))
+#define OB 8 /* outputs computed together: their accumulators stay in registers */
+#define RB 8 /* rows per vector */
+
+/* eight rows as one vector (GCC's vector extension: plain element-wise float arithmetic in
+   source order, so the results are those of the scalar loops, whatever the instruction set) */
+typedef float v8 __attribute__((vector_size(32)));
+
+INLINE v8 ld8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
+INLINE void st8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+INLINE v8 splat8(float x) { v8 v = { x, x, x, x, x, x, x, x }; return v; }
+
+/* the sum of a vector's lanes, in a fixed order */
+INLINE float lanes_sum(v8 a)
+{
+  return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* out [O][T] = W [O, I] inp [I][T] + b [O]: for OB outputs and RB rows at a time, the bias and
+   then the inputs in order, accumulated in registers */
+INLINE void linear_forward_block(float *out, const float *inp, const float *w, const float *b,
+                                 int I, int o0, int r0)
+{
+  v8 acc[OB];
+  for (int o = 0; o < OB; o++) acc[o] = splat8(b[o0 + o]);
+  for (int i = 0; i < I; i++) {
+    v8 x = ld8(inp + i * TILE + r0);
+    for (int o = 0; o < OB; o++) acc[o] += splat8(w[(o0 + o) * I + i]) * x;
+  }
+  for (int o = 0; o < OB; o++) st8(out + (o0 + o) * TILE + r0, acc[o]);
+}
+
 static void linear_forward(float *out, const float *inp, const float *w, const float *b, int I,
                            int O)
 {
-  for (int o = 0; o < O; o++) {
-    float *y = out + o * TILE;
-    for (int r = 0; r < TILE; r++) y[r] = b[o];
-    for (int i = 0; i < I; i++) {
-      float wi = w[o * I + i];
-      const float *x = inp + i * TILE;
-      for (int r = 0; r < TILE; r++) y[r] += wi * x[r];
+  int o0 = 0;
+  for (; o0 + OB <= O; o0 += OB)
+    for (int r0 = 0; r0 < TILE; r0 += RB) linear_forward_block(out, inp, w, b, I, o0, r0);
+  for (; o0 < O; o0++) /* the outputs left over, one at a time, in the same order */
+    for (int r0 = 0; r0 < TILE; r0 += RB) {
+      v8 acc = splat8(b[o0]);
+      for (int i = 0; i < I; i++) acc += splat8(w[o0 * I + i]) * ld8(inp + i * TILE + r0);
+      st8(out + o0 * TILE + r0, acc);
     }
-  }
 }
 
-/* sum over the tile's rows of a[r] * b[r] (b == NULL: of a[r]), in LANES fixed partial sums */
-static float row_dot(const float *a, const float *b)
+/* dw[o][i] += sum over the tile's rows of dout[o] inp[i], for OB outputs (RB lanes per sum) */
+INLINE void linear_dw_block(float *dw, const float *dout, const float *inp, int I, int o0)
 {
-  float acc[LANES];
-  for (int l = 0; l < LANES; l++) acc[l] = 0.0f;
-  if (b) {
-    for (int r0 = 0; r0 < TILE; r0 += LANES)
-      for (int l = 0; l < LANES; l++) acc[l] += a[r0 + l] * b[r0 + l];
-  } else {
-    for (int r0 = 0; r0 < TILE; r0 += LANES)
-      for (int l = 0; l < LANES; l++) acc[l] += a[r0 + l];
+  for (int i = 0; i < I; i++) {
+    v8 acc[OB];
+    for (int o = 0; o < OB; o++) acc[o] = splat8(0.0f);
+    for (int r0 = 0; r0 < TILE; r0 += RB) {
+      v8 x = ld8(inp + i * TILE + r0);
+      for (int o = 0; o < OB; o++) acc[o] += ld8(dout + (o0 + o) * TILE + r0) * x;
+    }
+    for (int o = 0; o < OB; o++) dw[(o0 + o) * I + i] += lanes_sum(acc[o]);
   }
-  for (int h = LANES / 2; h > 0; h /= 2)
-    for (int l = 0; l < h; l++) acc[l] += acc[l + h];
-  return acc[0];
 }
 
 /* dw [O, I] += dout inp^T and db [O] += dout summed over rows; dinp [I][T] = W^T dout
@@ -53,33 +80,60 @@ static void linear_backward(float *dinp, float *dw, float *db, const float *dout
                             const float *inp, const float *w, int I, int O)
 {
   for (int o = 0; o < O; o++) {
-    const float *g = dout + o * TILE;
-    db[o] += row_dot(g, NULL);
-    for (int i = 0; i < I; i++) dw[o * I + i] += row_dot(g, inp + i * TILE);
+    v8 acc = splat8(0.0f);
+    for (int r0 = 0; r0 < TILE; r0 += RB) acc += ld8(dout + o * TILE + r0);
+    db[o] += lanes_sum(acc);
   }
-  if (!dinp) return;
-  for (int i = 0; i < I; i++) {
-    float *d = dinp + i * TILE;
-    for (int r = 0; r < TILE; r++) d[r] = 0.0f;
-    for (int o = 0; o < O; o++) {
-      float wi = w[o * I + i];
-      const float *g = dout + o * TILE;
-      for (int r = 0; r < TILE; r++) d[r] += wi * g[r];
+  int o0 = 0;
+  for (; o0 + OB <= O; o0 += OB) linear_dw_block(dw, dout, inp, I, o0);
+  for (; o0 < O; o0++)
+    for (int i = 0; i < I; i++) {
+      v8 acc = splat8(0.0f);
+      for (int r0 = 0; r0 < TILE; r0 += RB) acc += ld8(dout + o0 * TILE + r0) * ld8(inp + i * TILE + r0);
+      dw[o0 * I + i] += lanes_sum(acc);
     }
-  }
+  if (!dinp) return;
+  for (int r0 = 0; r0 < TILE; r0 += RB)
+    for (int i = 0; i < I; i++) {
+      v8 acc = splat8(0.0f);
+      for (int o = 0; o < O; o++) acc += splat8(w[o * I + i]) * ld8(dout + o * TILE + r0);
+      st8(dinp + i * TILE + r0, acc);
+    }
 }
 
-/* h = act(z), aux for the backward; n = features * TILE */
-static void act_forward(int act, float *h, float *aux, const float *z, int n)
+/* h = act(z), aux for the backward; n = features * TILE. The switch picks a copy of the loop
+   specialised to one activation, which gcc vectorises (a switch inside the loop it does not). */
+INLINE void act_forward_k(int act, float *h, float *aux, const float *z, int n)
 {
   for (int i = 0; i < n; i++) h[i] = df_act_fwd(act, z[i], &aux[i]);
 }
 
+static void act_forward(int act, float *h, float *aux, const float *z, int n)
+{
+  switch (act) {
+  case DF_ACT_RELU: act_forward_k(DF_ACT_RELU, h, aux, z, n); break;
+  case DF_ACT_TANH: act_forward_k(DF_ACT_TANH, h, aux, z, n); break;
+  case DF_ACT_GELU: act_forward_k(DF_ACT_GELU, h, aux, z, n); break;
+  default: act_forward_k(DF_ACT_SILU, h, aux, z, n); break;
+  }
+}
+
 /* dz = dh * act'(z) */
+INLINE void act_backward_k(int act, float *dz, const float *dh, const float *z, const float *aux,
+                           int n)
+{
+  for (int i = 0; i < n; i++) dz[i] = dh[i] * df_act_bwd(act, z[i], aux[i]);
+}
+
 static void act_backward(int act, float *dz, const float *dh, const float *z, const float *aux,
                          int n)
 {
-  for (int i = 0; i < n; i++) dz[i] = dh[i] * df_act_bwd(act, z[i], aux[i]);
+  switch (act) {
+  case DF_ACT_RELU: act_backward_k(DF_ACT_RELU, dz, dh, z, aux, n); break;
+  case DF_ACT_TANH: act_backward_k(DF_ACT_TANH, dz, dh, z, aux, n); break;
+  case DF_ACT_GELU: act_backward_k(DF_ACT_GELU, dz, dh, z, aux, n); break;
+  default: act_backward_k(DF_ACT_SILU, dz, dh, z, aux, n); break;
+  }
 }
 
 /* f [2 half][T]: sin(2 pi t W_j) then cos(2 pi t W_j) */

@@ -43,6 +43,8 @@ typedef struct df_score_src {
   df_diffuser diff;
   df_mixture mix; /* MIXTURE: host arrays owned by whoever made the source */
   int (*eval)(void *ctx, df_tensor *out, const df_tensor *x, float t);
+  /* optional: one time per row of x (score(x, t) with a tensor t) */
+  int (*eval_rows)(void *ctx, df_tensor *out, const df_tensor *x, const df_tensor *t);
   void *ctx;
 } df_score_src;
 

@@ -12,6 +12,7 @@
 #define DF_DMATH_H
 
 #include <stdint.h>
+#include <string.h>
 #include <math.h>
 
 #ifdef __CUDACC__
@@ -36,9 +37,9 @@ DF_FN float df_from_bits(uint32_t u)
 #ifdef __CUDA_ARCH__
   return __uint_as_float(u);
 #else
-  union { uint32_t u; float f; } v;
-  v.u = u;
-  return v.f;
+  float f; /* memcpy, not a union: gcc vectorises loops through it */
+  memcpy(&f, &u, sizeof f);
+  return f;
 #endif
 }
 
@@ -47,9 +48,9 @@ DF_FN uint32_t df_to_bits(float f)
 #ifdef __CUDA_ARCH__
   return __float_as_uint(f);
 #else
-  union { uint32_t u; float f; } v;
-  v.f = f;
-  return v.u;
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
 #endif
 }
 
@@ -57,6 +58,14 @@ DF_FN uint32_t df_to_bits(float f)
 DF_FN float df_pow2i(int k) { return df_from_bits((uint32_t)(k + 127) << 23); }
 
 /* ---- exp, expm1, log ------------------------------------------------------------------------ */
+
+/* e^r for |r| <= ln2 / 2: 1 + r + r^2 q(r) with q a near-minimax quartic (relative error of the
+   polynomial 3e-9; below one ulp once rounded in float) */
+DF_FN float df_exp_poly(float r)
+{
+  return 1.0f + r * (1.0f + r * (0.49999993428047707f + r * (0.16666520686577568f +
+         r * (0.041668393031995876f + r * (0.0083687101246043699f + r * 0.0013814297082631859f)))));
+}
 
 DF_FN float df_expf(float x)
 {
@@ -66,9 +75,7 @@ DF_FN float df_expf(float x)
   float xc = x > 89.0f ? 89.0f : (x < -104.0f ? -104.0f : x);
   float kf = (xc * LOG2E + ROUND) - ROUND; /* round to nearest, branch-free */
   float r = (xc - kf * LN2_HI) - kf * LN2_LO;
-  float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666666666666667e-1f +
-            r * (4.16666666666666667e-2f + r * (8.33333333333333333e-3f +
-            r * (1.38888888888888889e-3f + r * 1.98412698412698413e-4f))))));
+  float p = df_exp_poly(r);
   int k = (int)kf;
   int k1 = k / 2; /* two factors keep each power of two normal down to k = -150 */
   float y = p * df_pow2i(k1) * df_pow2i(k - k1);
@@ -183,7 +190,27 @@ DF_FN float df_tanhf(float x)
   return x != x ? x : copysignf(t, x);
 }
 
-DF_FN float df_sigmoidf(float x) { return 1.0f / (1.0f + df_expf(-x)); }
+/* e^-a for a >= 0 (or NaN), down into the subnormals: the sigmoid's exponential, with none of
+   df_expf's overflow or NaN handling (e^-a <= 1) */
+DF_FN float df_expnegf(float a)
+{
+  const float LOG2E = 1.44269504088896341f, LN2_HI = 0.693145751953125f,
+              LN2_LO = 1.42860682030941723e-6f, ROUND = 12582912.0f;
+  float xc = a > 104.0f ? -104.0f : -a;
+  float kf = (xc * LOG2E + ROUND) - ROUND;
+  float r = (xc - kf * LN2_HI) - kf * LN2_LO;
+  float p = df_exp_poly(r);
+  int k = (int)kf, k1 = k / 2;
+  return p * df_pow2i(k1) * df_pow2i(k - k1);
+}
+
+/* 1 / (1 + e^-x) through e^-|x| <= 1, so nothing overflows */
+DF_FN float df_sigmoidf(float x)
+{
+  float e = df_expnegf(fabsf(x));
+  float s = 1.0f / (1.0f + e);
+  return x >= 0.0f ? s : e * s;
+}
 DF_FN float df_siluf(float x) { return x * df_sigmoidf(x); }
 DF_FN float df_reluf(float x) { return x < 0.0f ? 0.0f : x; }
 

@@ -336,6 +336,35 @@ int df_net_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t)
                                 (float)(1.0 / sqrt(s2)), 0, out->numel);
 }
 
+int df_net_score_eval_rows(void *ctx, df_tensor *out, const df_tensor *x, const df_tensor *t)
+{
+  df_net_score *ns = (df_net_score *)ctx;
+  df_tensor sig = { 0 };
+  int st;
+  if (!ns->net->live) return df_fail(DF_ESTATE, "attempt to use a released network");
+  if ((st = df_net_forward(ns->net, out, x, t, 0.0, 0))) return st;
+  if ((st = df_diffuser_eval(&sig, &ns->diff, DF_SIGMA, t))) goto done;
+  double lo;
+  if ((st = df_reduce_all(&sig, DF_RMIN, &lo))) goto done;
+  if (t->numel > 0 && !(lo > 0.0)) {
+    st = df_fail(DF_EARG, "the network score is singular at t = 0 (sigma(0) = 0)");
+    goto done;
+  }
+  df_bcast bc; /* out [rows, dim] / sigma [rows] per row */
+  memset(&bc, 0, sizeof bc);
+  bc.shape[0] = bc.shape[1] = 1;
+  bc.shape[2] = x->shape[0];
+  bc.shape[3] = ns->net->d.dim;
+  bc.sa[2] = ns->net->d.dim;
+  bc.sa[3] = 1;
+  bc.sb[2] = 1;
+  bc.n = out->numel;
+  if (bc.n > 0) st = out->be->binary(out->dev, DF_DIV, df_data(out), df_data(out), df_data(&sig), &bc);
+done:
+  df_tensor_release(&sig);
+  return st;
+}
+
 /* ---- Adam ------------------------------------------------------------------------------------ */
 
 void df_adam_release(df_adam *o)
@@ -442,7 +471,7 @@ static void dsm_job(df_dsm *job, const df_diffuser *D, const df_tensor *data, in
 
 int df_dsm_loss(df_net *n, const df_diffuser *D, const df_tensor *x0, double tol, double *loss)
 {
-  int64_t rows;
+  int64_t rows = 0;
   int st;
   df_dsm job;
   if ((st = check_tol(tol)) || (st = net_rows(n, x0, &rows))) return st;
@@ -482,7 +511,7 @@ int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
              int64_t batch, double tol, df_tensor *losses, df_progress_fn progress, void *ctx,
              double every)
 {
-  int64_t rows;
+  int64_t rows = 0;
   int st;
   if ((st = check_tol(tol)) || (st = net_rows(n, data, &rows))) return st;
   if (rows < 1) return df_fail(DF_EARG, "data has no rows");

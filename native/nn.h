@@ -43,6 +43,8 @@ int df_net_set(df_net *n, int which, const df_tensor *src);
 
 /* the score source s(x, t) = net(x, t) / sigma(t) */
 int df_net_score_eval(void *net_and_diffuser, df_tensor *out, const df_tensor *x, float t);
+int df_net_score_eval_rows(void *net_and_diffuser, df_tensor *out, const df_tensor *x,
+                           const df_tensor *t);
 typedef struct df_net_score {
   df_net *net;
   df_diffuser diff;

@@ -50,8 +50,9 @@ int df_score_eval(df_tensor *out, const df_score_src *src, const df_tensor *x,
   float s0 = 0.0f;
   df_tensor sig2 = { 0 };
   if (src->kind == DF_SCORE_CALLBACK) {
-    if (t) return df_fail(DF_EARG, "this score takes one time, not a tensor");
-    return src->eval(src->ctx, out, x, (float)t0);
+    if (!t) return src->eval(src->ctx, out, x, (float)t0);
+    if (!src->eval_rows) return df_fail(DF_EARG, "this score takes one time, not a tensor");
+    return src->eval_rows(src->ctx, out, x, t);
   }
   if (!x->be->score_eval) return df_fail(DF_EDEVICE, "scores are not implemented on %s", x->be->name);
   if ((st = score_shape(src, x, &rows, &d))) return st;

@@ -358,6 +358,63 @@ function M.moments(x)
            min = lo, max = hi }
 end
 
--- diffuse.metrics.score_error(net, diffuser, score) is contributed separately (see DESIGN.md).
+--- diffuse.metrics.score_error(net, diffuser, score [, opts]) --> mean [, bins]
+-- How far the network's score s_net(x, t) = net(x, t) / sigma(t) is from a reference score
+-- source (diffuse.score.exact, .mixture, .net, or a Lua function(x, t)): the mean over t and x
+-- drawn as in training (t = tol + (1 - tol) U, x = x0 + sigma(t) eta) of
+-- sigma(t)^2 |s_net - s|^2, the scale on which the DSM loss measures it (0 is perfect; a
+-- network that outputs 0 scores about d, the data dimension).
+-- opts: n (draws, default 4096), data (x0 rows [n, d]; default zeros(n, d): the heat kernel
+-- from the origin), tol (1e-5), bins (a number of equal t-bins: then a second result
+-- {edges = {...}, mean = {...}, count = {...}}, per bin). Uses the current random streams.
+function M.score_error(net, diffuser, score, opts)
+  local fname = 'diffuse.metrics.score_error: '
+  local d = require 'diffuse'
+  if type(opts) ~= 'nil' and type(opts) ~= 'table' then error(fname .. 'opts must be a table', 2) end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if k ~= 'n' and k ~= 'data' and k ~= 'tol' and k ~= 'bins' then
+      error(fname .. "unknown option '" .. tostring(k) .. "'", 2)
+    end
+  end
+  local mt = type(net) == 'userdata' and getmetatable(net)
+  if type(mt) ~= 'table' or mt.__name ~= 'diffuse.net' then
+    error(fname .. 'net must be a network (diffuse.nn.mlp or .time_embedded)', 2)
+  end
+  if type(score) ~= 'function' and (type(score) ~= 'userdata' or not getmetatable(score).__call) then
+    error(fname .. 'score must be a score source or a function(x, t)', 2)
+  end
+  local x0 = opts.data
+  local n = opts.n or (x0 and x0:shape()[1]) or 4096
+  if math.type(n) ~= 'integer' or n < 1 then error(fname .. 'n must be a positive integer', 2) end
+  if x0 == nil then
+    x0 = d.tensor.zeros(n, net.dim)
+  elseif not is_tensor(x0) or x0:shape()[1] ~= n then
+    error(fname .. 'data must be a tensor of n rows', 2)
+  end
+  local tol = opts.tol or 1e-5
+  if type(tol) ~= 'number' or not (tol >= 0 and tol < 1) then error(fname .. 'tol must be in [0, 1)', 2) end
+  local t = tol + (1 - tol) * d.tensor.rand(n)
+  local x = diffuser:diffuse(x0, t)
+  local sigma = diffuser:sigma(t):reshape(n, 1)
+  local s_net = net:forward(x, t) / sigma
+  local diff = (s_net - score(x, t)) * sigma
+  local per_row = (diff * diff):sum(2) -- [n]: sigma^2 |s_net - s|^2
+  local mean = per_row:mean()
+  if not opts.bins then return mean end
+  local nb = opts.bins
+  if math.type(nb) ~= 'integer' or nb < 1 then error(fname .. 'bins must be a positive integer', 2) end
+  local ts, es = t:totable(), per_row:totable()
+  local out = { edges = {}, mean = {}, count = {} }
+  for b = 0, nb do out.edges[b + 1] = tol + (1 - tol) * b / nb end
+  for b = 1, nb do out.mean[b], out.count[b] = 0, 0 end
+  for i = 1, n do
+    local b = math.min(nb, math.floor((ts[i] - tol) / (1 - tol) * nb) + 1)
+    out.mean[b] = out.mean[b] + es[i]
+    out.count[b] = out.count[b] + 1
+  end
+  for b = 1, nb do out.mean[b] = out.count[b] > 0 and out.mean[b] / out.count[b] or 0 / 0 end
+  return mean, out
+end
 
 return M
