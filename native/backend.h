@@ -70,6 +70,17 @@ typedef struct df_adam_hp {
   float b1, b2, eps, wd, step, sqrt_bc2;
 } df_adam_hp;
 
+/* a stretch of the training loop: steps dsm jobs and Adam updates in a row. Step j draws from
+   streams first + j * nstreams + (0, 1[, 2]) in dsm_job's order (index stream first when
+   sampling rows); its Adam constants are step_size[j] and sqrt_bc2[j] (host arrays) */
+typedef struct df_train_job {
+  df_dsm dsm;            /* step 0's job */
+  int nstreams;          /* 2, or 3 when rows are sampled */
+  int64_t steps;
+  const float *step_size, *sqrt_bc2;
+  float b1, b2, eps, wd;
+} df_train_job;
+
 typedef struct df_backend {
   const char *name;                                  /* "cpu", "cuda" */
   int (*device_count)(int *count);
@@ -147,6 +158,12 @@ typedef struct df_backend {
   /* p, m, v updated from g in one pass */
   int (*adam)(int dev, float *p, const float *g, float *m, float *v, int64_t n,
               const df_adam_hp *hp);
+  /* optional (NULL: the core loops over dsm_step and adam): job->steps training steps in one
+     call, each zero_grad, dsm_step, adam, with the losses into losses[0 .. steps) (device) --
+     the CUDA backend replays a captured graph here so a tiny net is not launch-bound */
+  int (*train_steps)(int dev, const df_netdesc *nd, float *params, const float *fixed,
+                     float *grads, float *m, float *v, const df_train_job *job, float *losses,
+                     float *ws);
 } df_backend;
 
 /* what the core hands to a backend module (kernels/) when it loads: the ABI version it was

@@ -522,27 +522,50 @@ int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
   n->cached_rows = -1;
   /* losses are checked in chunks, so a GPU is not synchronised every step */
   const int64_t chunk = n->be == &df_cpu_backend ? 1 : 256;
-  float host[256];
+  float host[256], step_size[256], sqrt_bc2[256];
   int64_t checked = 0;
   double last = wall();
-  for (int64_t k = 0; k < steps; k++) {
-    df_dsm job;
-    float *loss = df_data(losses) + k;
-    dsm_job(&job, D, data, batch, tol);
-    if ((st = n->be->fill(n->dev, n->grads, n->d.nparams, 0.0f)) ||
-        (st = n->be->dsm_step(n->dev, &n->d, n->params, n->fixed, n->grads, &job, loss, n->ws)))
-      return st;
-    o->t++;
-    df_adam_hp hp = adam_constants(o);
-    if ((st = n->be->adam(n->dev, n->params, n->grads, o->m, o->v, o->n, &hp))) return st;
-    if (k + 1 - checked >= chunk || k + 1 == steps) {
-      if ((st = check_losses(losses, checked, k + 1, host))) return st;
-      checked = k + 1;
+  for (int64_t k = 0; k < steps;) {
+    int64_t len = steps - k < chunk ? steps - k : chunk;
+    if (n->be->train_steps) { /* the device runs the whole chunk */
+      df_train_job tj;
+      memset(&tj, 0, sizeof tj);
+      dsm_job(&tj.dsm, D, data, batch, tol);
+      tj.nstreams = tj.dsm.sample ? 3 : 2;
+      for (int64_t j = tj.nstreams; j < len * tj.nstreams; j++) df_rng_next_stream(); /* the chunk's */
+      for (int64_t j = 0; j < len; j++) {
+        o->t++;
+        df_adam_hp hp = adam_constants(o);
+        step_size[j] = hp.step;
+        sqrt_bc2[j] = hp.sqrt_bc2;
+      }
+      tj.steps = len;
+      tj.step_size = step_size;
+      tj.sqrt_bc2 = sqrt_bc2;
+      tj.b1 = (float)o->b1; tj.b2 = (float)o->b2; tj.eps = (float)o->eps; tj.wd = (float)o->wd;
+      if ((st = n->be->train_steps(n->dev, &n->d, n->params, n->fixed, n->grads, o->m, o->v, &tj,
+                                   df_data(losses) + k, n->ws)))
+        return st;
+    } else {
+      for (int64_t j = k; j < k + len; j++) {
+        df_dsm job;
+        dsm_job(&job, D, data, batch, tol);
+        if ((st = n->be->fill(n->dev, n->grads, n->d.nparams, 0.0f)) ||
+            (st = n->be->dsm_step(n->dev, &n->d, n->params, n->fixed, n->grads, &job,
+                                  df_data(losses) + j, n->ws)))
+          return st;
+        o->t++;
+        df_adam_hp hp = adam_constants(o);
+        if ((st = n->be->adam(n->dev, n->params, n->grads, o->m, o->v, o->n, &hp))) return st;
+      }
     }
-    if (progress && (k + 1 == steps || wall() - last >= every)) {
+    k += len;
+    if ((st = check_losses(losses, checked, k, host))) return st;
+    checked = k;
+    if (progress && (k == steps || wall() - last >= every)) {
       float l;
-      if ((st = n->be->download(n->dev, &l, loss, 1))) return st;
-      if ((st = progress(ctx, k + 1, steps, (double)l))) return st;
+      if ((st = n->be->download(n->dev, &l, df_data(losses) + k - 1, 1))) return st;
+      if ((st = progress(ctx, k, steps, (double)l))) return st;
       last = wall();
     }
   }
