@@ -70,7 +70,7 @@ function diffuse.train(o)
 end
 
 -- Lua submodules, loaded on first use: diffuse.plot, diffuse.metrics, ...
-local submodules = { plot = true, metrics = true, progress = true }
+local submodules = { plot = true, metrics = true, progress = true, cli = true }
 
 return setmetatable(diffuse, {
   __index = function(t, k)
