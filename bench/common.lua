@@ -1,0 +1,105 @@
+-- bench/common.lua: what the benchmarks share: wall-clock medians, the PyTorch reference in
+-- ../shared/peer run in the same invocation, and the output (a table plus one JSON line each).
+local diffuse = require 'diffuse'
+local M = {}
+
+M.clock = diffuse.core.clock
+
+--- median wall seconds of fn() over `reps` runs (after one warm-up run unless warm == false)
+function M.median(fn, reps, warm)
+  if warm ~= false then fn() end
+  local ts = {}
+  for i = 1, reps do
+    collectgarbage()
+    local t0 = M.clock()
+    fn()
+    ts[i] = M.clock() - t0
+  end
+  table.sort(ts)
+  return ts[(reps + 1) // 2], ts
+end
+
+-- the reference: ../shared/peer/seed_reference.py, with a Python that has torch
+M.peer_dir = os.getenv('PEER_DIR') or '../shared/peer'
+local function has_torch(py)
+  local p = io.popen(py .. ' -c "import torch" 2>/dev/null && echo ok')
+  local out = p:read('a')
+  p:close()
+  return out:find('ok') ~= nil
+end
+
+--- the Python interpreter with torch, installing Debian's python3-torch when missing (as root)
+function M.python()
+  if M._py ~= nil then return M._py end
+  for _, py in ipairs{ os.getenv('PEER_PYTHON') or '', '/usr/bin/python3', 'python3' } do
+    if py ~= '' and has_torch(py) then M._py = py; return py end
+  end
+  local f = io.open(M.peer_dir .. '/seed_reference.py')
+  if not f then
+    io.stderr:write('bench: no reference at ' .. M.peer_dir .. ' (set PEER_DIR); diffuse only\n')
+    M._py = false
+    return false
+  end
+  f:close()
+  io.stderr:write('bench: python3-torch is missing; installing Debian\'s python3-torch (apt)...\n')
+  os.execute('sh -c \'[ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch >/dev/null 2>&1\'')
+  M._py = has_torch('/usr/bin/python3') and '/usr/bin/python3' or false
+  if not M._py then io.stderr:write('bench: could not install python3-torch; diffuse only\n') end
+  return M._py
+end
+
+--- one run of a reference workload: its JSON record's numbers (wall_s, final_loss, ...)
+function M.peer(workload, threads, extra)
+  local py = M.python()
+  if not py then return nil end
+  local cmd = ('cd %s && %s seed_reference.py run -w %s --threads %d %s 2>/dev/null')
+    :format(M.peer_dir, py, workload, threads or 1, extra or '')
+  local p = io.popen(cmd)
+  local out = p:read('a')
+  p:close()
+  local rec = {}
+  for k, v in out:gmatch('"([%w_]+)": (%-?[%d%.eE%+%-]+)') do rec[k] = tonumber(v) end
+  if not rec.wall_s then
+    io.stderr:write('bench: the reference failed for ' .. workload .. '\n')
+    return nil
+  end
+  return rec
+end
+
+--- alternate diffuse and the reference: reps runs each, medians of both
+function M.versus(name, ours, workload, threads, reps, extra)
+  local a, b = {}, {}
+  ours() -- warm-up
+  for i = 1, reps do
+    collectgarbage()
+    local t0 = M.clock()
+    ours()
+    a[i] = M.clock() - t0
+    local rec = M.peer(workload, threads, extra)
+    b[i] = rec and rec.wall_s or nil
+  end
+  table.sort(a)
+  local ra = a[(reps + 1) // 2]
+  local rb
+  if #b == reps then
+    table.sort(b)
+    rb = b[(reps + 1) // 2]
+  end
+  return { name = name, threads = threads or 1, diffuse_s = ra, torch_s = rb,
+           ratio = rb and rb / ra or nil }
+end
+
+function M.report(rows, title)
+  print(title or '')
+  print(('%-22s %8s %14s %14s %10s'):format('workload', 'threads', 'diffuse (ms)', 'torch (ms)', 'speedup'))
+  for _, r in ipairs(rows) do
+    print(('%-22s %8d %14.3f %14s %10s'):format(r.name, r.threads, r.diffuse_s * 1e3,
+      r.torch_s and ('%.3f'):format(r.torch_s * 1e3) or '-', r.ratio and ('%.1fx'):format(r.ratio) or '-'))
+  end
+  for _, r in ipairs(rows) do
+    print(('{"bench":%q,"threads":%d,"diffuse_s":%.6g,"torch_s":%s,"ratio":%s}'):format(r.name, r.threads,
+      r.diffuse_s, r.torch_s and ('%.6g'):format(r.torch_s) or 'null', r.ratio and ('%.4g'):format(r.ratio) or 'null'))
+  end
+end
+
+return M
