@@ -19,9 +19,9 @@ CFLAGS     ?= -O2
 MARCH      ?= -march=native
 # strict and reproducible: no fma contraction (the GPU build does the same), no errno from libm
 DF_CFLAGS   = -O3 $(MARCH) -std=c99 -fPIC -Wall -Wextra -Wpedantic -Wshadow -ffp-contract=off -fno-trapping-math \
-              -fno-math-errno -fvisibility=hidden -I$(LUA_INCDIR) -Inative
+              -fno-math-errno -fopenmp -fvisibility=hidden -I$(LUA_INCDIR) -Inative
 LIBFLAG    ?= -shared
-LDLIBS      = -lm
+LDLIBS      = -lm -fopenmp
 
 CORE_SRC  = $(wildcard native/*.c)
 CORE_HDR  = $(wildcard native/*.h)

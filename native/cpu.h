@@ -5,6 +5,9 @@
 
 #include "backend.h"
 
+/* elements per parallel work item: below two of these, loops stay on one thread */
+#define CPU_CHUNK 32768
+
 /* cpu_rng.c: out[j] = element base + j of a uniform / normal stream */
 void cpu_uniform_run(uint64_t seed, uint64_t stream, uint64_t base, int64_t m, float *out);
 void cpu_normal_run(uint64_t seed, uint64_t stream, uint64_t base, int64_t m, float *out);

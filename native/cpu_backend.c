@@ -99,6 +99,7 @@ static int cpu_copy2d(int dev, float *dst, int64_t ldd, const float *src, int64_
 static int cpu_fill(int dev, float *x, int64_t n, float v)
 {
   (void)dev;
+#pragma omp parallel for schedule(static) if (n > CPU_CHUNK)
   for (int64_t i = 0; i < n; i++) x[i] = v;
   return DF_OK;
 }
@@ -116,8 +117,13 @@ static int cpu_ramp(int dev, float *x, int64_t n, double start, double step, dou
 static int cpu_random(int dev, int dist, float *x, int64_t n, uint64_t seed, uint64_t stream)
 {
   (void)dev;
-  if (dist == DF_NORMAL) cpu_normal_run(seed, stream, 0, n, x);
-  else cpu_uniform_run(seed, stream, 0, n, x);
+  int64_t nc = (n + CPU_CHUNK - 1) / CPU_CHUNK; /* element i is element i of the stream anyway */
+#pragma omp parallel for schedule(static) if (nc > 1)
+  for (int64_t c = 0; c < nc; c++) {
+    int64_t lo = c * CPU_CHUNK, len = n - lo < CPU_CHUNK ? n - lo : CPU_CHUNK;
+    if (dist == DF_NORMAL) cpu_normal_run(seed, stream, (uint64_t)lo, len, x + lo);
+    else cpu_uniform_run(seed, stream, (uint64_t)lo, len, x + lo);
+  }
   return DF_OK;
 }
 
@@ -128,9 +134,8 @@ INLINE void unary_loop(int op, float *out, const float *a, int64_t n)
   for (int64_t i = 0; i < n; i++) out[i] = df_unary_apply(op, a[i]);
 }
 
-static int cpu_unary(int dev, int op, float *out, const float *a, int64_t n)
+static void unary_any(int op, float *out, const float *a, int64_t n)
 {
-  (void)dev;
   switch (op) { /* one specialised loop per op */
   case DF_NEG: unary_loop(DF_NEG, out, a, n); break;
   case DF_EXP: unary_loop(DF_EXP, out, a, n); break;
@@ -146,7 +151,19 @@ static int cpu_unary(int dev, int op, float *out, const float *a, int64_t n)
   case DF_RELU: unary_loop(DF_RELU, out, a, n); break;
   case DF_GELU: unary_loop(DF_GELU, out, a, n); break;
   case DF_NORMCDF: unary_loop(DF_NORMCDF, out, a, n); break;
-  default: return df_fail(DF_EARG, "unknown unary op %d", op);
+  default: break;
+  }
+}
+
+static int cpu_unary(int dev, int op, float *out, const float *a, int64_t n)
+{
+  (void)dev;
+  if (op < 0 || op >= DF_NUNARY) return df_fail(DF_EARG, "unknown unary op %d", op);
+  int64_t nc = (n + CPU_CHUNK - 1) / CPU_CHUNK;
+#pragma omp parallel for schedule(static) if (nc > 1)
+  for (int64_t c = 0; c < nc; c++) {
+    int64_t lo = c * CPU_CHUNK, len = n - lo < CPU_CHUNK ? n - lo : CPU_CHUNK;
+    unary_any(op, out + lo, a + lo, len);
   }
   return DF_OK;
 }
@@ -192,13 +209,16 @@ static int cpu_binary(int dev, int op, float *out, const float *a, const float *
   const int64_t *s = bc->shape, *sa = bc->sa, *sb = bc->sb;
   int64_t row = s[3];
   if (bc->n == 0) return DF_OK;
-  for (int64_t i0 = 0; i0 < s[0]; i0++)
-    for (int64_t i1 = 0; i1 < s[1]; i1++)
-      for (int64_t i2 = 0; i2 < s[2]; i2++) {
-        float *o = out + ((i0 * s[1] + i1) * s[2] + i2) * row;
-        binary_row_op(op, o, a + i0 * sa[0] + i1 * sa[1] + i2 * sa[2], sa[3],
-                      b + i0 * sb[0] + i1 * sb[1] + i2 * sb[2], sb[3], row);
-      }
+  /* work items: (outer row, chunk of the row), independent of each other */
+  int64_t outer = s[0] * s[1] * s[2], per = (row + CPU_CHUNK - 1) / CPU_CHUNK, items = outer * per;
+#pragma omp parallel for schedule(static) if (bc->n > CPU_CHUNK && items > 1)
+  for (int64_t it = 0; it < items; it++) {
+    int64_t r = it / per, lo = (it % per) * CPU_CHUNK, len = row - lo < CPU_CHUNK ? row - lo : CPU_CHUNK;
+    int64_t i2 = r % s[2], i1 = (r / s[2]) % s[1], i0 = r / (s[1] * s[2]);
+    const float *pa = a + i0 * sa[0] + i1 * sa[1] + i2 * sa[2] + lo * sa[3];
+    const float *pb = b + i0 * sb[0] + i1 * sb[1] + i2 * sb[2] + lo * sb[3];
+    binary_row_op(op, out + r * row + lo, pa, sa[3], pb, sb[3], len);
+  }
   return DF_OK;
 }
 
@@ -207,8 +227,13 @@ static int cpu_binary_scalar(int dev, int op, float *out, const float *a, float 
 {
   (void)dev;
   if (op < 0 || op >= DF_NBINARY) return df_fail(DF_EARG, "unknown binary op %d", op);
-  if (scalar_left) binary_row_op(op, out, &s, 0, a, 1, n);
-  else binary_row_op(op, out, a, 1, &s, 0, n);
+  int64_t nc = (n + CPU_CHUNK - 1) / CPU_CHUNK;
+#pragma omp parallel for schedule(static) if (nc > 1)
+  for (int64_t c = 0; c < nc; c++) {
+    int64_t lo = c * CPU_CHUNK, len = n - lo < CPU_CHUNK ? n - lo : CPU_CHUNK;
+    if (scalar_left) binary_row_op(op, out + lo, &s, 0, a + lo, 1, len);
+    else binary_row_op(op, out + lo, a + lo, 1, &s, 0, len);
+  }
   return DF_OK;
 }
 
@@ -237,9 +262,21 @@ static int cpu_reduce_all(int dev, int op, const float *a, int64_t n, double par
 {
   (void)dev;
   if (op == DF_RSUM || op == DF_RSSD) {
-    double total = 0.0;
-    for (int64_t i = 0; i < n; i += SUM_BLOCK)
-      total += block_sum(a + i, n - i < SUM_BLOCK ? n - i : SUM_BLOCK, op == DF_RSSD, param);
+    /* block sums (in parallel when there are many), then added in block order */
+    int64_t nb = (n + SUM_BLOCK - 1) / SUM_BLOCK;
+    double total = 0.0, *part = nb > 1 ? (double *)malloc((size_t)nb * sizeof(double)) : NULL;
+    if (!part) {
+      for (int64_t i = 0; i < n; i += SUM_BLOCK)
+        total += block_sum(a + i, n - i < SUM_BLOCK ? n - i : SUM_BLOCK, op == DF_RSSD, param);
+    } else {
+#pragma omp parallel for schedule(static) if (n > 8 * SUM_BLOCK)
+      for (int64_t b = 0; b < nb; b++) {
+        int64_t i = b * SUM_BLOCK;
+        part[b] = block_sum(a + i, n - i < SUM_BLOCK ? n - i : SUM_BLOCK, op == DF_RSSD, param);
+      }
+      for (int64_t b = 0; b < nb; b++) total += part[b];
+      free(part);
+    }
     *res = total;
     return DF_OK;
   }
@@ -261,8 +298,9 @@ static int cpu_reduce_dim(int dev, int op, float *out, float *idx, const float *
                           int64_t len, int64_t inner)
 {
   (void)dev;
-  for (int64_t o = 0; o < outer; o++)
-    for (int64_t i = 0; i < inner; i++) {
+#pragma omp parallel for schedule(static) if (outer * inner > 1 && outer * len * inner > CPU_CHUNK)
+  for (int64_t oi = 0; oi < outer * inner; oi++) {
+      int64_t o = oi / inner, i = oi % inner;
       const float *p = a + o * len * inner + i;
       float *dst = out + o * inner + i;
       if (op == DF_RMIN || op == DF_RMAX) {
@@ -331,8 +369,13 @@ static int cpu_matmul(int dev, float *c, const float *a, const float *b, int64_t
                       int64_t m, int64_t k, int64_t n, int64_t stride_a, int64_t stride_b)
 {
   (void)dev;
-  for (int64_t t = 0; t < batch; t++)
-    gemm(c + t * m * n, a + t * stride_a, b + t * stride_b, m, k, n);
+  /* blocks of 32 rows of each product are independent */
+  int64_t rb = (m + 31) / 32;
+#pragma omp parallel for schedule(static) if (batch * m * k * n > 1 << 20 && batch * rb > 1)
+  for (int64_t it = 0; it < batch * rb; it++) {
+    int64_t t = it / rb, r0 = (it % rb) * 32, rows = m - r0 < 32 ? m - r0 : 32;
+    gemm(c + t * m * n + r0 * n, a + t * stride_a + r0 * k, b + t * stride_b, rows, k, n);
+  }
   return DF_OK;
 }
 

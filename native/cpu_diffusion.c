@@ -24,6 +24,7 @@ int cpu_score_eval(int dev, const df_mixture *m, float *out, const float *x,
 {
   (void)dev;
   if (m && d > MIX_MAXD) return df_fail(DF_EARG, "mixtures live in at most R^%d", MIX_MAXD);
+#pragma omp parallel for schedule(static) if (rows * d > CPU_CHUNK || (m && rows > 1024))
   for (int64_t i = 0; i < rows; i++) {
     float s2 = sig2_rows ? sig2_rows[i] : sig2;
     if (m) {
@@ -39,6 +40,7 @@ int cpu_mixture_logpdf(int dev, const df_mixture *m, float *out, const float *x,
                        const float *sig2_rows, float sig2, int64_t rows)
 {
   (void)dev;
+#pragma omp parallel for schedule(static) if (rows > 1024)
   for (int64_t i = 0; i < rows; i++)
     out[i] = df_mixture_logpdf_row(m, sig2_rows ? sig2_rows[i] : sig2, x + i * m->d);
   return DF_OK;
@@ -48,9 +50,10 @@ int cpu_mixture_sample(int dev, const df_mixture *m, float *out, const float *si
                        float sig2, int64_t rows, uint64_t seed, uint64_t su, uint64_t sz)
 {
   (void)dev;
-  float z[MIX_MAXD];
   if (m->d > MIX_MAXD) return df_fail(DF_EARG, "mixtures live in at most R^%d", MIX_MAXD);
+#pragma omp parallel for schedule(static) if (rows > 1024)
   for (int64_t i = 0; i < rows; i++) {
+    float z[MIX_MAXD];
     for (int c = 0; c < m->d; c++) z[c] = df_randn_at(seed, sz, (uint64_t)(i * m->d + c));
     df_mixture_sample_row(m, sig2_rows ? sig2_rows[i] : sig2, df_rand_at(seed, su, (uint64_t)i),
                           z, out + i * m->d);
@@ -74,10 +77,11 @@ static void record_tile(int64_t k, int nrec, const int64_t *rec_k, float *const 
 static void fused_exact(const df_plan *p, float *x, int64_t n, int nrec, const int64_t *rec_k,
                         float *const *rec_out, uint64_t seed, uint64_t stream)
 {
-  const int64_t steps = p->steps;
-  float t[TILE], z[TILE];
-  for (int64_t i0 = 0; i0 < n; i0 += TILE) {
-    int64_t m = n - i0 < TILE ? n - i0 : TILE;
+  const int64_t steps = p->steps, ntiles = (n + TILE - 1) / TILE;
+#pragma omp parallel for schedule(static) if (ntiles > 1 && n * steps > CPU_CHUNK)
+  for (int64_t it = 0; it < ntiles; it++) {
+    float t[TILE], z[TILE];
+    int64_t i0 = it * TILE, m = n - i0 < TILE ? n - i0 : TILE;
     memcpy(t, x + i0, (size_t)m * sizeof(float));
     for (int64_t k = 0; k < steps; k++) {
       float s2 = p->sig2[k], c1 = p->c1[k], c2 = p->c2[k];
@@ -106,8 +110,9 @@ static void fused_mixture(const df_plan *p, const df_mixture *mix, float *x, int
                           uint64_t stream)
 {
   const int64_t steps = p->steps, n = rows * d;
-  float xr[MIX_MAXD], s[MIX_MAXD], xp[MIX_MAXD], sp[MIX_MAXD];
+#pragma omp parallel for schedule(static) if (rows > 64)
   for (int64_t i = 0; i < rows; i++) {
+    float xr[MIX_MAXD], s[MIX_MAXD], xp[MIX_MAXD], sp[MIX_MAXD];
     memcpy(xr, x + i * d, (size_t)d * sizeof(float));
     for (int64_t k = 0; k < steps; k++) {
       float c1 = p->c1[k], c2 = p->c2[k];
@@ -150,13 +155,14 @@ int cpu_sample_step(int dev, int stage, float *x, float *xp, const float *s, con
                     float c1, float c2, int64_t n, int64_t k, uint64_t seed, uint64_t stream)
 {
   (void)dev;
-  float z[TILE];
   switch (stage) {
   case DF_STAGE_EULER:
     for (int64_t i = 0; i < n; i++) x[i] = df_step_euler(x[i], s[i], c1);
     break;
   case DF_STAGE_EM:
+#pragma omp parallel for schedule(static) if (n > CPU_CHUNK)
     for (int64_t i0 = 0; i0 < n; i0 += TILE) {
+      float z[TILE];
       int64_t m = n - i0 < TILE ? n - i0 : TILE;
       normals(seed, stream, df_noise_index((uint64_t)i0, (uint64_t)k, (uint64_t)n), m, z);
       for (int64_t j = 0; j < m; j++) x[i0 + j] = df_step_em(x[i0 + j], s[i0 + j], c1, c2, z[j]);

@@ -11,6 +11,7 @@
 
 #define TILE 256   /* rows per tile */
 #define NPART 8   /* gradient partitions */
+#define PAR_ROWS 512 /* smaller batches stay on one thread */
 
 /* ---- layers over one tile (shapes in comments: [features][TILE]) -------------------------- */
 
@@ -316,13 +317,19 @@ int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const fl
 {
   (void)dev;
   int64_t nt = ntiles_of(rows), ff = frame_floats(nd);
-  for (int64_t k = 0; k < nt; k++) {
-    int m = rows - k * TILE < TILE ? (int)(rows - k * TILE) : TILE;
-    frame f = frame_at(nd, ws + (keep ? k : k % NPART) * ff);
-    load_inputs(nd, &f, x, t, t0, k * TILE, m);
-    tile_forward(nd, params, fixed, &f);
-    for (int c = 0; c < nd->dim; c++)
-      for (int r = 0; r < m; r++) out[(k * TILE + r) * nd->dim + c] = f.out[c * TILE + r];
+  /* partitions run in parallel; a kept forward has a frame per tile, else one per partition */
+#pragma omp parallel for schedule(static) if (rows >= PAR_ROWS)
+  for (int p = 0; p < NPART; p++) {
+    int64_t lo, hi;
+    part_range(nt, p, &lo, &hi);
+    for (int64_t k = lo; k < hi; k++) {
+      int m = rows - k * TILE < TILE ? (int)(rows - k * TILE) : TILE;
+      frame f = frame_at(nd, ws + (keep ? k : p) * ff);
+      load_inputs(nd, &f, x, t, t0, k * TILE, m);
+      tile_forward(nd, params, fixed, &f);
+      for (int c = 0; c < nd->dim; c++)
+        for (int r = 0; r < m; r++) out[(k * TILE + r) * nd->dim + c] = f.out[c * TILE + r];
+    }
   }
   return DF_OK;
 }
@@ -333,6 +340,7 @@ int cpu_net_backward(int dev, const df_netdesc *nd, const float *params, const f
 {
   (void)dev; (void)fixed; (void)x; (void)t; (void)t0;
   int64_t nt = ntiles_of(rows), ff = frame_floats(nd);
+#pragma omp parallel for schedule(static) if (rows >= PAR_ROWS)
   for (int p = 0; p < NPART; p++) {
     float *sc = part_scratch(nd, ws, rows, p), *d1 = sc, *d2 = sc + nd->maxw * TILE;
     float *g = sc + 2 * (int64_t)nd->maxw * TILE;
@@ -359,7 +367,8 @@ int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float
   const int d = nd->dim;
   const int64_t B = job->batch, nt = ntiles_of(B), ff = frame_floats(nd);
   const float scale = 2.0f / (float)((double)B * d); /* d loss / d out = 2 (out + eta) / (B d) */
-  double total = 0.0;
+  double part_loss[NPART], total = 0.0;
+#pragma omp parallel for schedule(static) if (B >= PAR_ROWS)
   for (int p = 0; p < NPART; p++) {
     float *sc = part_scratch(nd, ws, B, p), *d1 = sc, *d2 = sc + nd->maxw * TILE;
     float *g = sc + 2 * (int64_t)nd->maxw * TILE;
@@ -398,8 +407,9 @@ int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float
         }
       tile_backward(nd, params, &f, dout, g, d1, d2);
     }
-    total += part;
+    part_loss[p] = part;
   }
+  for (int p = 0; p < NPART; p++) total += part_loss[p]; /* in order, whatever the threads */
   add_partitions(nd, grads, ws, B);
   *loss = (float)(total / ((double)B * d));
   return DF_OK;

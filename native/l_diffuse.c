@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <omp.h>
 #include "l_util.h"
 #include "status.h"
 #include "dmath.h"
@@ -133,6 +134,23 @@ static int d_clock(lua_State *L)
   return 1;
 }
 
+/* diffuse.set_threads(n) / diffuse.get_threads(): CPU threads for large operations. Results do
+   not depend on the count: work is split the same way whatever runs it. */
+static int d_set_threads(lua_State *L)
+{
+  const char *fname = "diffuse.set_threads";
+  int64_t n = l_checkint(L, 1, fname, "n");
+  if (n < 1 || n > 1024) l_error(L, fname, "n must be between 1 and 1024 (got %lld)", (long long)n);
+  omp_set_num_threads((int)n);
+  return 0;
+}
+
+static int d_get_threads(lua_State *L)
+{
+  lua_pushinteger(L, omp_get_max_threads());
+  return 1;
+}
+
 static int core_register(const df_backend *be) { return df_register_backend(be); }
 
 static const df_core_api core_api = { DF_CORE_ABI, core_register, df_fail };
@@ -141,7 +159,8 @@ static const luaL_Reg funcs[] = {
   { "seed", d_seed }, { "rng_state", d_rng_state }, { "set_rng_state", d_set_rng_state },
   { "set_device", d_set_device }, { "get_device", d_get_device }, { "summary", d_summary },
   { "philox", d_philox }, { "isatty", d_isatty },
-  { "clock", d_clock }, { NULL, NULL }
+  { "clock", d_clock }, { "set_threads", d_set_threads }, { "get_threads", d_get_threads },
+  { NULL, NULL }
 };
 
 DF_EXPORT int luaopen_diffuse_core(lua_State *L)
