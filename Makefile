@@ -114,11 +114,13 @@ test-cuda: all
 	$(BUSTED) --lua=$(LUA) spec/cuda_spec.lua
 
 bench-cuda: all
-	LUA_PATH='lua/?.lua;lua/?/init.lua;bench/?.lua;;' LUA_CPATH='build/?.so;;' $(LUA) bench/cuda.lua
+	$(BENCH_ENV) $(LUA) bench/cuda.lua
 
 # ---- benchmarks and demo -----------------------------------------------------------------------
+BENCH_ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;bench/?.lua;;' LUA_CPATH='build/?.so;;'
 bench: all
-	LUA_PATH='lua/?.lua;lua/?/init.lua;bench/?.lua;;' LUA_CPATH='build/?.so;;' $(LUA) bench/tensor.lua
+	$(BENCH_ENV) $(LUA) bench/tensor.lua
+	$(BENCH_ENV) $(LUA) bench/suite.lua
 
 demo: all
 	LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' $(LUA) examples/tensor_tour.lua
