@@ -21,7 +21,8 @@ MARCH      ?= -march=native
 DF_CFLAGS   = -O3 $(MARCH) -std=c99 -fPIC -Wall -Wextra -Wpedantic -Wshadow -ffp-contract=off -fno-trapping-math \
               -fno-math-errno -fopenmp -fvisibility=hidden -I$(LUA_INCDIR) -Inative
 LIBFLAG    ?= -shared
-LDLIBS      = -lm -fopenmp
+# nodelete: lua_close dlcloses C modules, which must not unmap libgomp under its parked threads
+LDLIBS      = -lm -fopenmp -Wl,-z,nodelete
 
 CORE_SRC  = $(wildcard native/*.c)
 CORE_HDR  = $(wildcard native/*.h)
