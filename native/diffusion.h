@@ -37,13 +37,14 @@ enum { DF_SCORE_EXACT, DF_SCORE_MIXTURE, DF_SCORE_CALLBACK };
 
 /* What a sampler evaluates. EXACT and MIXTURE are native: a sampler runs them fused on the
    device. CALLBACK is anything else (a Lua function, a network): the sampler calls eval with
-   x and the time, and eval fills `out` (released on entry) with s(x, t). */
+   x and the time, and eval writes s(x, t) into `out`, allocated like x by the caller (the
+   sampler allocates it once per run). */
 typedef struct df_score_src {
   int kind;
   df_diffuser diff;
   df_mixture mix; /* MIXTURE: host arrays owned by whoever made the source */
   int (*eval)(void *ctx, df_tensor *out, const df_tensor *x, float t);
-  /* optional: one time per row of x (score(x, t) with a tensor t) */
+  /* optional: one time per row of x (score(x, t) with a tensor t); out arrives released */
   int (*eval_rows)(void *ctx, df_tensor *out, const df_tensor *x, const df_tensor *t);
   void *ctx;
 } df_score_src;

@@ -431,7 +431,7 @@ static int lua_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t
     char b1[96], b2[96];
     st = df_fail(DF_EARG, "the score function returned %s for x of %s",
                  df_shape_str(r->ndim, r->shape, b1, sizeof b1), df_shape_str(x->ndim, x->shape, b2, sizeof b2));
-  } else if (!(st = df_tensor_like(out, x))) {
+  } else {
     st = df_copy(out, r);
   }
   lua_pop(L, 1);

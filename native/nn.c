@@ -237,8 +237,9 @@ static int net_rows(const df_net *n, const df_tensor *x, int64_t *rows)
   return DF_OK;
 }
 
-int df_net_forward(df_net *n, df_tensor *out, const df_tensor *x, const df_tensor *t, double t0,
-                   int keep)
+/* the forward into `out` (rows x dim floats on the net's device) */
+static int forward_into(df_net *n, float *out, const df_tensor *x, const df_tensor *t, double t0,
+                        int keep)
 {
   int64_t rows;
   int st;
@@ -250,13 +251,11 @@ int df_net_forward(df_net *n, df_tensor *out, const df_tensor *x, const df_tenso
   } else if (!isfinite(t0)) {
     return df_fail(DF_EARG, "t must be finite (got %g)", t0);
   }
-  int64_t shape[2] = { rows, n->d.dim };
-  if ((st = df_tensor_alloc(out, n->be, n->dev, 2, shape))) return st;
   if ((st = ensure_ws(n, rows))) return st;
   n->cached_rows = -1;
   if (rows == 0) return DF_OK;
   st = n->be->net_forward(n->dev, &n->d, n->params, n->fixed, df_data(x), t ? df_data(t) : NULL,
-                          (float)t0, rows, df_data(out), n->ws, keep);
+                          (float)t0, rows, out, n->ws, keep);
   if (st || !keep) return st;
   /* keep the inputs for backward */
   if ((st = copy_buf(n->be, n->dev, n->in_x, x->be, x->dev, df_data(x), rows * n->d.dim)))
@@ -266,6 +265,17 @@ int df_net_forward(df_net *n, df_tensor *out, const df_tensor *x, const df_tenso
   n->cached_has_t = t != NULL;
   n->cached_t0 = (float)t0;
   return DF_OK;
+}
+
+int df_net_forward(df_net *n, df_tensor *out, const df_tensor *x, const df_tensor *t, double t0,
+                   int keep)
+{
+  int64_t rows;
+  int st = net_rows(n, x, &rows);
+  if (st) return st;
+  int64_t shape[2] = { rows, n->d.dim };
+  if ((st = df_tensor_alloc(out, n->be, n->dev, 2, shape))) return st;
+  return forward_into(n, df_data(out), x, t, t0, keep);
 }
 
 int df_net_backward(df_net *n, const df_tensor *dout)
@@ -330,7 +340,7 @@ int df_net_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t)
   if (!ns->net->live) return df_fail(DF_ESTATE, "attempt to use a released network");
   double s2 = df_diffuser_sigma2_host(&ns->diff, (double)t);
   if (!(s2 > 0.0)) return df_fail(DF_EARG, "the network score is singular at t = 0 (sigma(0) = 0)");
-  int st = df_net_forward(ns->net, out, x, NULL, (double)t, 0);
+  int st = forward_into(ns->net, df_data(out), x, NULL, (double)t, 0); /* out is like x */
   if (st) return st;
   return out->be->binary_scalar(out->dev, DF_MUL, df_data(out), df_data(out),
                                 (float)(1.0 / sqrt(s2)), 0, out->numel);

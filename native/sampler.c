@@ -50,7 +50,10 @@ int df_score_eval(df_tensor *out, const df_score_src *src, const df_tensor *x,
   float s0 = 0.0f;
   df_tensor sig2 = { 0 };
   if (src->kind == DF_SCORE_CALLBACK) {
-    if (!t) return src->eval(src->ctx, out, x, (float)t0);
+    if (!t) {
+      if ((st = df_tensor_like(out, x))) return st;
+      return src->eval(src->ctx, out, x, (float)t0);
+    }
     if (!src->eval_rows) return df_fail(DF_EARG, "this score takes one time, not a tensor");
     return src->eval_rows(src->ctx, out, x, t);
   }
@@ -154,17 +157,6 @@ static int record(df_tensor *x, int64_t k, int nrec, const int64_t *rec_k, df_te
   return DF_OK;
 }
 
-/* a callback's answer must have x's shape and device */
-static int eval_checked(const df_score_src *src, df_tensor *out, const df_tensor *x, float t)
-{
-  int st = src->eval(src->ctx, out, x, t);
-  if (st) return st;
-  if (!df_same_device(out, x) || out->numel != x->numel)
-    return df_fail(DF_EARG, "the score returned %lld values on %s for %lld on %s",
-                   (long long)out->numel, out->be->name, (long long)x->numel, x->be->name);
-  return DF_OK;
-}
-
 /* the step-by-step path: one callback evaluation per stage, updates on the device */
 static int run_steps(df_sampler *s, const df_score_src *src, const df_plan *p, df_tensor *x,
                      int nrec, const int64_t *rec_k, df_tensor *const *rec, uint64_t seed,
@@ -175,12 +167,14 @@ static int run_steps(df_sampler *s, const df_score_src *src, const df_plan *p, d
   int st = DF_OK;
   df_tensor sc = { 0 }, s2 = { 0 }, xp = { 0 };
   if (!be->sample_step) return df_fail(DF_EDEVICE, "samplers are not implemented on %s", be->name);
-  if (s->method == DF_HEUN && (st = df_tensor_like(&xp, x))) return st;
+  /* the buffers of the whole run, allocated once */
+  if ((st = df_tensor_like(&sc, x)) ||
+      (s->method == DF_HEUN && ((st = df_tensor_like(&xp, x)) || (st = df_tensor_like(&s2, x)))))
+    goto done;
   for (int64_t k = 0; k < steps && !st; k++) {
     float t = (float)(1.0 - (double)k / (double)steps);
     float t1 = (float)(1.0 - (double)(k + 1) / (double)steps);
-    if ((st = record(x, k, nrec, rec_k, rec))) break;
-    if ((st = eval_checked(src, &sc, x, t))) break;
+    if ((st = record(x, k, nrec, rec_k, rec)) || (st = src->eval(src->ctx, &sc, x, t))) break;
     s->nfe++;
     float *px = df_data(x), *ps = df_data(&sc);
     if (s->method == DF_EULER || (s->method == DF_HEUN && k == steps - 1)) {
@@ -189,15 +183,14 @@ static int run_steps(df_sampler *s, const df_score_src *src, const df_plan *p, d
       st = be->sample_step(x->dev, DF_STAGE_EM, px, NULL, ps, NULL, p->c1[k], p->c2[k], n, k, seed, stream);
     } else {
       st = be->sample_step(x->dev, DF_STAGE_HEUN_PRED, px, df_data(&xp), ps, NULL, p->c1[k], 0.0f, n, k, seed, stream);
-      if (!st && !(st = eval_checked(src, &s2, &xp, t1))) {
+      if (!st && !(st = src->eval(src->ctx, &s2, &xp, t1))) {
         s->nfe++;
         st = be->sample_step(x->dev, DF_STAGE_HEUN_CORR, px, NULL, ps, df_data(&s2), p->c1[k], p->c2[k], n, k, seed, stream);
       }
     }
-    df_tensor_release(&sc);
-    df_tensor_release(&s2);
   }
   if (!st) st = record(x, steps, nrec, rec_k, rec);
+done:
   df_tensor_release(&sc);
   df_tensor_release(&s2);
   df_tensor_release(&xp);
