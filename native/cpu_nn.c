@@ -35,7 +35,8 @@ INLINE float lanes_sum(v8 a)
 
 /* out [O][T] = W [O, I] inp [I][T] + b [O]: for OB outputs and RB rows at a time, the bias and
    then the inputs in order, accumulated in registers */
-INLINE void linear_forward_block(float *out, const float *inp, const float *w, const float *b,
+INLINE void linear_forward_block(float *restrict out, const float *restrict inp,
+                                 const float *restrict w, const float *restrict b,
                                  int I, int o0, int r0)
 {
   v8 acc[OB];
@@ -47,7 +48,8 @@ INLINE void linear_forward_block(float *out, const float *inp, const float *w, c
   for (int o = 0; o < OB; o++) st8(out + (o0 + o) * TILE + r0, acc[o]);
 }
 
-static void linear_forward(float *out, const float *inp, const float *w, const float *b, int I,
+static void linear_forward(float *restrict out, const float *restrict inp, const float *restrict w,
+                           const float *restrict b, int I,
                            int O)
 {
   int o0 = 0;
@@ -62,7 +64,8 @@ static void linear_forward(float *out, const float *inp, const float *w, const f
 }
 
 /* dw[o][i] += sum over the tile's rows of dout[o] inp[i], for OB outputs (RB lanes per sum) */
-INLINE void linear_dw_block(float *dw, const float *dout, const float *inp, int I, int o0)
+INLINE void linear_dw_block(float *restrict dw, const float *restrict dout,
+                            const float *restrict inp, int I, int o0)
 {
   for (int i = 0; i < I; i++) {
     v8 acc[OB];
@@ -77,8 +80,9 @@ INLINE void linear_dw_block(float *dw, const float *dout, const float *inp, int 
 
 /* dw [O, I] += dout inp^T and db [O] += dout summed over rows; dinp [I][T] = W^T dout
    (overwritten; skipped when dinp is NULL) */
-static void linear_backward(float *dinp, float *dw, float *db, const float *dout,
-                            const float *inp, const float *w, int I, int O)
+static void linear_backward(float *restrict dinp, float *restrict dw, float *restrict db,
+                            const float *restrict dout, const float *restrict inp,
+                            const float *restrict w, int I, int O)
 {
   for (int o = 0; o < O; o++) {
     v8 acc = splat8(0.0f);
@@ -94,6 +98,18 @@ static void linear_backward(float *dinp, float *dw, float *db, const float *dout
       dw[o0 * I + i] += lanes_sum(acc);
     }
   if (!dinp) return;
+  if (O == OB) { /* the seed's width: dout's OB vectors stay in registers across the inputs */
+    for (int r0 = 0; r0 < TILE; r0 += RB) {
+      v8 g[OB];
+      for (int o = 0; o < OB; o++) g[o] = ld8(dout + o * TILE + r0);
+      for (int i = 0; i < I; i++) {
+        v8 acc = splat8(0.0f);
+        for (int o = 0; o < OB; o++) acc += splat8(w[o * I + i]) * g[o];
+        st8(dinp + i * TILE + r0, acc);
+      }
+    }
+    return;
+  }
   for (int r0 = 0; r0 < TILE; r0 += RB)
     for (int i = 0; i < I; i++) {
       v8 acc = splat8(0.0f);
@@ -374,7 +390,9 @@ int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float
     float *g = sc + 2 * (int64_t)nd->maxw * TILE;
     frame f = frame_at(nd, ws + p * ff);
     float *xs = nd->kind == DF_NET_MLP ? f.in0 : f.x, *ts = nd->kind == DF_NET_MLP ? f.in0 + d * TILE : f.t;
-    float u[TILE], eta[TILE * DF_NET_MAXDIM], dout[TILE * DF_NET_MAXDIM];
+    float u[TILE], sig[TILE], eta[TILE * DF_NET_MAXDIM], dout[TILE * DF_NET_MAXDIM];
+    int64_t src[TILE];
+    const df_diffuser D = job->diff; /* a local copy: its fields are loop invariants */
     double part = 0.0;
     int64_t lo, hi;
     memset(g, 0, (size_t)nd->nparams * sizeof(float));
@@ -385,26 +403,25 @@ int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float
       /* draws: times, noise (row-major, as a [B, d] tensor of normals), data rows */
       cpu_uniform_run(job->seed, job->st_t, (uint64_t)r0, m, u);
       cpu_normal_run(job->seed, job->st_eta, (uint64_t)(r0 * d), (int64_t)m * d, eta);
-      for (int r = 0; r < TILE; r++) {
-        if (r >= m) {
-          ts[r] = 0.0f;
-          for (int c = 0; c < d; c++) xs[c * TILE + r] = 0.0f;
-          continue;
-        }
-        int64_t src = job->sample ? df_rand_index(job->seed, job->st_idx, (uint64_t)(r0 + r), job->data_rows)
-                                  : r0 + r;
-        float t = df_dsm_time(u[r], job->tol);
-        float sigma = sqrtf(df_diffuser_sigma2(&job->diff, t));
-        ts[r] = t;
-        for (int c = 0; c < d; c++) xs[c * TILE + r] = job->data[src * d + c] + sigma * eta[r * d + c];
-      }
+      /* times and widths, then the noised inputs: loops along the tile's rows */
+      for (int r = 0; r < TILE; r++) ts[r] = r < m ? df_dsm_time(u[r], job->tol) : 0.0f;
+      for (int r = 0; r < TILE; r++) sig[r] = sqrtf(df_diffuser_sigma2(&D, ts[r]));
+      for (int r = 0; r < m; r++)
+        src[r] = job->sample ? df_rand_index(job->seed, job->st_idx, (uint64_t)(r0 + r), job->data_rows)
+                             : r0 + r;
+      for (int c = 0; c < d; c++)
+        for (int r = 0; r < TILE; r++)
+          xs[c * TILE + r] = r < m ? job->data[src[r] * d + c] + sig[r] * eta[r * d + c] : 0.0f;
       tile_forward(nd, params, fixed, &f);
+      /* the loss in 8 double lanes per tile, added in a fixed order */
+      double acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
       for (int c = 0; c < d; c++)
         for (int r = 0; r < TILE; r++) {
           float res = r < m ? f.out[c * TILE + r] + eta[r * d + c] : 0.0f;
-          part += (double)res * (double)res;
+          acc[r & 7] += (double)res * (double)res;
           dout[c * TILE + r] = scale * res;
         }
+      part += ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
       tile_backward(nd, params, &f, dout, g, d1, d2);
     }
     part_loss[p] = part;

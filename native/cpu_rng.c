@@ -6,17 +6,19 @@
 
 #define BATCH 64 /* Philox blocks per batch */
 
-/* words of blocks b0 .. b0 + nb - 1 (nb <= BATCH) */
+/* words of blocks b0 .. b0 + nb - 1 (nb <= BATCH): round by round over all blocks, so each
+   round is one vectorised loop */
 static void blocks(uint64_t seed, uint64_t stream, uint64_t b0, int nb, uint32_t w[4][BATCH])
 {
+  uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
   for (int i = 0; i < nb; i++) {
-    uint32_t ctr[4], key[2], out[4];
     uint64_t b = b0 + (uint64_t)i;
-    ctr[0] = (uint32_t)b; ctr[1] = (uint32_t)(b >> 32);
-    ctr[2] = (uint32_t)stream; ctr[3] = (uint32_t)(stream >> 32);
-    key[0] = (uint32_t)seed; key[1] = (uint32_t)(seed >> 32);
-    df_philox4x32_10(ctr, key, out);
-    w[0][i] = out[0]; w[1][i] = out[1]; w[2][i] = out[2]; w[3][i] = out[3];
+    w[0][i] = (uint32_t)b; w[1][i] = (uint32_t)(b >> 32);
+    w[2][i] = (uint32_t)stream; w[3][i] = (uint32_t)(stream >> 32);
+  }
+  for (int round = 0; round < 10; round++) {
+    for (int i = 0; i < nb; i++) df_philox_round(&w[0][i], &w[1][i], &w[2][i], &w[3][i], k0, k1);
+    df_philox_bump(&k0, &k1);
   }
 }
 

@@ -263,14 +263,24 @@ DF_FN float df_binary_apply(int op, float a, float b)
 
 /* ---- Philox4x32-10 (Salmon et al., SC'11), keyed by (seed, stream, element index) --------- */
 
+/* one round on the counter words, under the round's key (k0, k1) */
+DF_FN void df_philox_round(uint32_t *c0, uint32_t *c1, uint32_t *c2, uint32_t *c3, uint32_t k0,
+                           uint32_t k1)
+{
+  uint64_t p0 = (uint64_t)0xD2511F53u * *c0, p1 = (uint64_t)0xCD9E8D57u * *c2;
+  uint32_t n0 = (uint32_t)(p1 >> 32) ^ *c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ *c3 ^ k1;
+  *c0 = n0; *c1 = (uint32_t)p1; *c2 = n2; *c3 = (uint32_t)p0;
+}
+
+/* the key schedule: the Weyl increments between rounds */
+DF_FN void df_philox_bump(uint32_t *k0, uint32_t *k1) { *k0 += 0x9E3779B9u; *k1 += 0xBB67AE85u; }
+
 DF_FN void df_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4])
 {
   uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3], k0 = key[0], k1 = key[1];
   for (int round = 0; round < 10; round++) {
-    uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-    c0 = n0; c1 = (uint32_t)p1; c2 = n2; c3 = (uint32_t)p0;
-    k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    df_philox_round(&c0, &c1, &c2, &c3, k0, k1);
+    df_philox_bump(&k0, &k1);
   }
   out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
 }
