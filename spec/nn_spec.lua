@@ -19,6 +19,8 @@ local acts = {
 }
 acts.tanh = function(z) local e = math.exp(2 * z); return (e - 1) / (e + 1) end
 
+local function f32(x) return (string.unpack('f', string.pack('f', x))) end
+
 -- y = W x + b with W [out, in] at params[off + 1 ..], b right after it
 local function linear(p, off, x, nin, nout)
   local y = {}
@@ -51,7 +53,8 @@ local function temb_ref(p, W, spec, x, t)
   local act = acts[spec.activation or 'silu']
   local f = {}
   for j, w in ipairs(W) do
-    local a = 2 * math.pi * t * w
+    -- the argument rounded as float32 computes it (and torch): (t w) * 2 pi, each product rounded
+    local a = f32(f32(t * w) * f32(2 * math.pi))
     f[j], f[#W + j] = math.sin(a), math.cos(a)
   end
   local e, off = linear(p, 0, f, 2 * #W, spec.hidden)
@@ -143,6 +146,21 @@ describe('score networks', function()
       grad_check(net, function(p, x, t) return temb_ref(p, W, spec, x, t) end, 67, 4)
     end)
   end
+
+  it('time_embedded with large frequencies: Fourier features stay accurate (|2 pi t W| up to ~5000)', function()
+    diffuse.seed(14)
+    local spec = { dim = 1, hidden = 4, embed = 64, scale = 200 }
+    local net = diffuse.nn.time_embedded(spec)
+    local W = col(net:frequencies())
+    local p = col(net:parameters())
+    local t = tensor.linspace(0.5, 1, 40)
+    local x = tensor.randn(40, 1)
+    local out, xs, ts = rows(net:forward(x, t)), rows(x), col(t)
+    for r = 1, 40 do
+      local y = temb_ref(p, W, spec, xs[r], ts[r])
+      assert.near(y[1], out[r][1], 2e-5 * (1 + math.abs(y[1])))
+    end
+  end)
 
   it('the seed architectures: sizes, parameter counts, initialisation as nn.Linear', function()
     diffuse.seed(0)
