@@ -48,6 +48,18 @@ static double check_time(lua_State *L, int idx, const char *fname)
   return t;
 }
 
+/* a time argument: a number (into *t0; nil gives def when def >= 0) or one time per row */
+static df_tensor *time_arg(lua_State *L, int idx, const char *fname, double def, double *t0)
+{
+  *t0 = def;
+  if (def >= 0.0 && lua_isnoneornil(L, idx)) return NULL;
+  if (lua_type(L, idx) == LUA_TNUMBER) {
+    *t0 = check_time(L, idx, fname);
+    return NULL;
+  }
+  return l_checktensor(L, idx, fname, "t");
+}
+
 /* ve:g(t), ve:sigma(t): t a number (a number back) or a tensor (a tensor back) */
 static int diffuser_value(lua_State *L, int what, const char *fname)
 {
@@ -74,10 +86,8 @@ static int df_diffuse_l(lua_State *L)
   const char *fname = "diffuse.diffuser.diffuse";
   df_diffuser *D = l_checkdiffuser(L, 1, fname, "self");
   df_tensor *x0 = l_checktensor(L, 2, fname, "x0");
-  df_tensor *t = NULL;
-  double t0 = 0.0;
-  if (lua_type(L, 3) == LUA_TNUMBER) t0 = check_time(L, 3, fname);
-  else t = l_checktensor(L, 3, fname, "t");
+  double t0;
+  df_tensor *t = time_arg(L, 3, fname, -1.0, &t0);
   df_tensor *out = l_newtensor(L);
   l_check(L, df_diffuse(out, D, x0, t, t0), fname);
   l_gc_pressure(L, out->numel * 4);
@@ -268,10 +278,8 @@ static int s_call(lua_State *L)
   const char *fname = "diffuse.score";
   l_score *s = l_checkscore(L, 1, fname, "self");
   df_tensor *x = l_checktensor(L, 2, fname, "x");
-  df_tensor *t = NULL;
-  double t0 = 0.0;
-  if (lua_type(L, 3) == LUA_TNUMBER) t0 = check_time(L, 3, fname);
-  else t = l_checktensor(L, 3, fname, "t");
+  double t0;
+  df_tensor *t = time_arg(L, 3, fname, -1.0, &t0);
   df_tensor *out = l_newtensor(L);
   l_check(L, df_score_eval(out, &s->src, x, t, t0), fname);
   l_gc_pressure(L, out->numel * 4);
@@ -289,11 +297,8 @@ static int mix_logdensity(lua_State *L, int expo, const char *fname)
 {
   l_score *s = check_mixture(L, fname);
   df_tensor *x = l_checktensor(L, 2, fname, "x");
-  df_tensor *t = NULL;
-  double t0 = 0.0;
-  if (lua_isnoneornil(L, 3)) t0 = 0.0;
-  else if (lua_type(L, 3) == LUA_TNUMBER) t0 = check_time(L, 3, fname);
-  else t = l_checktensor(L, 3, fname, "t");
+  double t0;
+  df_tensor *t = time_arg(L, 3, fname, 0.0, &t0);
   df_tensor *out = l_newtensor(L);
   l_check(L, df_mixture_log_density(out, &s->src, x, t, t0), fname);
   if (expo) l_check(L, out->be->unary(out->dev, DF_EXP, df_data(out), df_data(out), out->numel), fname);
@@ -519,18 +524,6 @@ static int sampler_tostring(lua_State *L)
 
 /* ---- registration -------------------------------------------------------------------------- */
 
-static void new_class(lua_State *L, const char *mt, const luaL_Reg *methods,
-                      lua_CFunction index, const luaL_Reg *meta)
-{
-  luaL_newmetatable(L, mt);
-  luaL_setfuncs(L, meta, 0);
-  lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
-  lua_pushcclosure(L, index, 1);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-}
-
 static const luaL_Reg diffuser_methods[] = {
   { "g", df_g }, { "sigma", df_sigma }, { "sigma2", df_sigma2 }, { "diffuse", df_diffuse_l },
   { "prior", df_prior_l }, { NULL, NULL }
@@ -557,9 +550,9 @@ static const luaL_Reg score_funcs[] = { { "exact", s_exact }, { "mixture", s_mix
 /* adds ve, power, sampler, heat and score to the module table on the top of the stack */
 void l_open_diffusion(lua_State *L)
 {
-  new_class(L, DF_DIFFUSER_MT, diffuser_methods, df_index, diffuser_meta);
-  new_class(L, DF_SCORE_MT, score_methods, s_index, score_meta);
-  new_class(L, DF_SAMPLER_MT, sampler_methods, sampler_index, sampler_meta);
+  l_class(L, DF_DIFFUSER_MT, diffuser_meta, diffuser_methods, df_index);
+  l_class(L, DF_SCORE_MT, score_meta, score_methods, s_index);
+  l_class(L, DF_SAMPLER_MT, sampler_meta, sampler_methods, sampler_index);
   lua_pushcfunction(L, d_ve);
   lua_setfield(L, -2, "ve");
   lua_pushcfunction(L, d_power);

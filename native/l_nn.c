@@ -591,18 +591,6 @@ static const luaL_Reg optim_meta[] = {
   { "__close", optim_release }, { NULL, NULL }
 };
 
-static void class(lua_State *L, const char *mt, const luaL_Reg *meta, const luaL_Reg *methods,
-                  lua_CFunction index)
-{
-  luaL_newmetatable(L, mt);
-  luaL_setfuncs(L, meta, 0);
-  lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
-  lua_pushcclosure(L, index, 1);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-}
-
 static void sub(lua_State *L, const char *name, const char *fn_name, lua_CFunction fn)
 {
   if (lua_getfield(L, -1, name) != LUA_TTABLE) {
@@ -619,8 +607,8 @@ static void sub(lua_State *L, const char *name, const char *fn_name, lua_CFuncti
 /* adds nn, optim, loss, score.net and train (the native loop) to the module table on the top */
 void l_open_nn(lua_State *L)
 {
-  class(L, DF_NET_MT, net_meta, net_methods, net_index);
-  class(L, DF_OPTIM_MT, optim_meta, optim_methods, optim_index);
+  l_class(L, DF_NET_MT, net_meta, net_methods, net_index);
+  l_class(L, DF_OPTIM_MT, optim_meta, optim_methods, optim_index);
   sub(L, "nn", "mlp", nn_mlp);
   sub(L, "nn", "time_embedded", nn_temb);
   sub(L, "nn", "load", nn_load);

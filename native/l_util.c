@@ -156,6 +156,18 @@ float *l_hostbuf(lua_State *L, int64_t n, const char *fname)
   return (float *)lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof(float), 0);
 }
 
+void l_class(lua_State *L, const char *mt, const luaL_Reg *meta, const luaL_Reg *methods,
+             lua_CFunction index)
+{
+  luaL_newmetatable(L, mt);
+  luaL_setfuncs(L, meta, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_pushcclosure(L, index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
+
 void l_parse_device(lua_State *L, const char *s, const char *fname, const df_backend **be,
                     int *dev)
 {

@@ -38,6 +38,11 @@ df_tensor *l_checktensor(lua_State *L, int idx, const char *fname, const char *w
 /* a float32 host buffer owned by a userdata pushed on the stack (freed by the GC on errors) */
 float *l_hostbuf(lua_State *L, int64_t n, const char *fname);
 
+/* a userdata class: metatable `mt` with the metamethods `meta`, and __index a closure `index`
+   whose upvalue is the table of `methods` (so index can serve fields before methods) */
+void l_class(lua_State *L, const char *mt, const luaL_Reg *meta, const luaL_Reg *methods,
+             lua_CFunction index);
+
 /* the device named by a string: "cpu", "cuda", "cuda:1" */
 void l_parse_device(lua_State *L, const char *s, const char *fname, const df_backend **be,
                     int *dev);
