@@ -124,7 +124,7 @@ bench: all
 	$(BENCH_ENV) $(LUA) bench/suite.lua
 
 demo: all
-	LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' $(LUA) examples/tensor_tour.lua
+	LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' $(LUA) examples/compare_networks.lua --out out
 
 # ---- packages ---------------------------------------------------------------------------------
 DEB_PACKAGES = lua5.4 liblua5.4-dev lua-busted luarocks gcc make pkg-config

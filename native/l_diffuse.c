@@ -3,6 +3,7 @@
  * Each userdata type has its own binding file (l_tensor.c, ...). */
 #define _POSIX_C_SOURCE 200112L
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -165,6 +166,12 @@ static const luaL_Reg funcs[] = {
 
 DF_EXPORT int luaopen_diffuse_core(lua_State *L)
 {
+  /* one CPU thread unless asked (DIFFUSE_THREADS, OMP_NUM_THREADS or diffuse.set_threads):
+     OpenMP threads spin at each join, and on a machine whose other cores are busy a small
+     parallel step then waits for a descheduled thread, which costs far more than it saves */
+  const char *env = getenv("DIFFUSE_THREADS");
+  if (env && atoi(env) >= 1 && atoi(env) <= 1024) omp_set_num_threads(atoi(env));
+  else if (!getenv("OMP_NUM_THREADS")) omp_set_num_threads(1);
   /* what a backend module (diffuse.cuda) needs to register itself */
   lua_pushlightuserdata(L, (void *)&core_api);
   lua_setfield(L, LUA_REGISTRYINDEX, "diffuse.core.api");

@@ -4,7 +4,6 @@
 -- so 3 s/sqrt(n) is a wide bound; the KS statistic of exact samples exceeds 1.63/sqrt(n) with
 -- probability 1 %.
 local diffuse = require 'diffuse'
-local normal = require 'support.normal'
 local metrics = diffuse.metrics
 local tensor = diffuse.tensor
 
@@ -17,18 +16,18 @@ end
 
 local function uniform_cdf(x) return math.max(0, math.min(1, x)) end
 
-describe('spec/support/normal', function()
+describe('diffuse.metrics: the normal distribution', function()
   it('matches published values of erf and erfc', function()
-    near(0.5204998778130465, normal.erf(0.5), 1e-15, 'erf(0.5)')
-    near(0.8427007929497149, normal.erf(1), 1e-15, 'erf(1)')
-    near(-0.9953222650189527, normal.erf(-2), 1e-15, 'erf(-2)')
-    near(1, normal.erfc(3) / 2.209049699858544e-05, 1e-13, 'erfc(3)')
-    near(1, normal.erfc(5) / 1.5374597944280349e-12, 1e-13, 'erfc(5)')
-    near(1, normal.erfc(10) / 2.088487583762545e-45, 1e-12, 'erfc(10)')
-    near(1, normal.erfc(2) / 0.004677734981047266, 1e-13, 'erfc(2)')
-    near(normal.erfc(2.5 - 1e-12), normal.erfc(2.5 + 1e-12), 1e-14, 'erfc across the switch')
-    near(0.975, normal.cdf(1.959963984540054), 1e-15, 'Phi(1.96)')
-    near(1.959963984540054, normal.quantile(0.975), 1e-12, 'quantile')
+    near(0.5204998778130465, metrics.erf(0.5), 1e-15, 'erf(0.5)')
+    near(0.8427007929497149, metrics.erf(1), 1e-15, 'erf(1)')
+    near(-0.9953222650189527, metrics.erf(-2), 1e-15, 'erf(-2)')
+    near(1, metrics.erfc(3) / 2.209049699858544e-05, 1e-13, 'erfc(3)')
+    near(1, metrics.erfc(5) / 1.5374597944280349e-12, 1e-13, 'erfc(5)')
+    near(1, metrics.erfc(10) / 2.088487583762545e-45, 1e-12, 'erfc(10)')
+    near(1, metrics.erfc(2) / 0.004677734981047266, 1e-13, 'erfc(2)')
+    near(metrics.erfc(2.5 - 1e-12), metrics.erfc(2.5 + 1e-12), 1e-14, 'erfc across the switch')
+    near(0.975, metrics.normal_cdf(1.959963984540054), 1e-15, 'Phi(1.96)')
+    near(1.959963984540054, metrics.normal_quantile(0.975), 1e-12, 'quantile')
   end)
 end)
 
@@ -52,20 +51,20 @@ describe('diffuse.metrics.wasserstein1', function()
     near(0.125, metrics.wasserstein1({ 0.25, 0.75 }, uniform_cdf), 1e-10, '{.25,.75} vs U(0,1)')
     -- a point mass at mu against N(0,1): E|Z - mu| = mu (2 Phi(mu) - 1) + 2 phi(mu)
     for _, mu in ipairs({ 0, 0.3, -1.7, 4 }) do
-      local exact = mu * (2 * normal.cdf(mu) - 1) + 2 * normal.pdf(mu)
-      near(exact, metrics.wasserstein1({ mu }, normal.cdf), 1e-9, 'E|Z - ' .. mu .. '|')
-      near(exact, metrics.wasserstein1({ mu }, { cdf = normal.cdf, quantile = normal.quantile }), 1e-9,
+      local exact = mu * (2 * metrics.normal_cdf(mu) - 1) + 2 * metrics.normal_pdf(mu)
+      near(exact, metrics.wasserstein1({ mu }, metrics.normal_cdf), 1e-9, 'E|Z - ' .. mu .. '|')
+      near(exact, metrics.wasserstein1({ mu }, { cdf = metrics.normal_cdf, quantile = metrics.normal_quantile }), 1e-9,
            'with the quantile')
     end
     -- two points against N(0,1): the crossing inside is found without a quantile
     local a, b = -0.5, 0.8
     local function I(lo, hi)   -- ∫_lo^hi Phi, from d/dx [x Phi + phi] = Phi
-      return (hi * normal.cdf(hi) + normal.pdf(hi)) - (lo * normal.cdf(lo) + normal.pdf(lo))
+      return (hi * metrics.normal_cdf(hi) + metrics.normal_pdf(hi)) - (lo * metrics.normal_cdf(lo) + metrics.normal_pdf(lo))
     end
-    local q = normal.quantile(0.5)
+    local q = metrics.normal_quantile(0.5)
     local exact = I(-40, a) + (0.5 * (q - a) - I(a, q)) + (I(q, b) - 0.5 * (b - q))
                 + ((40 - b) - I(b, 40))
-    near(exact, metrics.wasserstein1({ a, b }, normal.cdf), 1e-9, 'two points')
+    near(exact, metrics.wasserstein1({ a, b }, metrics.normal_cdf), 1e-9, 'two points')
   end)
 
   it('gives |mu| between N(0,1) samples and the N(mu,1) CDF', function()
@@ -73,13 +72,13 @@ describe('diffuse.metrics.wasserstein1', function()
     local n = 4096
     local x = tensor.randn(n, 1)
     local bound = 3 / sqrt(n)
-    local w0 = metrics.wasserstein1(x, normal.cdf)
+    local w0 = metrics.wasserstein1(x, metrics.normal_cdf)
     assert.is_true(w0 > 0 and w0 < bound, ('W1 to its own CDF %.4g, bound %.4g'):format(w0, bound))
     for _, mu in ipairs({ 0.25, -1, 3 }) do
       -- |W1(F_n, N(mu,1)) - |mu|| <= W1(F_n, N(0,1)) by the triangle inequality
-      local w = metrics.wasserstein1(x, normal.cdf_of(mu, 1))
+      local w = metrics.wasserstein1(x, metrics.normal(mu, 1).cdf)
       near(abs(mu), w, bound, 'W1 to N(' .. mu .. ', 1)')
-      near(w, metrics.wasserstein1(x, { cdf = normal.cdf_of(mu, 1), quantile = normal.quantile_of(mu, 1) }),
+      near(w, metrics.wasserstein1(x, { cdf = metrics.normal(mu, 1).cdf, quantile = metrics.normal(mu, 1).quantile }),
            1e-9, 'the quantile path agrees')
     end
   end)
@@ -90,7 +89,7 @@ describe('diffuse.metrics.wasserstein1', function()
     local s1, s2 = 1, 2
     local x, y = tensor.randn(n) * s1, tensor.randn(m, 1) * s2
     local exact = abs(s1 - s2) * sqrt(2 / pi)
-    near(exact, metrics.wasserstein1(x, normal.cdf_of(0, s2)), 3 * s1 / sqrt(n), 'samples vs CDF')
+    near(exact, metrics.wasserstein1(x, metrics.normal(0, s2).cdf), 3 * s1 / sqrt(n), 'samples vs CDF')
     near(exact, metrics.wasserstein1(x, y), 3 * s1 / sqrt(n) + 3 * s2 / sqrt(m), 'two samples')
     near(metrics.wasserstein1(x, y), metrics.wasserstein1(y, x), 1e-12, 'symmetric')
   end)
@@ -136,12 +135,12 @@ describe('diffuse.metrics.ks', function()
     diffuse.seed(1234)
     local n = 4096
     local x = tensor.randn(n, 1)
-    local d, p = metrics.ks(x, normal.cdf)
+    local d, p = metrics.ks(x, metrics.normal_cdf)
     assert.is_true(d < 1.63 / sqrt(n), ('D = %.4g'):format(d))
     assert.is_true(p > 0.01, ('p = %.3g'):format(p))
     -- shifted by 0.2: D -> Phi(0.1) - Phi(-0.1) = 0.0797
-    d, p = metrics.ks(x, normal.cdf_of(0.2, 1))
-    near(normal.cdf(0.1) - normal.cdf(-0.1), d, 1.63 / sqrt(n), 'shifted D')
+    d, p = metrics.ks(x, metrics.normal(0.2, 1).cdf)
+    near(metrics.normal_cdf(0.1) - metrics.normal_cdf(-0.1), d, 1.63 / sqrt(n), 'shifted D')
     assert.is_true(p < 1e-10, ('p = %.3g'):format(p))
   end)
 
@@ -202,22 +201,38 @@ end)
 
 describe('diffuse.metrics arguments', function()
   it('names the function and the problem', function()
-    assert.has_error(function() metrics.ks('x', normal.cdf) end,
+    assert.has_error(function() metrics.ks('x', metrics.normal_cdf) end,
       'diffuse.metrics.ks: samples must be a tensor or an array of numbers (got string)')
-    assert.has_error(function() metrics.wasserstein1({}, normal.cdf) end,
+    assert.has_error(function() metrics.wasserstein1({}, metrics.normal_cdf) end,
       'diffuse.metrics.wasserstein1: samples is empty')
     assert.has_error(function() metrics.wasserstein1({ 1 }, {}) end,
       'diffuse.metrics.wasserstein1: other is empty')
     assert.has_error(function() metrics.moments({ 1, 0 / 0 }) end,
       'diffuse.metrics.moments: x holds NaN (element 2)')
-    assert.has_error(function() metrics.ks({ 1, math.huge }, normal.cdf) end,
+    assert.has_error(function() metrics.ks({ 1, math.huge }, metrics.normal_cdf) end,
       'diffuse.metrics.ks: samples holds an infinite value (element 2)')
-    assert.has_error(function() metrics.ks({ 1, 'a' }, normal.cdf) end,
+    assert.has_error(function() metrics.ks({ 1, 'a' }, metrics.normal_cdf) end,
       'diffuse.metrics.ks: samples must be a tensor or an array of numbers (element 2 is a string)')
     assert.has_error(function() metrics.ks({ 1 }, 5) end)
-    assert.has_error(function() metrics.ks(tensor.zeros(2, 3), normal.cdf) end)
+    assert.has_error(function() metrics.ks(tensor.zeros(2, 3), metrics.normal_cdf) end)
     assert.has_error(function() metrics.wasserstein1({ 1 }, function() return nil end) end)
     assert.has_error(function() metrics.wasserstein1({ 1 }, function() return 0.5 end) end)  -- never reaches 0
     assert.has_error(function() metrics.ks({ 1 }, { cdf = 3 }) end)
+  end)
+end)
+
+-- a CDF computed in float32 (diffuse.heat.cdf) once made wasserstein1 bisect 2^40 deep; it
+-- must finish, and agree with the double-precision answer to float32 rounding
+describe('diffuse.metrics.wasserstein1 with a float32 CDF', function()
+  it('finishes and agrees with the double-precision CDF', function()
+    diffuse.seed(1)
+    local w = 0.5
+    local x = diffuse.heat.sample(256, w)
+    local f32 = function(v) return diffuse.heat.cdf(diffuse.tensor.new{ v }, w):item() end
+    local start = diffuse.core.clock()
+    local a = diffuse.metrics.wasserstein1(x, f32)
+    assert.is_true(diffuse.core.clock() - start < 5)
+    local b = diffuse.metrics.wasserstein1(x, diffuse.metrics.normal(0, w))
+    assert.near(b, a, 1e-6)
   end)
 end)
