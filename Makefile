@@ -50,7 +50,7 @@ ifeq ($(WITH_CUDA),1)
   TARGETS += build/diffuse/cuda.so
 endif
 
-.PHONY: all test test-cuda bench-cuda asan valgrind bench demo deps install clean check-cuda-headers
+.PHONY: all test test-cuda bench-cuda asan vecreport valgrind bench demo deps install clean check-cuda-headers
 
 all: $(TARGETS)
 
@@ -125,6 +125,16 @@ bench: all
 
 demo: all
 	LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' $(LUA) examples/compare_networks.lua --out out
+
+# which loops of the CPU backend gcc vectorised, and which it did not (the hot ones must be)
+vecreport:
+	@for f in native/cpu_backend.c native/cpu_diffusion.c native/cpu_nn.c native/cpu_rng.c; do \
+	  $(CC) $(CFLAGS) $(DF_CFLAGS) -c -o /dev/null $$f -fopt-info-vec-optimized 2>&1 | \
+	    grep -c "loop vectorized" | sed "s|^|$$f: |;s|$$| loops vectorised|"; \
+	  $(CC) $(CFLAGS) $(DF_CFLAGS) -c -o /dev/null $$f -fopt-info-vec-missed 2>&1 | \
+	    grep -E "couldn't vectorize loop" | sed -E 's/^([^:]+:[0-9]+):.*/\1/' | sort -u | \
+	    tr '\n' ' ' | sed 's|^|  not vectorised (line): |;s|$$|\n|'; \
+	done
 
 # ---- packages ---------------------------------------------------------------------------------
 DEB_PACKAGES = lua5.4 liblua5.4-dev lua-busted luarocks gcc make pkg-config
