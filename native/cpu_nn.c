@@ -235,8 +235,11 @@ static void load_inputs(const df_netdesc *nd, const frame *f, const float *x, co
 }
 
 /* forward of one tile whose inputs are loaded; the output ends in f->out [dim][T] */
-static void tile_forward(const df_netdesc *nd, const float *params, const float *fixed,
-                         const frame *f)
+/* forward of one tile whose inputs are loaded; the output ends in f->out [dim][T]. With
+   `time_done`, the time-embedded net's time branch (f->e) is already filled (one t for the
+   whole batch: computed once, see cpu_net_forward) */
+static void tile_forward_part(const df_netdesc *nd, const float *params, const float *fixed,
+                              const frame *f, int time_done)
 {
   const float *W[DF_MAXLIN], *B[DF_MAXLIN];
   for (int l = 0; l < nd->nlin; l++) { W[l] = params + nd->woff[l]; B[l] = params + nd->boff[l]; }
@@ -252,13 +255,21 @@ static void tile_forward(const df_netdesc *nd, const float *params, const float 
     return;
   }
   int H = nd->out[0];
-  fourier_forward(f->f, f->t, fixed, nd->embed / 2);
-  linear_forward(f->ze, f->f, W[0], B[0], nd->embed, H);     /* time: Linear(embed, H) */
-  act_forward(nd->act, f->e, f->ae, f->ze, H * TILE);          /*       then the activation */
+  if (!time_done) {
+    fourier_forward(f->f, f->t, fixed, nd->embed / 2);
+    linear_forward(f->ze, f->f, W[0], B[0], nd->embed, H);     /* time: Linear(embed, H) */
+    act_forward(nd->act, f->e, f->ae, f->ze, H * TILE);          /*       then the activation */
+  }
   linear_forward(f->u, f->x, W[1], B[1], nd->dim, H);         /* x:    Linear(dim, H) */
   add_forward(f->v, f->e, f->u, H * TILE);                     /* summed */
   act_forward(nd->act, f->hh, f->av, f->v, H * TILE);
   linear_forward(f->out, f->hh, W[2], B[2], H, nd->dim);      /* out:  Linear(H, dim) */
+}
+
+static void tile_forward(const df_netdesc *nd, const float *params, const float *fixed,
+                         const frame *f)
+{
+  tile_forward_part(nd, params, fixed, f, 0);
 }
 
 /* backward of one tile from dout [dim][T]; gradients accumulate into g; d1, d2 are scratch of
@@ -333,6 +344,15 @@ int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const fl
 {
   (void)dev;
   int64_t nt = ntiles_of(rows), ff = frame_floats(nd);
+  /* one time for all rows (a sampler step): the time-embedded net's time branch is the same
+     for every row, so it is computed once, on the first tile's frame, and copied into the
+     others: the same operations on the same inputs, hence the same values */
+  int time_once = nd->kind == DF_NET_TEMB && !t && !keep;
+  if (time_once) {
+    frame f0 = frame_at(nd, ws);
+    load_inputs(nd, &f0, x, t, t0, 0, rows < TILE ? (int)rows : TILE);
+    tile_forward_part(nd, params, fixed, &f0, 0);
+  }
   /* partitions run in parallel; a kept forward has a frame per tile, else one per partition */
 #pragma omp parallel for schedule(static) if (rows >= PAR_ROWS)
   for (int p = 0; p < NPART; p++) {
@@ -342,7 +362,8 @@ int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const fl
       int m = rows - k * TILE < TILE ? (int)(rows - k * TILE) : TILE;
       frame f = frame_at(nd, ws + (keep ? k : p) * ff);
       load_inputs(nd, &f, x, t, t0, k * TILE, m);
-      tile_forward(nd, params, fixed, &f);
+      if (time_once && p != 0) memcpy(f.e, frame_at(nd, ws).e, (size_t)nd->out[0] * TILE * sizeof(float));
+      tile_forward_part(nd, params, fixed, &f, time_once);
       for (int c = 0; c < nd->dim; c++)
         for (int r = 0; r < m; r++) out[(k * TILE + r) * nd->dim + c] = f.out[c * TILE + r];
     }
