@@ -91,6 +91,9 @@ function M.read(argv, defaults)
   local opts = {}
   for name, s in pairs(specs) do opts[name] = s.value end
   argv = argv or {}
+  if type(argv) ~= 'table' then
+    error('diffuse.cli.read: argv must be a table of strings (got ' .. type(argv) .. ')', 2)
+  end
   local i = 1
   while i <= #argv do
     local a = tostring(argv[i])

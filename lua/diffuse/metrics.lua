@@ -358,8 +358,18 @@ local function erfc_cf(x)
   return exp(-x * x) / sqrt(pi) / f
 end
 
+-- x a number; mu and s numbers (s > 0) or nil (0 and 1)
+local function check_normal(fname, what, x, mu, s)
+  if type(x) ~= 'number' then error(fmt('%s: %s must be a number (got %s)', fname, what, type(x)), 3) end
+  if mu ~= nil and type(mu) ~= 'number' then error(fmt('%s: mu must be a number (got %s)', fname, type(mu)), 3) end
+  if s ~= nil and (type(s) ~= 'number' or not (s > 0)) then
+    error(fmt('%s: sigma must be a positive number (got %s)', fname, tostring(s)), 3)
+  end
+end
+
 --[[ diffuse.metrics.erf(x), erfc(x): about 1e-16 absolute (erfc: 1e-15 relative in the tail) ]]
 function M.erf(x)
+  check_normal('diffuse.metrics.erf', 'x', x)
   if x ~= x then return x end
   if abs(x) < 2.5 then return erf_series(x) end
   local c = erfc_cf(abs(x))
@@ -367,6 +377,7 @@ function M.erf(x)
 end
 
 function M.erfc(x)
+  check_normal('diffuse.metrics.erfc', 'x', x)
   if x ~= x then return x end
   if x >= 2.5 then return erfc_cf(x) end
   if x <= -2.5 then return 2 - erfc_cf(-x) end
@@ -376,17 +387,20 @@ end
 --[[ diffuse.metrics.normal_pdf(x [, mu, sigma]), normal_cdf(x [, mu, sigma]),
   normal_quantile(p [, mu, sigma]): N(mu, sigma^2), mu 0 and sigma 1 by default ]]
 function M.normal_pdf(x, mu, s)
+  check_normal('diffuse.metrics.normal_pdf', 'x', x, mu, s)
   mu, s = mu or 0, s or 1
   local z = (x - mu) / s
   return exp(-0.5 * z * z) / (s * sqrt(2 * pi))
 end
 
 function M.normal_cdf(x, mu, s)
+  check_normal('diffuse.metrics.normal_cdf', 'x', x, mu, s)
   mu, s = mu or 0, s or 1
   return 0.5 * M.erfc(-(x - mu) / (s * sqrt(2)))
 end
 
 function M.normal_quantile(p, mu, s)
+  check_normal('diffuse.metrics.normal_quantile', 'p', p, mu, s)
   mu, s = mu or 0, s or 1
   if p <= 0 then return -huge elseif p >= 1 then return huge end
   local lo, hi = -40, 40 -- bisection on the standard CDF, to double precision
