@@ -6,7 +6,13 @@
 --   matmul TFLOP/s (4096^3 and the score networks' shapes, 65536x256x256 and friends);
 --   randn throughput (Gnumbers/s);
 --   launch latency on small tensors: the mean time of an add queued behind many others, and of
---     one add followed by a synchronisation (a round trip).
+--     one add followed by a synchronisation (a round trip);
+--   training steps (diffuse.train, whose chunks replay a captured CUDA graph) of the seed MLP
+--     (batch 1024, hidden 8x3), the time-embedded net (embed 256, hidden 8) and a 256-wide MLP (the
+--     cuBLAS path), against the same steps as separate calls (loss.dsm + opt:step); target for the
+--     seed MLP: under 20 us a step;
+--   the exact-score samplers at 2^24 samples x 200 steps (one fused kernel per run), in element
+--     steps per second, against the measured copy bandwidth and the chip's FP32 peak.
 -- Without a usable GPU it prints why and exits 0.
 local diffuse = require 'diffuse'
 local tensor = diffuse.tensor
@@ -51,6 +57,7 @@ local function report(kind, op, size, secs, rate, unit, extra)
 end
 
 diffuse.seed(0)
+local copy_bw -- GB/s of a clone of 2^26 floats: what a memory-bound kernel can hope for
 
 -- ---- elementwise, against the copy bandwidth -------------------------------------------------
 do
@@ -60,7 +67,7 @@ do
   local size = tostring(n)
   -- each op: function, bytes moved per element (reads + writes)
   local copy_s = time(function() local y <close> = a:clone() end)
-  local copy_bw = 8 * n / copy_s / 1e9
+  copy_bw = 8 * n / copy_s / 1e9
   report('elementwise', 'copy (clone)', size, copy_s, copy_bw, 'GB/s', 'reference')
   local ops = {
     { 'add', function() local y <close> = a + b end, 12 },
@@ -141,6 +148,83 @@ do
   local st = cuda.memory_stats()
   report('allocator', 'cudaMalloc calls', 'all', 0, st.cuda_malloc_calls, 'calls',
          ('%d cache hits, %.1f MiB cached'):format(st.cache_hits, st.bytes_cached / 2 ^ 20))
+end
+
+-- ---- training steps: the graph path against separate calls --------------------------------
+do
+  local ve = diffuse.ve(1.1)
+  local function train_case(name, make, dim, steps)
+    diffuse.seed(0)
+    local net = make()
+    local data = tensor.zeros(1024, dim)
+    local opt = diffuse.optim.adam(net, { lr = 1e-3 })
+    -- the first call captures the step's graphs; later calls replay them
+    diffuse.train{ net = net, diffuser = ve, data = data, steps = 16, optimizer = opt }
+    sync()
+    local best = math.huge
+    for _ = 1, 3 do
+      local t0 = clock()
+      diffuse.train{ net = net, diffuser = ve, data = data, steps = steps, optimizer = opt }
+      sync()
+      best = math.min(best, clock() - t0)
+    end
+    local per = best / steps
+    local note = name:find('seed MLP', 1, true) and
+      ('target < 20 us: %s'):format(per < 20e-6 and 'met' or 'MISSED') or ''
+    local gs = cuda.graph_stats()
+    if gs.fallback_steps > 0 then
+      note = note .. (' NO GRAPHS (%d steps without): %s'):format(gs.fallback_steps,
+                                                                   tostring(gs.last_failure))
+    end
+    report('train', name .. ' (graph)', ('1024x%d'):format(steps), per, per * 1e6, 'us/step', note)
+    -- the same steps one call at a time (each reads its loss back: a round trip per step)
+    local reps = 200
+    local t0 = clock()
+    for _ = 1, reps do
+      net:zero_grad()
+      diffuse.loss.dsm(net, ve, data)
+      opt:step()
+    end
+    sync()
+    local plain = (clock() - t0) / reps
+    report('train', name .. ' (separate calls)', ('1024x%d'):format(reps), plain, plain * 1e6,
+           'us/step', ('the graph is %.1fx faster'):format(plain / per))
+    net:free()
+    opt:free()
+  end
+  train_case('seed MLP 8x3', function() return diffuse.nn.mlp{ dim = 1, hidden = { 8, 8, 8 } } end,
+             1, 4096)
+  train_case('time-embedded 256/8', function()
+    return diffuse.nn.time_embedded{ dim = 1, hidden = 8, embed = 256, scale = 30 }
+  end, 1, 4096)
+  train_case('MLP 256x2 (cuBLAS)', function() return diffuse.nn.mlp{ dim = 2, hidden = { 256, 256 } } end,
+             2, 1024)
+end
+
+-- ---- the fused exact-score samplers: 2^24 samples x 200 steps --------------------------------
+do
+  local props = cuda.device_properties()
+  local ve = diffuse.ve(1.1)
+  local exact = diffuse.score.exact(ve)
+  local n, steps = 1 << 24, 200
+  diffuse.seed(1)
+  local x1 = ve:prior(n)
+  -- float operations per element and step, counted as IEEE operations (a division is one): Euler
+  -- x + c1 (-x / s2): 3; Euler-Maruyama adds c2 z: 5 (the Philox normal not counted); Heun: the
+  -- two scores, the predictor and the corrector: 8
+  local flops = { euler = 3, euler_maruyama = 5, heun = 8 }
+  for _, method in ipairs { 'euler', 'euler_maruyama', 'heun' } do
+    local s = diffuse.sampler{ diffuser = ve, steps = steps, method = method }
+    local secs = time(function() local x0 <close> = s:run(x1, exact) end)
+    -- memory: the run's copy of x1 and the kernel's one pass (a read and a write each)
+    local bw = 16 * n / secs / 1e9
+    local fl = flops[method] * n * steps / secs
+    report('sampler', 'exact ' .. method, '2^24x200', secs, n * steps / secs / 1e9, 'Gsteps/s',
+           ('%.0f GB/s = %.1f%% of copy; %.0f GFLOP/s = %.1f%% of FP32 peak (%.1f TFLOP/s)')
+             :format(bw, 100 * bw / copy_bw, fl / 1e9, 100 * fl / props.peak_fp32_flops,
+                     props.peak_fp32_flops / 1e12))
+  end
+  x1:free()
 end
 
 -- ---- the table ------------------------------------------------------------------------------

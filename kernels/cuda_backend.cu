@@ -20,18 +20,14 @@
  * "cuda <op>: <what> -> <cudaErrorName> (<code>): <description>". All work runs on the legacy
  * default stream, which orders it and makes the caching allocator's reuse safe. Indices are 64-bit
  * with grid-stride loops, so tensors past 2^31 elements work. Not thread-safe (see
- * cuda_backend.h). The diffusion and network members of the table (added to backend.h after the
- * tensor operations) are left NULL, which the core reports as "not on this device". */
-#include <cuda_runtime.h>
-#include <cublas_v2.h>
+ * cuda_backend.h). The diffusion members of the table live in cuda_diffusion.cu, the network
+ * and training members in cuda_nn.cu; the helpers all three share in cuda_internal.h. */
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <utility>
-#include "status.h"
-#include "dmath.h"
-#include "cuda_backend.h"
+#include "cuda_internal.h"
 
 /* ---- error reporting ----------------------------------------------------------------------- */
 
@@ -54,55 +50,20 @@ extern "C" int df_cuda_fail(int code, const char *fmt, ...)
 
 namespace {
 
-const int MAXDEV = 64;
-const int THREADS = 256;            /* elementwise block size */
-const int64_t MAX_BLOCKS = 65536;   /* grid cap for grid-stride loops */
+const int MAXDEV = DF_CUDA_MAXDEV;
+const int THREADS = DF_CUDA_THREADS;          /* elementwise block size */
+const int64_t MAX_BLOCKS = DF_CUDA_MAX_BLOCKS; /* grid cap for grid-stride loops */
 const int RED_THREADS = 256;        /* reduce_all, first pass */
 const int RED_PARTS = 1024;         /* most blocks (partials) of the first pass */
 const int HIST_SHARED_BINS = 4096;  /* histograms up to this many bins count in shared memory */
 const unsigned FULL_MASK = 0xffffffffu;
 
-int cuda_error(const char *op, const char *what, cudaError_t e)
-{
-  (void)cudaGetLastError(); /* reported here: do not report it again at the next launch */
-  return df_cuda_fail(e == cudaErrorMemoryAllocation ? DF_ENOMEM : DF_EDEVICE,
-                      "cuda %s: %s -> %s (%d): %s", op, what, cudaGetErrorName(e), (int)e,
-                      cudaGetErrorString(e));
-}
-
-#define CK(op, what, call)                                                                    \
-  do {                                                                                        \
-    cudaError_t e_ = (call);                                                                  \
-    if (e_ != cudaSuccess) return cuda_error(op, what, e_);                                   \
-  } while (0)
-
-/* after a <<<...>>> launch: configuration errors show up here, earlier asynchronous faults too */
-#define LAUNCHED(op) CK(op, "kernel launch", cudaGetLastError())
-
-#define TRY(call)                                                                             \
-  do {                                                                                        \
-    int st_ = (call);                                                                         \
-    if (st_ != DF_OK) return st_;                                                             \
-  } while (0)
-
-int use_device(const char *op, int dev)
-{
-  if (dev < 0 || dev >= MAXDEV)
-    return df_cuda_fail(DF_EARG, "cuda %s: device index %d out of range (0 to %d)", op, dev,
-                        MAXDEV - 1);
-  CK(op, "cudaSetDevice", cudaSetDevice(dev));
-  return DF_OK;
-}
-
-unsigned grid_for(int64_t n, int threads)
-{
-  int64_t b = (n + threads - 1) / threads;
-  if (b > MAX_BLOCKS) b = MAX_BLOCKS;
-  return (unsigned)(b < 1 ? 1 : b);
-}
-
-__device__ __forceinline__ int64_t gtid() { return (int64_t)blockIdx.x * blockDim.x + threadIdx.x; }
-__device__ __forceinline__ int64_t gstride() { return (int64_t)gridDim.x * blockDim.x; }
+/* the shared helpers (cuda_internal.h) under the names this file has always used */
+int cuda_error(const char *op, const char *what, cudaError_t e) { return df_cuda_error(op, what, e); }
+int use_device(const char *op, int dev) { return df_cuda_use_device(op, dev); }
+unsigned grid_for(int64_t n, int threads) { return df_cuda_grid(n, threads); }
+__device__ __forceinline__ int64_t gtid() { return df_gtid(); }
+__device__ __forceinline__ int64_t gstride() { return df_gstride(); }
 
 /* ---- fill, ramp, copies ------------------------------------------------------------------- */
 
@@ -506,15 +467,21 @@ __global__ void k_hist_global(const float *x, int64_t n, int64_t bins, double lo
 
 cublasHandle_t blas_handles[MAXDEV];
 
-int blas_error(const char *what, cublasStatus_t s)
+int blas_error(const char *what, cublasStatus_t s) { return df_cuda_blas_error("matmul", what, s); }
+
+int blas_handle(int dev, cublasHandle_t *h) { return df_cuda_blas(dev, h); }
+
+} // namespace
+
+int df_cuda_blas_error(const char *op, const char *what, cublasStatus_t s)
 {
   return df_cuda_fail(s == CUBLAS_STATUS_ALLOC_FAILED ? DF_ENOMEM : DF_EDEVICE,
-                      "cuda matmul: %s -> %s (%d): %s", what, cublasGetStatusName(s), (int)s,
+                      "cuda %s: %s -> %s (%d): %s", op, what, cublasGetStatusName(s), (int)s,
                       cublasGetStatusString(s));
 }
 
 /* the device's handle, created on first use and kept (the device is already selected) */
-int blas_handle(int dev, cublasHandle_t *h)
+int df_cuda_blas(int dev, cublasHandle_t *h)
 {
   if (!blas_handles[dev]) {
     cublasHandle_t nh = NULL;
@@ -532,8 +499,6 @@ int blas_handle(int dev, cublasHandle_t *h)
   *h = blas_handles[dev];
   return DF_OK;
 }
-
-} // namespace
 
 /* ---- the table's functions ------------------------------------------------------------------ */
 
@@ -556,6 +521,33 @@ extern "C" int df_cuda_synchronize(int dev)
 {
   TRY(use_device("sync", dev));
   CK("sync", "cudaDeviceSynchronize", cudaDeviceSynchronize());
+  return DF_OK;
+}
+
+extern "C" int df_cuda_device_props(int dev, df_cuda_props *p)
+{
+  const char *op = "device_properties";
+  memset(p, 0, sizeof *p);
+  TRY(use_device(op, dev));
+  cudaDeviceProp prop;
+  CK(op, "cudaGetDeviceProperties", cudaGetDeviceProperties(&prop, dev));
+  snprintf(p->name, sizeof p->name, "%s", prop.name);
+  p->total_mem = (int64_t)prop.totalGlobalMem;
+  struct { cudaDeviceAttr a; int *v; } attrs[] = {
+    { cudaDevAttrComputeCapabilityMajor, &p->cc_major },
+    { cudaDevAttrComputeCapabilityMinor, &p->cc_minor },
+    { cudaDevAttrMultiProcessorCount, &p->sm_count },
+    { cudaDevAttrClockRate, &p->clock_khz },
+    { cudaDevAttrMemoryClockRate, &p->mem_clock_khz },
+    { cudaDevAttrGlobalMemoryBusWidth, &p->bus_width_bits },
+  };
+  for (auto &at : attrs) CK(op, "cudaDeviceGetAttribute", cudaDeviceGetAttribute(at.v, at.a, dev));
+  /* FP32 lanes per SM: 64 on sm_60, sm_70/75 and sm_80; 128 on sm_61, sm_86/87/89, sm_90 and
+     later */
+  int cc = p->cc_major * 10 + p->cc_minor;
+  p->fp32_lanes_per_sm = (cc == 60 || (cc >= 70 && cc <= 80)) ? 64 : 128;
+  p->peak_fp32_flops = (double)p->sm_count * p->fp32_lanes_per_sm * 2.0 * p->clock_khz * 1e3;
+  p->peak_mem_bytes = 2.0 * p->mem_clock_khz * 1e3 * (p->bus_width_bits / 8.0);
   return DF_OK;
 }
 
@@ -824,8 +816,8 @@ static int cuda_sync(int dev) { return df_cuda_synchronize(dev); }
 
 static_assert(sizeof(unsigned long long) == sizeof(int64_t), "histogram counts are copied as is");
 
-/* the table, filled by member name: members the core adds later (the diffusion and network
-   operations, NULL meaning "not on this device") stay NULL until they get kernels here */
+/* the table, filled by member name (members the core adds later stay NULL, "not on this
+   device", until they get kernels) */
 static df_backend cuda_table(void)
 {
   df_backend t;
@@ -849,6 +841,20 @@ static df_backend cuda_table(void)
   t.matmul = cuda_matmul;
   t.histogram = cuda_histogram;
   t.sync = cuda_sync;
+  /* diffusion (cuda_diffusion.cu) */
+  t.diffuser_eval = cuda_diffuser_eval;
+  t.score_eval = cuda_score_eval;
+  t.mixture_logpdf = cuda_mixture_logpdf;
+  t.mixture_sample = cuda_mixture_sample;
+  t.sample_fused = cuda_sample_fused;
+  t.sample_step = cuda_sample_step;
+  /* score networks and training (cuda_nn.cu) */
+  t.net_workspace = cuda_net_workspace;
+  t.net_forward = cuda_net_forward;
+  t.net_backward = cuda_net_backward;
+  t.dsm_step = cuda_dsm_step;
+  t.adam = cuda_adam;
+  t.train_steps = cuda_train_steps;
   return t;
 }
 

@@ -36,6 +36,28 @@ const char *df_cuda_last_error(void);
 int df_cuda_device_count(int *count);
 int df_cuda_synchronize(int dev);
 
+/* what benchmarks compare against: the chip's size and clocks, and the peaks they imply */
+typedef struct df_cuda_props {
+  char name[256];
+  int cc_major, cc_minor, sm_count;
+  int clock_khz, mem_clock_khz, bus_width_bits;
+  int fp32_lanes_per_sm;     /* by compute capability (CUDA programming guide's table) */
+  int64_t total_mem;
+  double peak_fp32_flops;    /* sm_count * lanes * 2 (an FMA) * clock */
+  double peak_mem_bytes;     /* 2 (double data rate) * memory clock * bus width: a nominal figure;
+                                HBM3e parts report a clock below their rated speed */
+} df_cuda_props;
+int df_cuda_device_props(int dev, df_cuda_props *p);
+
+/* the training graphs (cuda_nn.cu): configurations captured, graph launches, training steps run
+   without a graph because capturing failed (the same kernels launched one by one: the same
+   results, slower), and the failure's message */
+typedef struct df_cuda_graphstats {
+  int64_t captures, launches, fallback_steps;
+  char last_failure[512];
+} df_cuda_graphstats;
+void df_cuda_graph_stats(df_cuda_graphstats *st);
+
 /* ---- the caching allocator (alloc.cu) ----------------------------------------------------
  * Requests are rounded up to a size class: multiples of 512 B up to 1 MiB, multiples of 2 MiB
  * above. A released block goes to its device's free list (no cudaFree); an allocation takes a

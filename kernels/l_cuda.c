@@ -11,6 +11,10 @@
  *   diffuse.cuda.empty_cache([dev]) -- cached blocks back to the driver (all devices by default)
  *   diffuse.cuda.memory_stats([dev]) --> table (the caching allocator's counters)
  *   diffuse.cuda.synchronize([dev]) -- wait for the device's queued work
+ *   diffuse.cuda.device_properties([dev]) --> table: name, sm_count, clocks, and the FP32 and
+ *                                             memory peaks they imply (for benchmarks)
+ *   diffuse.cuda.graph_stats()      --> table: training graphs captured and launched, steps run
+ *                                       without a graph (capture failed) and why
  * [dev] defaults to the current device when it is a CUDA device, else 0. */
 #include <stdlib.h>
 #include <string.h>
@@ -125,10 +129,66 @@ static int c_synchronize(lua_State *L)
   return 0;
 }
 
+/* diffuse.cuda.device_properties([dev]) --> { name, cc, sm_count, clock_mhz, ... } */
+static int c_device_properties(lua_State *L)
+{
+  const char *fname = "diffuse.cuda.device_properties";
+  int dev = device_arg(L, 1, fname);
+  int count = 0;
+  if (df_cuda_device_count(&count) != DF_OK) return fail(L, fname, df_cuda_last_error());
+  if (dev >= count)
+    return luaL_error(L, "%s: device cuda:%d does not exist (%d available)", fname, dev, count);
+  df_cuda_props p;
+  if (df_cuda_device_props(dev, &p) != DF_OK) return fail(L, fname, df_cuda_last_error());
+  lua_createtable(L, 0, 12);
+  lua_pushstring(L, p.name);
+  lua_setfield(L, -2, "name");
+  lua_pushfstring(L, "%d.%d", p.cc_major, p.cc_minor);
+  lua_setfield(L, -2, "compute_capability");
+#define IFIELD(key, val)                                                                      \
+  lua_pushinteger(L, (lua_Integer)(val));                                                     \
+  lua_setfield(L, -2, key)
+  IFIELD("sm_count", p.sm_count);
+  IFIELD("fp32_lanes_per_sm", p.fp32_lanes_per_sm);
+  IFIELD("bus_width_bits", p.bus_width_bits);
+  IFIELD("total_memory", p.total_mem);
+  IFIELD("device", dev);
+#undef IFIELD
+  lua_pushnumber(L, p.clock_khz / 1e3);
+  lua_setfield(L, -2, "clock_mhz");
+  lua_pushnumber(L, p.mem_clock_khz / 1e3);
+  lua_setfield(L, -2, "memory_clock_mhz");
+  lua_pushnumber(L, p.peak_fp32_flops);
+  lua_setfield(L, -2, "peak_fp32_flops");
+  lua_pushnumber(L, p.peak_mem_bytes);
+  lua_setfield(L, -2, "nominal_memory_bandwidth");
+  return 1;
+}
+
+/* diffuse.cuda.graph_stats() --> { captures, launches, fallback_steps, last_failure } */
+static int c_graph_stats(lua_State *L)
+{
+  df_cuda_graphstats st;
+  df_cuda_graph_stats(&st);
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, (lua_Integer)st.captures);
+  lua_setfield(L, -2, "captures");
+  lua_pushinteger(L, (lua_Integer)st.launches);
+  lua_setfield(L, -2, "launches");
+  lua_pushinteger(L, (lua_Integer)st.fallback_steps);
+  lua_setfield(L, -2, "fallback_steps");
+  if (st.last_failure[0]) {
+    lua_pushstring(L, st.last_failure);
+    lua_setfield(L, -2, "last_failure");
+  }
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
   { "available", c_available }, { "device_count", c_device_count },
   { "empty_cache", c_empty_cache }, { "memory_stats", c_memory_stats },
-  { "synchronize", c_synchronize }, { NULL, NULL }
+  { "synchronize", c_synchronize }, { "device_properties", c_device_properties },
+  { "graph_stats", c_graph_stats }, { NULL, NULL }
 };
 
 EXPORT int luaopen_diffuse_cuda(lua_State *L)

@@ -6,6 +6,12 @@
 --   within a bound derived from the arithmetic: pow (one float32 rounding of a double pow),
 --            reductions (double accumulation in another order, then one float32 rounding),
 --            matmul (float32 sums of k products in another order).
+-- Then the diffusion operations (all bitwise: diffuser values, scores, log-densities, mixture
+-- draws, fused and step-by-step sampler runs with their recorded paths) and the networks: forward
+-- bitwise unless cuBLAS computes a layer, gradients and DSM losses within bounds derived from the
+-- summation order (and, with cuBLAS layers, each layer's rounding carried through the net), Adam
+-- bitwise, a 50-step training run within a first-order drift budget, the training graphs against
+-- the plain loop bitwise on the GPU, and a checkpoint from the GPU loaded on the CPU.
 -- Shapes exercise broadcasting, odd sizes and sizes past one block (1,000,003 elements).
 -- Without a usable GPU every GPU test is pending, never failing; the first test runs anyway and
 -- checks that diffuse.cuda loads and that set_device('cuda') fails cleanly.
@@ -626,6 +632,604 @@ describe('cuda parity', function()
         pending('not enough GPU memory: ' .. tostring(err))
       end
       error(err, 0)
+    end
+  end)
+end)
+
+-- ---- diffusion (kernels/cuda_diffusion.cu): bitwise the CPU's --------------------------------
+-- The kernels call the same dmath.h formulas in the same order with no fma, draw the same Philox
+-- numbers (reverse-SDE noise: normal number k n + i of the run's stream) and reduce nothing across
+-- threads, so diffuser values, scores, log-densities, draws and whole sampler runs, fused or step
+-- by step, recorded paths included, are bitwise the CPU's.
+
+local function mixtures(ve)
+  local big = { weights = {}, means = {}, stds = {} } -- parameters too large to stage in shared memory
+  for j = 1, 3000 do
+    big.weights[j] = 1 + (j % 7)
+    big.means[j] = (j % 101) / 10 - 5
+    big.stds[j] = 0.1 + (j % 13) / 10
+  end
+  return {
+    { 1, diffuse.score.mixture(ve, { weights = { 1, 3 }, means = { -2, 2 }, stds = { 0.3, 0.5 } }) },
+    { 2, diffuse.score.mixture(ve, { weights = { 1, 1, 2 }, means = { { -1, 0 }, { 1, 2 }, { 0, -3 } },
+                                     stds = { 0.3, 0.3, 1 } }) },
+    { 3, diffuse.score.mixture(ve, { weights = { 2, 1 }, means = { { -1, 0, 1 }, { 1, 2, 0 } },
+                                     stds = { 0.5, 0.2 } }) },
+    { 5, diffuse.score.mixture(ve, { weights = { 1, 1 }, means = { { 1, 2, 3, 4, 5 }, { 0, 0, 0, 0, 0 } },
+                                     stds = { 1, 0.1 } }) }, -- wider than the specialised kernels
+    { 1, diffuse.score.mixture(ve, big), 'of 3000 components' },
+  }
+end
+
+describe('cuda diffusion parity', function()
+  gpu_it('diffuser values g, sigma, sigma^2 are bitwise the CPU\'s', function()
+    diffuse.seed(801)
+    local t = tensor.cat({ tensor.rand(BIG) * 1.5, tensor.new { 0, 1, 1e-30, 0.5, 2, 10 } })
+    local gt = t:to('cuda')
+    for _, D in ipairs { diffuse.ve(1.1), diffuse.ve(1), diffuse.ve(25), diffuse.power(2, 0.5),
+                         diffuse.power(1.5, 0), diffuse.power(0.7, -0.3) } do
+      assert_bitwise(D:g(gt), D:g(t), tostring(D) .. ': g')
+      assert_bitwise(D:sigma(gt), D:sigma(t), tostring(D) .. ': sigma')
+      assert_bitwise(D:sigma2(gt), D:sigma2(t), tostring(D) .. ': sigma2')
+    end
+  end)
+
+  gpu_it('exact and mixture scores and log-densities are bitwise the CPU\'s', function()
+    local ve = diffuse.ve(1.1)
+    local exact = diffuse.score.exact(ve)
+    for _, d in ipairs { 1, 3 } do
+      local c, g = randn_pair({ BIG // d, d }, 802 + d, 2)
+      local ct = tensor.rand(BIG // d) + 0.01
+      local gt = ct:to('cuda')
+      assert_bitwise(exact(g, 0.37), exact(c, 0.37), 'exact score, one t, d = ' .. d)
+      assert_bitwise(exact(g, gt), exact(c, ct), 'exact score, t per row, d = ' .. d)
+    end
+    for i, m in ipairs(mixtures(ve)) do
+      local d, mix = m[1], m[2]
+      local what = ('mixture %d in R^%d%s'):format(i, d, m[3] and ' ' .. m[3] or '')
+      local c, g = randn_pair({ 10007, d }, 810 + i, 3)
+      local ct = tensor.rand(10007)
+      local gt = ct:to('cuda')
+      assert_bitwise(mix(g, 0.4), mix(c, 0.4), what .. ': score')
+      assert_bitwise(mix(g, gt), mix(c, ct), what .. ': score, t per row')
+      assert_bitwise(mix(g * 60, 0.01), mix(c * 60, 0.01), what .. ': score far out (log-sum-exp)')
+      assert_bitwise(mix:log_density(g, 0.4), mix:log_density(c, 0.4), what .. ': log-density')
+      assert_bitwise(mix:log_density(g, gt), mix:log_density(c, ct), what .. ': log-density, t per row')
+    end
+  end)
+
+  gpu_it('mixture draws are bitwise the CPU\'s for the same seed', function()
+    local ve = diffuse.ve(1.1)
+    for i, m in ipairs(mixtures(ve)) do
+      for _, t in ipairs { 0, 0.5 } do
+        diffuse.set_device('cpu')
+        diffuse.seed(820 + i)
+        local c = m[2]:sample(10007, t)
+        diffuse.set_device('cuda', 0)
+        diffuse.seed(820 + i)
+        local g = m[2]:sample(10007, t)
+        diffuse.set_device('cpu')
+        assert_bitwise(g, c, ('mixture %d in R^%d: draws at t = %g'):format(i, m[1], t))
+      end
+    end
+  end)
+
+  gpu_it('fused sampler runs and their recorded paths are bitwise the CPU\'s (every method)', function()
+    local ve = diffuse.ve(1.1)
+    local exact = diffuse.score.exact(ve)
+    local mix = mixtures(ve)
+    -- exact: 4 elements a thread (element count a multiple of 4) or 1; mixtures: by width
+    local cases = {
+      { exact, { 4096, 1 }, 'exact 4096x1' }, { exact, { 1001, 1 }, 'exact 1001x1' },
+      { exact, { 333, 3 }, 'exact 333x3' }, { exact, { BIG, 1 }, 'exact BIGx1' },
+      { mix[1][2], { 1000, 1 }, 'mixture R^1' }, { mix[2][2], { 257, 2 }, 'mixture R^2' },
+      { mix[4][2], { 64, 5 }, 'mixture R^5' }, { mix[5][2], { 99, 1 }, 'mixture of 3000' },
+    }
+    local rec = { 0, 1, 25, 50, 25 } -- unsorted, one step twice
+    for _, method in ipairs { 'euler', 'euler_maruyama', 'heun' } do
+      local s = diffuse.sampler{ diffuser = ve, steps = 50, method = method }
+      for i, case in ipairs(cases) do
+        local c1, g1 = randn_pair(case[2], 830 + i)
+        local what = method .. ', ' .. case[3]
+        diffuse.seed(840 + i)
+        local c0, cp = s:run(c1, case[1], { record = rec })
+        local cnfe = s.nfe
+        diffuse.seed(840 + i)
+        local g0, gp = s:run(g1, case[1], { record = rec })
+        assert.are.equal(cnfe, s.nfe, what .. ': nfe')
+        assert_bitwise(g0, c0, what)
+        for _, k in ipairs(rec) do assert_bitwise(gp[k], cp[k], what .. ': recorded step ' .. k) end
+        assert_bitwise(g1, c1, what .. ': x1 untouched')
+      end
+    end
+  end)
+
+  gpu_it('step-by-step runs (a Lua score) are bitwise the CPU\'s (every method)', function()
+    local ve = diffuse.ve(1.1)
+    local exact = diffuse.score.exact(ve)
+    local mix2 = mixtures(ve)[2][2]
+    local cases = {
+      { function(x, t) return exact(x, t) end, { 1001, 1 }, 'exact 1001x1' },
+      { function(x, t) return exact(x, t) end, { 64, 3 }, 'exact 64x3' },
+      { function(x, t) return mix2(x, t) end, { 257, 2 }, 'mixture R^2' },
+    }
+    for _, method in ipairs { 'euler', 'euler_maruyama', 'heun' } do
+      local s = diffuse.sampler{ diffuser = ve, steps = 20, method = method }
+      for i, case in ipairs(cases) do
+        local c1, g1 = randn_pair(case[2], 850 + i)
+        diffuse.seed(860 + i)
+        local c0, cp = s:run(c1, case[1], { record = { 7, 20 } })
+        diffuse.seed(860 + i)
+        local g0, gp = s:run(g1, case[1], { record = { 7, 20 } })
+        assert_bitwise(g0, c0, method .. ', ' .. case[3])
+        assert_bitwise(gp[7], cp[7], method .. ', ' .. case[3] .. ': step 7')
+      end
+    end
+  end)
+end)
+
+-- ---- networks (kernels/cuda_nn.cu) -----------------------------------------------------------
+-- Each row's arithmetic on the GPU follows the CPU's order (a Linear's bias, then its inputs in
+-- order; the backward's sums over outputs in order; no fma), except in layers of 64 or more inputs
+-- or outputs (cuda_nn.cu's GEMM_MIN_WIDTH), which cuBLAS computes. So a net whose layers are all
+-- narrower gives bitwise the CPU's forward and per-row gradient terms, and its gradients (sums of B
+-- terms in another order) differ by at most 2 gamma_B sum_r |term_r| (gamma_k = k u / (1 - k u),
+-- u = eps32 / 2: the bound of any order of summation). With cuBLAS layers the bound below carries
+-- each layer's rounding, 2 gamma_(I+1) (|W||h| + |b|) on each side, forward through the
+-- activations (|act'| <= 1.2 for silu, tanh, gelu and relu; |act''| <= 1 for the smooth ones, which
+-- the wide nets here use) and back through the backward, to first order, with CPU tensors.
+
+-- tolerance functions from a bound tensor / list; a zero bound means bitwise
+local SLACK = 1 + 2 ^ -10 -- the bounds are computed in float32 themselves
+local function tol_of(bound)
+  local b = type(bound) == 'table' and bound or values(bound)
+  return function(i) return b[i] * SLACK + TINY32 end
+end
+local function max_of(bound)
+  local b, m = type(bound) == 'table' and bound or values(bound), 0
+  for i = 1, #b do m = math.max(m, b[i]) end
+  return m
+end
+
+local U32 = EPS32 / 2
+local function gamma(k)
+  local ku = k * U32
+  return ku / (1 - ku)
+end
+local ACT1, ACT2 = 1.2, 1.0 -- bounds of |act'| and |act''|
+local GEMM_MIN_WIDTH = 64    -- as cuda_nn.cu
+
+local function any_error(e) return e:max() > 0 end
+
+-- cuda_nn.cu's choice of path: fused when every layer is at most 16 wide and the shared tile
+-- (its features x 33 rows x 4 bytes) fits in 48 KiB. Fused nets never call cuBLAS: their forward
+-- and per-row terms are the CPU's even with a 256-input layer.
+local function fused_net(kind, spec)
+  local d = spec.dim
+  if kind == 'mlp' then
+    local widest, maxo, feats = d + 1, d, (d + 1) + d
+    for _, w in ipairs(spec.hidden) do
+      widest, maxo, feats = math.max(widest, w), math.max(maxo, w), feats + 2 * w
+    end
+    return widest <= 16 and (feats + 2 * maxo) * 33 * 4 <= 48 * 1024
+  end
+  local H = spec.hidden
+  return H <= 16 and d <= 16 and (2 * d + spec.embed + 5 * H) * 33 * 4 <= 48 * 1024
+end
+
+-- Linear (I -> O) at offset off of the flat parameters p (nn.c's layout: W [O, I] row-major, then
+-- b [O]): W, W^T, b [1, O] and their magnitudes as CPU tensors
+local function linear_at(p, off, I, O, fused)
+  local w, wt, b = {}, {}, {}
+  for o = 1, O do w[o] = {} end
+  for i = 1, I do wt[i] = {} end
+  for o = 1, O do
+    for i = 1, I do
+      local v = p[off + (o - 1) * I + i]
+      w[o][i], wt[i][o] = v, v
+    end
+    b[o] = p[off + I * O + o]
+  end
+  local L = { I = I, O = O, off = off, W = tensor.new(w), Wt = tensor.new(wt), b = tensor.new({ b }) }
+  L.aW, L.aWt, L.ab = L.W:abs(), L.Wt:abs(), L.b:abs()
+  L.wide = not fused and (I >= GEMM_MIN_WIDTH or O >= GEMM_MIN_WIDTH)
+  return L, off + I * O + O
+end
+
+-- z = h W^T + b and the bound on |z_cuda - z_cpu| given the bound eh on the inputs
+local function lin_fwd(L, h, eh)
+  local z = h:matmul(L.Wt) + L.b
+  local ez = eh:matmul(L.aWt)
+  if L.wide or any_error(eh) then ez = ez + (h:abs():matmul(L.aWt) + L.ab) * (2 * gamma(L.I + 1)) end
+  return z, ez
+end
+
+-- h = act(z): inputs apart by ez give outputs apart by 1.2 ez, plus the evaluations' own rounding
+-- (a few ulp each) once the inputs differ at all
+local function act_fwd(act, z, ez)
+  local h = z[act](z)
+  local eh = ez * ACT1
+  if any_error(ez) then eh = eh + h:abs() * (8 * EPS32) end
+  return h, eh
+end
+
+-- the bound on the Linear's gradient difference (into eg at its parameter offsets): the terms
+-- dz_r[o] in_r[i] differ by |edz||in| + |dz||ein|, their sums over B rows by 2 gamma_B sum|dz||in|
+local function lin_grad_bound(L, eg, adz, edz, ain, ein, B)
+  local g2 = 2 * gamma(B)
+  for o = 1, L.O do
+    local sel = {}
+    for j = 1, L.O do sel[j] = { j == o and 1 or 0 } end
+    sel = tensor.new(sel)
+    local ac, ec = adz:matmul(sel), edz:matmul(sel) -- column o, exactly
+    local row = values((ec * ain + ac * ein + ac * ain * g2):sum(1))
+    for i = 1, L.I do eg[L.off + (o - 1) * L.I + i] = row[i] end
+    eg[L.off + L.I * L.O + o] = ec:sum() + g2 * ac:sum()
+  end
+end
+
+-- back through an activation: dz = dh act'(z), |dz| <= 1.2 |dh|; apart by 1.2 edh plus |dh| |act''|
+-- ez, plus the evaluations' rounding once anything differs
+local function back_act(adh, edh, ez)
+  local adz = adh * ACT1
+  local edz = edh * ACT1 + adh * ez * ACT2
+  if any_error(edh) or any_error(ez) then edz = edz + adz * (8 * EPS32) end
+  return adz, edz
+end
+
+-- back through a Linear (dh = dz W) and the activation before it
+local function back_through(L, adz, edz, ez_prev)
+  local adh = adz:matmul(L.aW)
+  local edh = edz:matmul(L.aW)
+  if L.wide or any_error(edz) then edh = edh + adh * (2 * gamma(L.O + 1)) end
+  return back_act(adh, edh, ez_prev)
+end
+
+-- sum over rows of |the row's gradient term| per parameter, from one-row backwards on the CPU (a
+-- one-row gradient is the term itself): with bitwise per-row terms on both devices, the gradients
+-- differ by at most 2 gamma_B times this
+local function row_term_sums(net, x, t, dout)
+  diffuse.set_device('cpu')
+  local B, d = x:size(1), x:size(2)
+  local tv, acc = values(t), nil
+  for r = 1, B do
+    net:zero_grad()
+    net:forward(x[r]:reshape(1, d), tv[r])
+    net:backward(dout[r]:reshape(1, d))
+    local g = net:gradients():abs()
+    acc = acc and acc + g or g
+  end
+  net:zero_grad()
+  return values(acc)
+end
+
+-- the bounds of a network on x [B, d], t [B] (CPU): eout [B, d] on its outputs and eg (a list in
+-- parameter order) on its gradients for the dout, edout that dout_of(out, eout) gives (none
+-- without dout_of). Where the forward is bitwise (eout = 0) the per-row terms are too, and eg is
+-- 2 gamma_B sum_r |term_r| exactly; else the first-order propagation.
+local net_bounds_prop
+local function net_bounds(net, spec, x, t, dout_of)
+  local eout, eg, dout = net_bounds_prop(net, spec, x, t, dout_of)
+  if dout_of and max_of(eout) == 0 then
+    local B = x:size(1)
+    eg = row_term_sums(net, x, t, dout)
+    for j = 1, #eg do eg[j] = 2 * gamma(B) * eg[j] end
+  end
+  return eout, eg
+end
+
+function net_bounds_prop(net, spec, x, t, dout_of)
+  diffuse.set_device('cpu')
+  local p = values(net:parameters())
+  local B, d, act = x:size(1), spec.dim, spec.activation or 'silu'
+  local fused = fused_net(net.kind, spec)
+  local eg, eout, dout, edout = {}, nil, nil, nil
+  if net.kind == 'mlp' then
+    local widths = { d + 1 }
+    for _, w in ipairs(spec.hidden) do widths[#widths + 1] = w end
+    widths[#widths + 1] = d
+    local Ls, off = {}, 0
+    for l = 1, #widths - 1 do Ls[l], off = linear_at(p, off, widths[l], widths[l + 1], fused) end
+    local h, eh = tensor.cat({ x, t:reshape(B, 1) }, 2), tensor.zeros(B, d + 1)
+    local ins, eins, ezs, out = {}, {}, {}, nil
+    for l, L in ipairs(Ls) do
+      ins[l], eins[l] = h, eh
+      local z, ez = lin_fwd(L, h, eh)
+      ezs[l] = ez
+      if l < #Ls then h, eh = act_fwd(act, z, ez) else out, eout = z, ez end
+    end
+    if not dout_of then return eout end
+    dout, edout = dout_of(out, eout)
+    local adz, edz = dout:abs(), edout
+    for l = #Ls, 1, -1 do
+      lin_grad_bound(Ls[l], eg, adz, edz, ins[l]:abs(), eins[l], B)
+      if l > 1 then adz, edz = back_through(Ls[l], adz, edz, ezs[l - 1]) end
+    end
+    return eout, eg, dout
+  end
+  local H, E = spec.hidden, spec.embed
+  local L0, off = linear_at(p, 0, E, H, fused)
+  local L1, off2 = linear_at(p, off, d, H, fused)
+  local L2 = linear_at(p, off2, H, d, fused)
+  local arg = t:reshape(B, 1) * tensor.new({ values(net:frequencies()) }) * (2 * math.pi)
+  local f = tensor.cat({ arg:sin(), arg:cos() }, 2) -- the same bits on both devices
+  local zf, zx = tensor.zeros(B, E), tensor.zeros(B, d)
+  local ze, eze = lin_fwd(L0, f, zf)
+  local e, ee = act_fwd(act, ze, eze)
+  local u, eu = lin_fwd(L1, x, zx)
+  local v, ev = e + u, ee + eu
+  if any_error(ev) then ev = ev + v:abs() * EPS32 end
+  local hh, ehh = act_fwd(act, v, ev)
+  local out
+  out, eout = lin_fwd(L2, hh, ehh)
+  if not dout_of then return eout end
+  dout, edout = dout_of(out, eout)
+  lin_grad_bound(L2, eg, dout:abs(), edout, hh:abs(), ehh, B)
+  local adv, edv = back_through(L2, dout:abs(), edout, ev)   -- dv = (dout W2) act'(v)
+  lin_grad_bound(L1, eg, adv, edv, x:abs(), zx, B)
+  local adze, edze = back_act(adv, edv, eze)                  -- dze = dv act'(ze)
+  lin_grad_bound(L0, eg, adze, edze, f:abs(), zf, B)
+  return eout, eg, dout
+end
+
+-- the nets: fused kernels (every layer at most 16 wide), layered narrow kernels (20 and 40 wide),
+-- cuBLAS (64 and more)
+local NETS = {
+  { 'seed MLP', 'mlp', { dim = 1, hidden = { 8, 8, 8 } } },
+  { 'MLP gelu 7,5 in R^2', 'mlp', { dim = 2, hidden = { 7, 5 }, activation = 'gelu' } },
+  { 'MLP tanh 16,13 in R^3', 'mlp', { dim = 3, hidden = { 16, 13 }, activation = 'tanh' } },
+  { 'MLP tanh 20,17 in R^3 (layered)', 'mlp', { dim = 3, hidden = { 20, 17 }, activation = 'tanh' } },
+  { 'MLP relu 40,40 (layered)', 'mlp', { dim = 2, hidden = { 40, 40 }, activation = 'relu' } },
+  { 'MLP 256,256 (cuBLAS)', 'mlp', { dim = 2, hidden = { 256, 256 } } },
+  { 'seed time-embedded', 'time_embedded', { dim = 1, hidden = 8, embed = 256, scale = 30 } },
+  { 'time-embedded tanh 6/16 in R^2', 'time_embedded',
+    { dim = 2, hidden = 6, embed = 16, scale = 3, activation = 'tanh' } },
+  { 'time-embedded 64/512 (cuBLAS)', 'time_embedded', { dim = 2, hidden = 64, embed = 512, scale = 30 } },
+}
+
+local function net_case(name)
+  for _, case in ipairs(NETS) do
+    if case[1] == name then return case end
+  end
+  error('no net ' .. name)
+end
+local SEED_MLP, SEED_TEMB, WIDE_MLP = 'seed MLP', 'seed time-embedded', 'MLP 256,256 (cuBLAS)'
+
+local function make_net(case, seed)
+  diffuse.set_device('cpu')
+  diffuse.seed(seed)
+  return diffuse.nn[case[2]](case[3])
+end
+
+-- g within bound of c, or bitwise where the bound is zero (no cuBLAS layer)
+local function assert_bound(g, c, bound, what)
+  if max_of(bound) == 0 then return assert_bitwise(g, c, what .. ' (bitwise: no cuBLAS layer)') end
+  assert_within(g, c, tol_of(bound), what)
+end
+
+local function plain_dout(dout)
+  return function(_, eout) return dout, eout * 0 end
+end
+
+describe('cuda network parity', function()
+  local ve = diffuse.ve(1.1)
+
+  gpu_it('forward bitwise unless cuBLAS computes a layer (else within the rounding bound); ' ..
+         'gradients within the summation bound', function()
+    for i, case in ipairs(NETS) do
+      for _, B in ipairs { 100, 20000 } do -- a partial tile; more tiles than a backward's blocks
+        if B == 100 or case[1]:find('seed', 1, true) then
+          local net = make_net(case, 900 + i)
+          local d = net.dim
+          diffuse.seed(910 + i)
+          local x, t, dout = tensor.randn(B, d), tensor.rand(B), tensor.randn(B, d)
+          local t0 = tensor.full({ B }, 0.3)
+          local c, c0 = net:forward(x, t), net:forward(x, 0.3)
+          net:zero_grad()
+          net:forward(x, t)
+          net:backward(dout)
+          local gc = net:gradients()
+          net:backward(dout)
+          local gc2 = net:gradients()
+          local eout, eg = net_bounds(net, case[3], x, t, plain_dout(dout))
+          local eout0 = net_bounds(net, case[3], x, t0)
+          net:to('cuda')
+          local gx, gt, gd = x:to('cuda'), t:to('cuda'), dout:to('cuda')
+          local what = ('%s, %d rows'):format(case[1], B)
+          assert_bound(net:forward(gx, gt), c, eout, what .. ': forward')
+          assert_bound(net:forward(gx, 0.3), c0, eout0, what .. ': forward at t = 0.3')
+          net:zero_grad()
+          net:forward(gx, gt)
+          net:backward(gd)
+          assert_within(net:gradients(), gc, tol_of(eg), what .. ': gradients')
+          -- backward accumulates: twice the terms, 2B of them: within 4 times the bound
+          net:backward(gd)
+          local egb = {}
+          for j = 1, #eg do egb[j] = 4 * eg[j] end
+          assert_within(net:gradients(), gc2, tol_of(egb), what .. ': gradients of two backwards')
+        end
+      end
+    end
+  end)
+
+  gpu_it('DSM loss and gradients: the same draws on both devices, within the derived bounds', function()
+    for i, case in ipairs(NETS) do
+      local net = make_net(case, 920 + i)
+      local d, B, tol = net.dim, 100, 1e-5
+      local x0 = tensor.randn(B, d) * 0.5
+      local seed, stream = diffuse.rng_state()
+      net:zero_grad()
+      local lc = diffuse.loss.dsm(net, ve, x0)
+      local gc = net:gradients()
+      -- the draws again, as nn_spec does: t from the next stream, eta from the one after it
+      diffuse.set_rng_state(seed, stream)
+      local t = tol + (1 - tol) * tensor.rand(B)
+      local eta = tensor.randn(B, d)
+      local xt = x0 + ve:sigma(t):reshape(B, 1) * eta
+      local scale = 2 / (B * d)
+      local res, eres
+      local eout, eg = net_bounds(net, case[3], xt, t, function(out, e)
+        res, eres = out + eta, e
+        local edout = e * scale
+        if any_error(e) then edout = edout + (res * scale):abs() * EPS32 end
+        return res * scale, edout
+      end)
+      -- loss = mean(res^2): apart by 2 mean(|res| eout), plus double sums in another order and
+      -- one float rounding each
+      local lbound = 2 * (res:abs() * eres):sum() / (B * d) + EPS32 * math.abs(lc)
+      diffuse.set_rng_state(seed, stream)
+      net:to('cuda')
+      net:zero_grad()
+      local lg = diffuse.loss.dsm(net, ve, x0:to('cuda'))
+      assert_num(lg, lc, lbound * SLACK, case[1] .. ': DSM loss')
+      assert_within(net:gradients(), gc, tol_of(eg), case[1] .. ': DSM gradients')
+      assert.is_true(max_of(eout) > 0 or not case[1]:find('cuBLAS', 1, true))
+    end
+  end)
+
+  gpu_it('Adam steps are bitwise the CPU\'s (one-row gradients are bitwise too)', function()
+    local case = { 'MLP 8', 'mlp', { dim = 1, hidden = { 8 } } }
+    local nc, ng = make_net(case, 931), make_net(case, 931)
+    ng:to('cuda')
+    local opts = { lr = 0.01, betas = { 0.8, 0.95 }, eps = 1e-6, weight_decay = 0.1 }
+    local oc, og = diffuse.optim.adam(nc, opts), diffuse.optim.adam(ng, opts)
+    diffuse.seed(932)
+    for step = 1, 5 do
+      local x = tensor.randn(1, 1)
+      for _, pair in ipairs { { nc, oc, x }, { ng, og, x:to('cuda') } } do
+        pair[1]:zero_grad()
+        pair[1]:forward(pair[3], 0.25 * step)
+        pair[1]:backward(pair[3] * 0 + 1)
+        pair[2]:step()
+      end
+      assert_bitwise(ng:gradients(), nc:gradients(), 'gradients of one row, step ' .. step)
+      assert_bitwise(ng:parameters(), nc:parameters(), 'parameters after Adam step ' .. step)
+    end
+  end)
+
+  -- Training runs on both devices use the same draws; only the gradients' summation order (and
+  -- cuBLAS's rounding) differs. Each step moves the gradient by at most rho relative to its terms
+  -- (2 gamma_B, plus 2 gamma_(I+1) for each cuBLAS layer); Adam's step m/sqrt(v) is invariant to
+  -- the gradient's scale, so that moves the update by at most 2 rho relative, and to first order
+  -- the loss k steps on by k * 2 rho relative: the budget per step below (plus the first step's
+  -- own DSM bound, an ulp or two).
+  local function drift_rho(case, B)
+    local rho = 2 * gamma(B)
+    local widths = {}
+    if fused_net(case[2], case[3]) then return rho end
+    if case[2] == 'mlp' then
+      widths = { case[3].dim + 1 }
+      for _, w in ipairs(case[3].hidden) do widths[#widths + 1] = w end
+      widths[#widths + 1] = case[3].dim
+      for l = 1, #widths - 1 do
+        if widths[l] >= GEMM_MIN_WIDTH or widths[l + 1] >= GEMM_MIN_WIDTH then
+          rho = rho + 2 * gamma(widths[l] + 1)
+        end
+      end
+    elseif case[3].hidden >= GEMM_MIN_WIDTH or case[3].embed >= GEMM_MIN_WIDTH then
+      rho = rho + 2 * gamma(case[3].embed + 1) + 2 * gamma(case[3].hidden + 1)
+    end
+    return rho
+  end
+
+  gpu_it('training 50 steps: the losses follow the CPU\'s within the drift budget', function()
+    for _, pick in ipairs { { SEED_MLP, 256, 256 }, { SEED_TEMB, 256, 256 }, { WIDE_MLP, 256, 256 },
+                            { SEED_MLP, 64, 1000 } } do
+      local case, B, rows = net_case(pick[1]), pick[2], pick[3]
+      local d = case[3].dim
+      local runs = {}
+      for _, dev in ipairs { 'cpu', 'cuda' } do
+        local net = make_net(case, 940)
+        diffuse.seed(941)
+        local data = tensor.randn(rows, d) * 0.3 -- rows > batch: the rows are drawn too
+        net:to(dev)
+        data = data:to(dev)
+        runs[dev] = values(diffuse.train{ net = net, diffuser = ve, data = data, steps = 50,
+                                          batch = B, lr = 1e-3 })
+      end
+      local rho = drift_rho(case, B)
+      for k = 1, 50 do
+        local c, g = runs.cpu[k], runs.cuda[k]
+        assert_num(g, c, (2 * EPS32 + 2 * rho * k) * math.abs(c),
+          ('%s, batch %d of %d rows: loss at step %d'):format(case[1], B, rows, k))
+      end
+    end
+  end)
+
+  gpu_it('train (replayed CUDA graphs) equals the plain loop bitwise on the GPU', function()
+    local before = diffuse.cuda.graph_stats()
+    for _, name in ipairs { SEED_MLP, SEED_TEMB, WIDE_MLP } do
+      local case = net_case(name)
+      local d = case[3].dim
+      for _, steps in ipairs { 1, 7, 8, 9, 300 } do -- graphs of 8 and of 1 step; a chunk boundary
+        local runs = {}
+        for _, how in ipairs { 'plain', 'train' } do
+          local net = make_net(case, 950)
+          diffuse.seed(951)
+          local data = (tensor.randn(200, d) * 0.5):to('cuda')
+          net:to('cuda')
+          local opt = diffuse.optim.adam(net, { lr = 1e-2 })
+          local ls = {}
+          if how == 'plain' then
+            for k = 1, steps do
+              net:zero_grad()
+              ls[k] = diffuse.loss.dsm(net, ve, data)
+              opt:step()
+            end
+          elseif steps == 300 then -- two calls: the cached graphs replayed with a new step table
+            ls = values(diffuse.train{ net = net, diffuser = ve, data = data, steps = 100, optimizer = opt })
+            for _, l in ipairs(values(diffuse.train{ net = net, diffuser = ve, data = data, steps = 200,
+                                                     optimizer = opt })) do
+              ls[#ls + 1] = l
+            end
+          else
+            ls = values(diffuse.train{ net = net, diffuser = ve, data = data, steps = steps,
+                                       optimizer = opt })
+          end
+          runs[how] = { ls, net:parameters(), net:gradients(), opt.t }
+        end
+        local what = ('%s, %d steps'):format(case[1], steps)
+        assert.are.same(runs.plain[1], runs.train[1], what .. ': losses')
+        assert.are.equal(runs.plain[4], runs.train[4], what .. ': optimizer steps')
+        assert_bitwise(runs.train[2], runs.plain[2]:to('cpu'), what .. ': parameters')
+        assert_bitwise(runs.train[3], runs.plain[3]:to('cpu'), what .. ': gradients')
+      end
+    end
+    -- and the graphs were captured and replayed, not bypassed
+    local after = diffuse.cuda.graph_stats()
+    assert.are.equal(before.fallback_steps, after.fallback_steps,
+      'steps ran without a graph: ' .. tostring(after.last_failure))
+    assert.is_true(after.captures >= before.captures + 2)
+    assert.is_true(after.launches > before.launches)
+  end)
+
+  gpu_it('a checkpoint saved from the GPU loads on the CPU with identical parameters', function()
+    for _, name in ipairs { SEED_MLP, SEED_TEMB, WIDE_MLP } do
+      local case = net_case(name)
+      local net = make_net(case, 960)
+      net:to('cuda')
+      diffuse.seed(961)
+      local data = (tensor.randn(128, case[3].dim) * 0.5):to('cuda')
+      local _, opt = diffuse.train{ net = net, diffuser = ve, data = data, steps = 20 }
+      local path = os.tmpname()
+      local saved, err = pcall(opt.save, opt, path)
+      diffuse.set_device('cpu')
+      local ok, back, bopt = pcall(diffuse.nn.load, path)
+      os.remove(path)
+      assert(saved, err)
+      assert(ok, back)
+      assert.are.equal('cpu', back.device)
+      assert_bitwise(net:parameters(), back:parameters(), case[1] .. ': parameters')
+      if case[2] == 'time_embedded' then
+        assert_bitwise(net:frequencies(), back:frequencies(), case[1] .. ': frequencies')
+      end
+      assert.are.equal(opt.t, bopt.t)
+      -- the loaded net computes what the GPU net computes (bitwise without cuBLAS layers)
+      diffuse.seed(962)
+      local x, t = tensor.randn(50, case[3].dim), tensor.rand(50)
+      local eout = net_bounds(back, case[3], x, t)
+      assert_bound(net:forward(x:to('cuda'), t:to('cuda')), back:forward(x, t), eout,
+        case[1] .. ': forward of the loaded net')
     end
   end)
 end)

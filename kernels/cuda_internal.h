@@ -1,0 +1,105 @@
+/* cuda_internal.h: what the CUDA backend's nvcc translation units share (cuda_backend.cu, the
+ * table and the tensor operations; cuda_diffusion.cu; cuda_nn.cu): the error macros, device
+ * selection, launch geometry, the per-device cuBLAS handle, and the table members each file
+ * provides. Never included by l_cuda.c (cc, no CUDA headers): that one sees cuda_backend.h.
+ *
+ * Conventions, as in cuda_backend.cu: every operation selects its device, returns early for empty
+ * work, checks every CUDA/cuBLAS call and launch, and reports "cuda <op>: <what> -> <name> (<code>):
+ * <description>" through df_cuda_fail (the core's reporter). Plain operations run on the legacy
+ * default stream (stream 0), which orders them and makes the caching allocator's reuse safe; the
+ * only other stream is the one training graphs are captured on (cuda_nn.cu), which never runs
+ * work itself. Indices are 64-bit, loops grid-stride. */
+#ifndef DF_CUDA_INTERNAL_H
+#define DF_CUDA_INTERNAL_H
+
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+#include <stdint.h>
+#include "status.h"
+#include "dmath.h"
+#include "cuda_backend.h"
+
+#define DF_CUDA_MAXDEV 64
+#define DF_CUDA_THREADS 256          /* elementwise block size */
+#define DF_CUDA_MAX_BLOCKS 65536     /* grid cap for grid-stride loops */
+
+static inline int df_cuda_error(const char *op, const char *what, cudaError_t e)
+{
+  (void)cudaGetLastError(); /* reported here: do not report it again at the next launch */
+  return df_cuda_fail(e == cudaErrorMemoryAllocation ? DF_ENOMEM : DF_EDEVICE,
+                      "cuda %s: %s -> %s (%d): %s", op, what, cudaGetErrorName(e), (int)e,
+                      cudaGetErrorString(e));
+}
+
+#define CK(op, what, call)                                                                    \
+  do {                                                                                        \
+    cudaError_t e_ = (call);                                                                  \
+    if (e_ != cudaSuccess) return df_cuda_error(op, what, e_);                                \
+  } while (0)
+
+/* after a <<<...>>> launch: configuration errors show up here, earlier asynchronous faults too */
+#define LAUNCHED(op) CK(op, "kernel launch", cudaGetLastError())
+
+#define TRY(call)                                                                             \
+  do {                                                                                        \
+    int st_ = (call);                                                                         \
+    if (st_ != DF_OK) return st_;                                                             \
+  } while (0)
+
+static inline int df_cuda_use_device(const char *op, int dev)
+{
+  if (dev < 0 || dev >= DF_CUDA_MAXDEV)
+    return df_cuda_fail(DF_EARG, "cuda %s: device index %d out of range (0 to %d)", op, dev,
+                        DF_CUDA_MAXDEV - 1);
+  CK(op, "cudaSetDevice", cudaSetDevice(dev));
+  return DF_OK;
+}
+
+/* blocks for n work items of `threads` each, capped for grid-stride loops */
+static inline unsigned df_cuda_grid(int64_t n, int threads)
+{
+  int64_t b = (n + threads - 1) / threads;
+  if (b > DF_CUDA_MAX_BLOCKS) b = DF_CUDA_MAX_BLOCKS;
+  return (unsigned)(b < 1 ? 1 : b);
+}
+
+__device__ __forceinline__ int64_t df_gtid() { return (int64_t)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ int64_t df_gstride() { return (int64_t)gridDim.x * blockDim.x; }
+
+/* the device's cuBLAS handle (created on first use, full float32, no atomics; the device is
+   already selected) and the error for a failed cuBLAS call, "cuda <op>: <what> -> ..." */
+int df_cuda_blas(int dev, cublasHandle_t *h);
+int df_cuda_blas_error(const char *op, const char *what, cublasStatus_t s);
+
+/* ---- the table members of cuda_diffusion.cu ------------------------------------------------- */
+int cuda_diffuser_eval(int dev, const df_diffuser *D, int what, float *out, const float *t,
+                       int64_t n);
+int cuda_score_eval(int dev, const df_mixture *m, float *out, const float *x,
+                    const float *sig2_rows, float sig2, int64_t rows, int d);
+int cuda_mixture_logpdf(int dev, const df_mixture *m, float *out, const float *x,
+                        const float *sig2_rows, float sig2, int64_t rows);
+int cuda_mixture_sample(int dev, const df_mixture *m, float *out, const float *sig2_rows,
+                        float sig2, int64_t rows, uint64_t seed, uint64_t su, uint64_t sz);
+int cuda_sample_fused(int dev, const df_plan *p, const df_mixture *m, float *x, int64_t rows,
+                      int d, int nrec, const int64_t *rec_k, float *const *rec_out,
+                      uint64_t seed, uint64_t stream);
+int cuda_sample_step(int dev, int stage, float *x, float *xp, const float *s, const float *s2,
+                     float c1, float c2, int64_t n, int64_t k, uint64_t seed, uint64_t stream);
+
+/* ---- the table members of cuda_nn.cu ------------------------------------------------------- */
+int64_t cuda_net_workspace(const df_netdesc *nd, int64_t rows);
+int cuda_net_forward(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                     const float *x, const float *t, float t0, int64_t rows, float *out,
+                     float *ws, int keep);
+int cuda_net_backward(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                      const float *x, const float *t, float t0, int64_t rows, const float *dout,
+                      float *grads, float *ws);
+int cuda_dsm_step(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                  float *grads, const df_dsm *job, float *loss, float *ws);
+int cuda_adam(int dev, float *p, const float *g, float *m, float *v, int64_t n,
+              const df_adam_hp *hp);
+int cuda_train_steps(int dev, const df_netdesc *nd, float *params, const float *fixed,
+                     float *grads, float *m, float *v, const df_train_job *job, float *losses,
+                     float *ws);
+
+#endif
