@@ -69,17 +69,24 @@ end
 --- alternate diffuse and the reference: reps runs each, medians of both
 function M.versus(name, ours, workload, threads, reps, extra)
   local a, b = {}, {}
-  ours() -- warm-up
+  local t0 = M.clock()
+  ours() -- warm-up, and a first estimate of the run time
+  -- short runs are repeated back to back within a repeat (about 0.1 s in all): after the
+  -- reference's process a CPU that went idle can take milliseconds to wake, which is the
+  -- machine's cost, not the library's
+  local inner = math.max(1, math.min(200, math.floor(0.1 / math.max(M.clock() - t0, 1e-6))))
   for i = 1, reps do
-    collectgarbage()
-    local t0 = M.clock()
-    ours()
-    a[i] = M.clock() - t0
+    for _ = 1, inner do
+      collectgarbage()
+      t0 = M.clock()
+      ours()
+      a[#a + 1] = M.clock() - t0
+    end
     local rec = M.peer(workload, threads, extra)
     b[i] = rec and rec.wall_s or nil
   end
   table.sort(a)
-  local ra = a[(reps + 1) // 2]
+  local ra = a[(#a + 1) // 2]
   local rb
   if #b == reps then
     table.sort(b)
