@@ -202,6 +202,39 @@ __device__ __forceinline__ double warp_sum(double v)
 }
 
 /* the MLP on concat[x, t] */
+/* the end of a fused row's forward: the output out[0 .. d) stored (forward only), or
+   d loss / d out into dz (the caller's dout for a backward; 2 (out + eta) / (B d) for a DSM step,
+   whose squared residuals the warp sums into *lblock). Returns false when the row is done. */
+template <int MODE, int WMAX>
+__device__ __forceinline__ bool row_output(const NetArgs &a, int64_t row, int d, bool valid,
+                                           int r, const float *out, const float *eta, float *dz,
+                                           double *lblock)
+{
+  if (MODE == M_FWD) {
+    if (valid) {
+#pragma unroll
+      for (int c = 0; c < WMAX; c++)
+        if (c < d) a.out[row * d + c] = out[c];
+    }
+    return false;
+  }
+  if (MODE == M_BWD) {
+#pragma unroll
+    for (int c = 0; c < WMAX; c++) dz[c] = (valid && c < d) ? a.dout[row * d + c] : 0.0f;
+  } else {
+    double lrow = 0.0;
+#pragma unroll
+    for (int c = 0; c < WMAX; c++) {
+      float res = (valid && c < d) ? out[c] + eta[c] : 0.0f;
+      lrow += (double)res * (double)res;
+      dz[c] = a.scale * res;
+    }
+    lrow = warp_sum(lrow);
+    if (r == 0) *lblock += lrow;
+  }
+  return true;
+}
+
 template <int MODE, int WMAX>
 __global__ void __launch_bounds__(FUSED_ROWS) k_mlp_fused(const NetArgs a)
 {
@@ -258,30 +291,9 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_mlp_fused(const NetArgs a)
           }
       }
     }
-    if (MODE == M_FWD) {
-      if (valid) {
-#pragma unroll
-        for (int c = 0; c < WMAX; c++)
-          if (c < d) a.out[row * d + c] = z[c];
-      }
-      continue;
-    }
     /* d loss / d out */
     float dz[WMAX];
-    if (MODE == M_BWD) {
-#pragma unroll
-      for (int c = 0; c < WMAX; c++) dz[c] = (valid && c < d) ? a.dout[row * d + c] : 0.0f;
-    } else {
-      double lrow = 0.0;
-#pragma unroll
-      for (int c = 0; c < WMAX; c++) {
-        float res = (valid && c < d) ? z[c] + eta[c] : 0.0f;
-        lrow += (double)res * (double)res;
-        dz[c] = a.scale * res;
-      }
-      lrow = warp_sum(lrow);
-      if (r == 0) lblock += lrow;
-    }
+    if (!row_output<MODE, WMAX>(a, row, d, valid, r, z, eta, dz, &lblock)) continue;
     /* backward, a layer at a time: the rows' dz into the tile, the next dz per row, then the
        layer's parameter sums over the tile */
     for (int l = L - 1; l >= 0; l--) {
@@ -396,29 +408,10 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_temb_fused(const NetArgs a)
         out[c] = acc;
       }
     }
-    if (MODE == M_FWD) {
-      if (valid) {
-#pragma unroll
-        for (int c = 0; c < WMAX; c++)
-          if (c < d) a.out[row * d + c] = out[c];
-      }
+    float dout[WMAX];
+    if (!row_output<MODE, WMAX>(a, row, d, valid, r, out, eta, dout, &lblock)) {
       __syncwarp(); /* the next tile rewrites the features */
       continue;
-    }
-    float dout[WMAX];
-    if (MODE == M_BWD) {
-#pragma unroll
-      for (int c = 0; c < WMAX; c++) dout[c] = (valid && c < d) ? a.dout[row * d + c] : 0.0f;
-    } else {
-      double lrow = 0.0;
-#pragma unroll
-      for (int c = 0; c < WMAX; c++) {
-        float res = (valid && c < d) ? out[c] + eta[c] : 0.0f;
-        lrow += (double)res * (double)res;
-        dout[c] = a.scale * res;
-      }
-      lrow = warp_sum(lrow);
-      if (r == 0) lblock += lrow;
     }
 #pragma unroll
     for (int c = 0; c < WMAX; c++)
