@@ -50,7 +50,7 @@ ifeq ($(WITH_CUDA),1)
   TARGETS += build/diffuse/cuda.so
 endif
 
-.PHONY: all test test-cuda bench-cuda asan vecreport valgrind bench demo deps install clean check-cuda-headers
+.PHONY: all test test-cuda bench-cuda asan vecreport valgrind bench demo deps install clean
 
 all: $(TARGETS)
 
@@ -99,14 +99,15 @@ asan: build-asan/diffuse/core.so
 	  UBSAN_OPTIONS=print_stacktrace=1 DIFFUSE_SANITIZED=1 \
 	  $(BUSTED) --lua=$(LUA) --cpath='build-asan/?.so' --exclude-tags=nosan
 
-# valgrind does not decode AVX-512, so its build targets AVX2 machines (x86-64-v3)
+# valgrind does not decode AVX-512, so its build targets AVX2 machines (x86-64-v3); busted must
+# not re-exec itself (--ignore-lua), or valgrind would watch only the launcher
 build-vg/diffuse/core.so: $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -g $(DF_CFLAGS) -march=x86-64-v3 $(LIBFLAG) -o $@ $(CORE_SRC) $(LDLIBS)
 
 valgrind: build-vg/diffuse/core.so
 	DIFFUSE_SANITIZED=1 valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
-	  --show-leak-kinds=definite -q $(LUA) /usr/bin/busted --lua=$(LUA) --cpath='build-vg/?.so' \
+	  --show-leak-kinds=definite -q $(LUA) $$(command -v $(BUSTED)) --ignore-lua --cpath='build-vg/?.so' \
 	  --exclude-tags=nosan
 
 # The GPU check, as one command (../shared/gpu/README.md): the CUDA parity specs, then the GPU
@@ -137,17 +138,8 @@ vecreport:
 	done
 
 # ---- packages ---------------------------------------------------------------------------------
-DEB_PACKAGES = lua5.4 liblua5.4-dev lua-busted luarocks gcc make pkg-config
 deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing: $$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  else \
-	    echo "missing Debian packages (run as root, or install them): $$missing"; exit 1; \
-	  fi; \
-	fi
+	sh deps.sh
 
 # ---- install (used by luarocks: LUADIR and LIBDIR come from the rockspec) ----------------------
 LUADIR ?= $(PREFIX)/share/lua/5.4
