@@ -784,6 +784,23 @@ struct Ctx {
   cublasHandle_t blas; /* NULL until a layer needs it */
 };
 
+/* the context of a layered pass over `rows` rows (stream 0 unless the caller sets c.st) */
+Ctx ctx_of(const char *op, int dev, const df_netdesc *nd, const float *params, const float *fixed,
+           float *ws, int64_t rows)
+{
+  Ctx c;
+  memset(&c, 0, sizeof c);
+  c.op = op;
+  c.dev = dev;
+  c.nd = nd;
+  c.params = params;
+  c.fixed = fixed;
+  c.ws = ws;
+  c.rows = rows;
+  c.y = layered_of(nd, rows);
+  return c;
+}
+
 bool wide(int I, int O) { return I >= GEMM_MIN_WIDTH || O >= GEMM_MIN_WIDTH; }
 
 int need_blas(Ctx &c)
@@ -1018,17 +1035,8 @@ int dsm_run(const StepCall &s)
     LAUNCHED(s.op);
     return DF_OK;
   }
-  Ctx c;
-  memset(&c, 0, sizeof c);
-  c.op = s.op;
-  c.dev = s.dev;
+  Ctx c = ctx_of(s.op, s.dev, nd, s.params, s.fixed, s.ws, B);
   c.st = s.st;
-  c.nd = nd;
-  c.params = s.params;
-  c.fixed = s.fixed;
-  c.ws = s.ws;
-  c.rows = B;
-  c.y = layered_of(nd, B);
   float *ws = s.ws;
   float *x = ws + c.y.xin, *t = nd->kind == DF_NET_MLP ? ws + c.y.xin + d : ws + c.y.tin;
   int64_t ldx = nd->kind == DF_NET_MLP ? d + 1 : d, ldt = nd->kind == DF_NET_MLP ? d + 1 : 1;
@@ -1217,16 +1225,7 @@ int cuda_net_forward(int dev, const df_netdesc *nd, const float *params, const f
     LAUNCHED(op);
     return DF_OK;
   }
-  Ctx c;
-  memset(&c, 0, sizeof c);
-  c.op = op;
-  c.dev = dev;
-  c.nd = nd;
-  c.params = params;
-  c.fixed = fixed;
-  c.ws = ws;
-  c.rows = rows;
-  c.y = layered_of(nd, rows);
+  Ctx c = ctx_of(op, dev, nd, params, fixed, ws, rows);
   int st = layered_forward(c, x, t, t0, false, out);
   blas_off(c.blas);
   return st;
@@ -1258,16 +1257,7 @@ int cuda_net_backward(int dev, const df_netdesc *nd, const float *params, const 
     LAUNCHED(op);
     return DF_OK;
   }
-  Ctx c;
-  memset(&c, 0, sizeof c);
-  c.op = op;
-  c.dev = dev;
-  c.nd = nd;
-  c.params = params;
-  c.fixed = fixed;
-  c.ws = ws;
-  c.rows = rows;
-  c.y = layered_of(nd, rows);
+  Ctx c = ctx_of(op, dev, nd, params, fixed, ws, rows);
   (void)t;
   (void)t0;
   int st = layered_backward(c, x, dout, grads);
