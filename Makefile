@@ -31,16 +31,33 @@ CUDA_HDR  = $(wildcard kernels/*.h)
 LUA_SRC   = $(wildcard lua/diffuse/*.lua)
 
 # ---- CUDA detection ---------------------------------------------------------------------------
+# nvcc may be a wrapper script outside the toolkit (/usr/local/bin/nvcc), so the toolkit's root is
+# asked of nvcc itself (its --dryrun prints TOP=); the libraries are looked for under that root,
+# then under CUDA_HOME. Without nvcc or without libcudart/libcublas the CUDA module is skipped.
 CUDA_HOME ?= /usr/local/cuda
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || (test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc))
+NVCC      := $(NVCC)
 CUDA      ?= auto
+CUDA_TOP  := $(if $(NVCC),$(shell $(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ TOP=//p'))
+CUDA_LIBDIR_CANDIDATES = $(foreach r,$(CUDA_TOP) $(CUDA_HOME),$(r)/targets/x86_64-linux/lib $(r)/lib64 $(r)/lib) \
+                         /usr/lib/x86_64-linux-gnu
+ifeq ($(origin CUDA_LIBDIR),undefined)
+CUDA_LIBDIR := $(firstword $(foreach d,$(CUDA_LIBDIR_CANDIDATES),\
+                 $(if $(and $(wildcard $(d)/libcudart.so),$(wildcard $(d)/libcublas.so)),$(realpath $(d)))))
+endif
 ifeq ($(CUDA),1)
   ifeq ($(NVCC),)
     $(error CUDA=1 but nvcc was not found (set NVCC or CUDA_HOME))
   endif
+  ifeq ($(CUDA_LIBDIR),)
+    $(error CUDA=1 but libcudart.so/libcublas.so were not found (set CUDA_LIBDIR))
+  endif
   WITH_CUDA = 1
 else ifeq ($(CUDA),auto)
-  WITH_CUDA = $(if $(and $(NVCC),$(CUDA_SRC)),1,0)
+  WITH_CUDA = $(if $(and $(NVCC),$(CUDA_LIBDIR),$(CUDA_SRC)),1,0)
+  ifneq ($(and $(NVCC),$(if $(CUDA_LIBDIR),,1)),)
+    $(warning nvcc is $(NVCC) but libcudart.so/libcublas.so were not found: building without CUDA)
+  endif
 else
   WITH_CUDA = 0
 endif
@@ -50,9 +67,12 @@ ifeq ($(WITH_CUDA),1)
   TARGETS += build/diffuse/cuda.so
 endif
 
-.PHONY: all test test-cuda bench-cuda asan vecreport valgrind bench demo deps install clean
+.PHONY: cuda-info all test test-cuda bench-cuda asan vecreport valgrind bench demo deps install clean
 
 all: $(TARGETS)
+
+cuda-info:
+	@echo 'nvcc: $(NVCC)'; echo 'toolkit: $(CUDA_TOP)'; echo 'libraries: $(CUDA_LIBDIR)'; echo 'CUDA module: $(WITH_CUDA)'
 
 build/diffuse/core.so: $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
@@ -61,7 +81,6 @@ build/diffuse/core.so: $(CORE_SRC) $(CORE_HDR)
 # ---- the CUDA module: kernels/*.cu by nvcc, kernels/*.c (its Lua binding) by cc ----------------
 # sm_90 code for the H200 plus compute_80 PTX that newer or other chips JIT-compile; no fma
 # contraction, so per-element results match the CPU build bit for bit
-CUDA_LIBDIR ?= $(if $(NVCC),$(realpath $(dir $(NVCC))/../lib64),$(CUDA_HOME)/lib64)
 NVCC_FLAGS  = -O3 -std=c++17 -fmad=false -Werror all-warnings \
               -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80 \
               -Xcompiler -fPIC,-Wall,-Wextra,-fvisibility=hidden -Inative -Ikernels
