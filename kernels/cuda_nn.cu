@@ -18,10 +18,11 @@
  *   a cuBLAS SGEMM (full float32, its own fixed workspace, so graph and plain runs pick the same
  *   algorithms), a narrower one small custom kernels.
  * Per-row arithmetic follows the CPU's order (bias first, then inputs in order; the backward's
- * sums over outputs in order; no fma), so the fused and narrow layered forwards are bitwise the
- * CPU's; sums over rows (weight gradients, the loss) differ from the CPU's order but are
- * deterministic: fixed per-block sequences and fixed trees, no float atomics, so a result is the
- * same from run to run. cuBLAS runs with atomics disallowed.
+ * sums over outputs in order; each product added by one df_fmaf, as the CPU's fma8), so the
+ * fused and narrow layered forwards are bitwise the CPU's; sums over rows (weight gradients,
+ * the loss) differ from the CPU's order but are deterministic: fixed per-block sequences and
+ * fixed trees, no float atomics, so a result is the same from run to run. cuBLAS runs with
+ * atomics disallowed.
  *
  * train_steps captures one training step (zero grads, draws, forward, loss, backward, Adam) as a
  * CUDA graph, in an 8-step and a 1-step version, once per configuration (network description,
@@ -183,7 +184,7 @@ __device__ void tile_param_sums(const NetArgs &a, const float *sm, bool first, i
     if (p < nw) {
       int o = p / I, i = p - o * I;
       const float *dz = sm + (dzf + o) * FUSED_RP, *in = sm + (inf + i) * FUSED_RP;
-      for (int rr = 0; rr < m; rr++) acc += dz[rr] * in[rr];
+      for (int rr = 0; rr < m; rr++) acc = df_fmaf(dz[rr], in[rr], acc);
       at = woff + p;
     } else {
       const float *dz = sm + (dzf + p - nw) * FUSED_RP;
@@ -274,7 +275,7 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_mlp_fused(const NetArgs a)
           float acc = __ldg(B + o);
 #pragma unroll
           for (int i = 0; i < WMAX; i++)
-            if (i < I) acc += __ldg(W + o * I + i) * h[i];
+            if (i < I) acc = df_fmaf(__ldg(W + o * I + i), h[i], acc);
           z[o] = acc;
         }
       }
@@ -311,7 +312,7 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_mlp_fused(const NetArgs a)
             float acc = 0.0f;
 #pragma unroll
             for (int o = 0; o < WMAX; o++)
-              if (o < O) acc += __ldg(W + o * I + i) * dz[o];
+              if (o < O) acc = df_fmaf(__ldg(W + o * I + i), dz[o], acc);
             dh[i] = acc;
           }
         }
@@ -376,7 +377,7 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_temb_fused(const NetArgs a)
       const float fj = TILE(ly.f + j, r);
 #pragma unroll
       for (int o = 0; o < WMAX; o++)
-        if (o < H) ze[o] += __ldg(W0 + (int64_t)o * E + j) * fj;
+        if (o < H) ze[o] = df_fmaf(__ldg(W0 + (int64_t)o * E + j), fj, ze[o]);
     }
     float v[WMAX], hh[WMAX];
 #pragma unroll
@@ -386,7 +387,7 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_temb_fused(const NetArgs a)
         float aux, e = act_f<WMAX>(act, ze[o], &aux), u = __ldg(B1 + o);
 #pragma unroll
         for (int c = 0; c < WMAX; c++)
-          if (c < d) u += __ldg(W1 + o * d + c) * x[c];
+          if (c < d) u = df_fmaf(__ldg(W1 + o * d + c), x[c], u);
         v[o] = e + u;
         hh[o] = act_f<WMAX>(act, v[o], &aux);
         if (MODE != M_FWD) {
@@ -404,7 +405,7 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_temb_fused(const NetArgs a)
         float acc = __ldg(B2 + c);
 #pragma unroll
         for (int o = 0; o < WMAX; o++)
-          if (o < H) acc += __ldg(W2 + c * H + o) * hh[o];
+          if (o < H) acc = df_fmaf(__ldg(W2 + c * H + o), hh[o], acc);
         out[c] = acc;
       }
     }
@@ -423,7 +424,7 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_temb_fused(const NetArgs a)
         float acc = 0.0f;
 #pragma unroll
         for (int c = 0; c < WMAX; c++)
-          if (c < d) acc += __ldg(W2 + c * H + o) * dout[c];
+          if (c < d) acc = df_fmaf(__ldg(W2 + c * H + o), dout[c], acc);
         float dv = acc * act_d<WMAX>(act, v[o]);
         TILE(ly.dv + o, r) = dv;
         TILE(ly.dze + o, r) = dv * act_d<WMAX>(act, ze[o]);
@@ -512,7 +513,7 @@ __global__ void k_lin_fwd(float *out, const float *in, const float *W, const flo
     int64_t r = j / O;
     int o = (int)(j - r * O);
     float acc = B[o];
-    for (int i = 0; i < I; i++) acc += W[(int64_t)o * I + i] * in[r * I + i];
+    for (int i = 0; i < I; i++) acc = df_fmaf(W[(int64_t)o * I + i], in[r * I + i], acc);
     out[j] = acc;
   }
 }
@@ -525,7 +526,7 @@ __global__ void k_lin_dinp(float *dinp, const float *dout, const float *W, int64
     int64_t r = j / I;
     int i = (int)(j - r * I);
     float acc = 0.0f;
-    for (int o = 0; o < O; o++) acc += W[(int64_t)o * I + i] * dout[r * O + o];
+    for (int o = 0; o < O; o++) acc = df_fmaf(W[(int64_t)o * I + i], dout[r * O + o], acc);
     dinp[j] = acc;
   }
 }
@@ -544,7 +545,7 @@ __global__ void k_param_grad(float *gW, float *gB, const float *dout, const floa
     float acc = 0.0f;
     if (p < nw) {
       int64_t o = p / I, i = p - o * I;
-      for (int64_t r = lane; r < rows; r += PG_LANES) acc += dout[r * O + o] * in[r * I + i];
+      for (int64_t r = lane; r < rows; r += PG_LANES) acc = df_fmaf(dout[r * O + o], in[r * I + i], acc);
     } else if (p < P) {
       for (int64_t r = lane; r < rows; r += PG_LANES) acc += dout[r * O + (p - nw)];
     }

@@ -27,6 +27,19 @@ INLINE v8 ld8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
 INLINE void st8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 INLINE v8 splat8(float x) { v8 v = { x, x, x, x, x, x, x, x }; return v; }
 
+/* a * b + c per lane, rounded once: what df_fmaf does to one float (and the CUDA kernels to
+   theirs), so every product of a layer rounds as on the GPU */
+INLINE v8 fma8(v8 a, v8 b, v8 c)
+{
+#ifdef __FMA__
+  return __builtin_ia32_vfmaddps256(a, b, c);
+#else
+  v8 r;
+  for (int j = 0; j < RB; j++) r[j] = df_fmaf(a[j], b[j], c[j]);
+  return r;
+#endif
+}
+
 /* the sum of a vector's lanes, in a fixed order */
 INLINE float lanes_sum(v8 a)
 {
@@ -34,7 +47,7 @@ INLINE float lanes_sum(v8 a)
 }
 
 /* out [O][T] = W [O, I] inp [I][T] + b [O]: for OB outputs and RB rows at a time, the bias and
-   then the inputs in order, accumulated in registers */
+   then the inputs in order, one fma each, accumulated in registers */
 INLINE void linear_forward_block(float *restrict out, const float *restrict inp,
                                  const float *restrict w, const float *restrict b,
                                  int I, int o0, int r0)
@@ -43,7 +56,7 @@ INLINE void linear_forward_block(float *restrict out, const float *restrict inp,
   for (int o = 0; o < OB; o++) acc[o] = splat8(b[o0 + o]);
   for (int i = 0; i < I; i++) {
     v8 x = ld8(inp + i * TILE + r0);
-    for (int o = 0; o < OB; o++) acc[o] += splat8(w[(o0 + o) * I + i]) * x;
+    for (int o = 0; o < OB; o++) acc[o] = fma8(splat8(w[(o0 + o) * I + i]), x, acc[o]);
   }
   for (int o = 0; o < OB; o++) st8(out + (o0 + o) * TILE + r0, acc[o]);
 }
@@ -58,7 +71,7 @@ static void linear_forward(float *restrict out, const float *restrict inp, const
   for (; o0 < O; o0++) /* the outputs left over, one at a time, in the same order */
     for (int r0 = 0; r0 < TILE; r0 += RB) {
       v8 acc = splat8(b[o0]);
-      for (int i = 0; i < I; i++) acc += splat8(w[o0 * I + i]) * ld8(inp + i * TILE + r0);
+      for (int i = 0; i < I; i++) acc = fma8(splat8(w[o0 * I + i]), ld8(inp + i * TILE + r0), acc);
       st8(out + o0 * TILE + r0, acc);
     }
 }
@@ -72,7 +85,7 @@ INLINE void linear_dw_block(float *restrict dw, const float *restrict dout,
     for (int o = 0; o < OB; o++) acc[o] = splat8(0.0f);
     for (int r0 = 0; r0 < TILE; r0 += RB) {
       v8 x = ld8(inp + i * TILE + r0);
-      for (int o = 0; o < OB; o++) acc[o] += ld8(dout + (o0 + o) * TILE + r0) * x;
+      for (int o = 0; o < OB; o++) acc[o] = fma8(ld8(dout + (o0 + o) * TILE + r0), x, acc[o]);
     }
     for (int o = 0; o < OB; o++) dw[(o0 + o) * I + i] += lanes_sum(acc[o]);
   }
@@ -94,7 +107,7 @@ static void linear_backward(float *restrict dinp, float *restrict dw, float *res
   for (; o0 < O; o0++)
     for (int i = 0; i < I; i++) {
       v8 acc = splat8(0.0f);
-      for (int r0 = 0; r0 < TILE; r0 += RB) acc += ld8(dout + o0 * TILE + r0) * ld8(inp + i * TILE + r0);
+      for (int r0 = 0; r0 < TILE; r0 += RB) acc = fma8(ld8(dout + o0 * TILE + r0), ld8(inp + i * TILE + r0), acc);
       dw[o0 * I + i] += lanes_sum(acc);
     }
   if (!dinp) return;
@@ -104,7 +117,7 @@ static void linear_backward(float *restrict dinp, float *restrict dw, float *res
       for (int o = 0; o < OB; o++) g[o] = ld8(dout + o * TILE + r0);
       for (int i = 0; i < I; i++) {
         v8 acc = splat8(0.0f);
-        for (int o = 0; o < OB; o++) acc += splat8(w[o * I + i]) * g[o];
+        for (int o = 0; o < OB; o++) acc = fma8(splat8(w[o * I + i]), g[o], acc);
         st8(dinp + i * TILE + r0, acc);
       }
     }
@@ -113,7 +126,7 @@ static void linear_backward(float *restrict dinp, float *restrict dw, float *res
   for (int r0 = 0; r0 < TILE; r0 += RB)
     for (int i = 0; i < I; i++) {
       v8 acc = splat8(0.0f);
-      for (int o = 0; o < O; o++) acc += splat8(w[o * I + i]) * ld8(dout + o * TILE + r0);
+      for (int o = 0; o < O; o++) acc = fma8(splat8(w[o * I + i]), ld8(dout + o * TILE + r0), acc);
       st8(dinp + i * TILE + r0, acc);
     }
 }

@@ -1,12 +1,13 @@
 /* dmath.h: per-element formulas and the Philox4x32-10 generator, shared by the CPU backend (cc)
  * and the CUDA kernels (nvcc), so that both devices run the very same arithmetic.
  *
- * Everything here uses only IEEE-exact operations (+ - * /, sqrt, conversions, comparisons), and
- * both compilers are told not to contract a*b+c into fma (-ffp-contract=off, nvcc -fmad=false).
- * That is why exp, log, sin, cos and tanh are written out below instead of taken from libm or
- * CUDA's math library: a seed gives bitwise the same random numbers on the CPU and the GPU, and
- * the elementwise ops agree to the last bit. The functions are branch-free where it matters so
- * that gcc vectorises the CPU loops. Accuracy (spec/dmath_spec.lua): within 2 ulp of the
+ * Everything here uses only IEEE-exact operations (+ - * /, sqrt, fused multiply-add through
+ * df_fmaf, conversions, comparisons), and both compilers are told not to contract a*b+c into fma
+ * on their own (-ffp-contract=off, nvcc -fmad=false): every fma is written out, so both devices
+ * round at the same places. That is why exp, log, sin, cos and tanh are written out below instead
+ * of taken from libm or CUDA's math library: a seed gives bitwise the same random numbers on the
+ * CPU and the GPU, and the elementwise ops agree to the last bit. The functions are branch-free
+ * where it matters so that gcc vectorises the CPU loops. Accuracy (spec/dmath_spec.lua): within 2 ulp of the
  * correctly rounded result for exp, log, tanh, and for sin, cos with |x| < 1e6. */
 #ifndef DF_DMATH_H
 #define DF_DMATH_H
@@ -54,27 +55,39 @@ DF_FN uint32_t df_to_bits(float f)
 #endif
 }
 
+/* a * b + c rounded once (IEEE fused multiply-add): one instruction on the GPU and on x86 with
+   FMA3 (-march=native), libm's exact fmaf elsewhere, the same result everywhere */
+DF_FN float df_fmaf(float a, float b, float c) { return fmaf(a, b, c); }
+
 /* 2^k for integer k in [-126, 127] */
 DF_FN float df_pow2i(int k) { return df_from_bits((uint32_t)(k + 127) << 23); }
 
 /* ---- exp, expm1, log ------------------------------------------------------------------------ */
 
 /* e^r for |r| <= ln2 / 2: 1 + r + r^2 q(r) with q a near-minimax quartic (relative error of the
-   polynomial 3e-9; below one ulp once rounded in float) */
+   polynomial 3e-9; below one ulp once rounded in float), by Horner's rule in fmas */
 DF_FN float df_exp_poly(float r)
 {
-  return 1.0f + r * (1.0f + r * (0.49999993428047707f + r * (0.16666520686577568f +
-         r * (0.041668393031995876f + r * (0.0083687101246043699f + r * 0.0013814297082631859f)))));
+  float q = df_fmaf(r, 0.0013814297082631859f, 0.0083687101246043699f);
+  q = df_fmaf(q, r, 0.041668393031995876f);
+  q = df_fmaf(q, r, 0.16666520686577568f);
+  q = df_fmaf(q, r, 0.49999993428047707f);
+  q = df_fmaf(q, r, 1.0f);
+  return df_fmaf(q, r, 1.0f);
 }
+
+/* the reduction e^x = 2^k e^r, k = round(x / ln 2), |r| <= ln2/2: ROUND (1.5 * 2^23) rounds to
+   the nearest integer without a branch; ln 2 is split so that k * LN2_HI is exact */
+#define DF_LOG2E 1.44269504088896341f
+#define DF_LN2_HI 0.693145751953125f
+#define DF_LN2_LO 1.42860682030941723e-6f
+#define DF_ROUND 12582912.0f
 
 DF_FN float df_expf(float x)
 {
-  /* e^x = 2^k e^r, k = round(x / ln 2), |r| <= ln2/2; ln 2 split so that k * LN2_HI is exact */
-  const float LOG2E = 1.44269504088896341f, LN2_HI = 0.693145751953125f,
-              LN2_LO = 1.42860682030941723e-6f, ROUND = 12582912.0f; /* 1.5 * 2^23 */
   float xc = x > 89.0f ? 89.0f : (x < -104.0f ? -104.0f : x);
-  float kf = (xc * LOG2E + ROUND) - ROUND; /* round to nearest, branch-free */
-  float r = (xc - kf * LN2_HI) - kf * LN2_LO;
+  float kf = df_fmaf(xc, DF_LOG2E, DF_ROUND) - DF_ROUND;
+  float r = df_fmaf(-kf, DF_LN2_LO, df_fmaf(-kf, DF_LN2_HI, xc));
   float p = df_exp_poly(r);
   int k = (int)kf;
   int k1 = k / 2; /* two factors keep each power of two normal down to k = -150 */
@@ -190,18 +203,16 @@ DF_FN float df_tanhf(float x)
   return x != x ? x : copysignf(t, x);
 }
 
-/* e^-a for a >= 0 (or NaN), down into the subnormals: the sigmoid's exponential, with none of
-   df_expf's overflow or NaN handling (e^-a <= 1) */
+/* e^-a for a >= 0 (or NaN), the sigmoid's exponential: none of df_expf's overflow or NaN
+   handling (e^-a <= 1), and one power of two, so results below FLT_MIN (a > 87) are flushed to
+   zero (an absolute error under 1.7e-38, where the sigmoid is 0 to the last bit anyway) */
 DF_FN float df_expnegf(float a)
 {
-  const float LOG2E = 1.44269504088896341f, LN2_HI = 0.693145751953125f,
-              LN2_LO = 1.42860682030941723e-6f, ROUND = 12582912.0f;
-  float xc = a > 104.0f ? -104.0f : -a;
-  float kf = (xc * LOG2E + ROUND) - ROUND;
-  float r = (xc - kf * LN2_HI) - kf * LN2_LO;
-  float p = df_exp_poly(r);
-  int k = (int)kf, k1 = k / 2;
-  return p * df_pow2i(k1) * df_pow2i(k - k1);
+  float xc = a > 87.0f ? -87.0f : -a;
+  float kf = df_fmaf(xc, DF_LOG2E, DF_ROUND) - DF_ROUND;
+  float r = df_fmaf(-kf, DF_LN2_LO, df_fmaf(-kf, DF_LN2_HI, xc));
+  float y = df_exp_poly(r) * df_pow2i((int)kf);
+  return a > 87.0f ? 0.0f : y;
 }
 
 /* 1 / (1 + e^-x) through e^-|x| <= 1, so nothing overflows */
