@@ -37,6 +37,9 @@ typedef struct df_plan {
   int64_t steps;
   const float *sig2;   /* sigma(t_k)^2 for k = 0..steps, t_k = 1 - k / steps */
   const float *c1, *c2; /* per step k < steps: the coefficients of dmath.h's df_step_* rules */
+  /* a network score only (net_sample), k = 0..steps: the time of step k's evaluation, as the
+     step-by-step path passes it, and 1 / sigma(t_k) rounded to float (0 where unused) */
+  const float *t, *inv_sigma;
 } df_plan;
 
 /* a score network as plain numbers: the Linear layers' sizes and where their weights [out, in]
@@ -164,6 +167,12 @@ typedef struct df_backend {
   int (*train_steps)(int dev, const df_netdesc *nd, float *params, const float *fixed,
                      float *grads, float *m, float *v, const df_train_job *job, float *losses,
                      float *ws);
+  /* optional (NULL: the sampler steps through net_forward): a whole sampler run with the score
+     net(x, t_k) * p->inv_sigma[k] in one call, x [rows, dim] updated in place, rec_out as in
+     sample_fused; bitwise the step-by-step run's result; ws holds net_workspace(nd, rows) */
+  int (*net_sample)(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                    const df_plan *p, float *x, int64_t rows, int nrec, const int64_t *rec_k,
+                    float *const *rec_out, uint64_t seed, uint64_t stream, float *ws);
 } df_backend;
 
 /* what the core hands to a backend module (kernels/) when it loads: the ABI version it was

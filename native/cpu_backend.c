@@ -427,6 +427,7 @@ const df_backend df_cpu_backend = {
   .net_workspace = cpu_net_workspace,
   .net_forward = cpu_net_forward,
   .net_backward = cpu_net_backward,
+  .net_sample = cpu_net_sample,
   .dsm_step = cpu_dsm_step,
   .adam = cpu_adam,
 };

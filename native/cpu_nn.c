@@ -5,6 +5,7 @@
  * in cache; a DSM step draws, runs forward, the loss and backward for each tile in one pass.
  * Gradients are summed per partition of tiles (NPART, fixed) and then across partitions in
  * order, so the result never depends on how many threads share the work. */
+#include <stdlib.h>
 #include <string.h>
 #include "status.h"
 #include "cpu.h"
@@ -131,11 +132,19 @@ static void linear_backward(float *restrict dinp, float *restrict dw, float *res
     }
 }
 
-/* h = act(z), aux for the backward; n = features * TILE. The switch picks a copy of the loop
-   specialised to one activation, which gcc vectorises (a switch inside the loop it does not). */
+/* h = act(z), aux for the backward (aux == NULL: a forward nothing goes backward from, which
+   skips the store); n = features * TILE. The switch picks a copy of the loop specialised to one
+   activation, which gcc vectorises (a switch inside the loop it does not). */
 INLINE void act_forward_k(int act, float *h, float *aux, const float *z, int n)
 {
-  for (int i = 0; i < n; i++) h[i] = df_act_fwd(act, z[i], &aux[i]);
+  if (aux) {
+    for (int i = 0; i < n; i++) h[i] = df_act_fwd(act, z[i], &aux[i]);
+  } else {
+    for (int i = 0; i < n; i++) {
+      float unused;
+      h[i] = df_act_fwd(act, z[i], &unused);
+    }
+  }
 }
 
 static void act_forward(int act, float *h, float *aux, const float *z, int n)
@@ -247,12 +256,12 @@ static void load_inputs(const df_netdesc *nd, const frame *f, const float *x, co
   for (int r = 0; r < TILE; r++) ts[r] = r < m ? (t ? t[r0 + r] : t0) : 0.0f;
 }
 
-/* forward of one tile whose inputs are loaded; the output ends in f->out [dim][T] */
 /* forward of one tile whose inputs are loaded; the output ends in f->out [dim][T]. With
    `time_done`, the time-embedded net's time branch (f->e) is already filled (one t for the
-   whole batch: computed once, see cpu_net_forward) */
+   whole batch: computed once, see cpu_net_forward); without `keep` nothing goes backward from
+   it, so the activations' aux values are not stored */
 static void tile_forward_part(const df_netdesc *nd, const float *params, const float *fixed,
-                              const frame *f, int time_done)
+                              const frame *f, int time_done, int keep)
 {
   const float *W[DF_MAXLIN], *B[DF_MAXLIN];
   for (int l = 0; l < nd->nlin; l++) { W[l] = params + nd->woff[l]; B[l] = params + nd->boff[l]; }
@@ -261,7 +270,7 @@ static void tile_forward_part(const df_netdesc *nd, const float *params, const f
     for (int l = 0; l < nd->nlin; l++) {
       linear_forward(f->z[l], in, W[l], B[l], nd->in[l], nd->out[l]);
       if (l + 1 < nd->nlin) {
-        act_forward(nd->act, f->h[l], f->aux[l], f->z[l], nd->out[l] * TILE);
+        act_forward(nd->act, f->h[l], keep ? f->aux[l] : NULL, f->z[l], nd->out[l] * TILE);
         in = f->h[l];
       }
     }
@@ -275,14 +284,14 @@ static void tile_forward_part(const df_netdesc *nd, const float *params, const f
   }
   linear_forward(f->u, f->x, W[1], B[1], nd->dim, H);         /* x:    Linear(dim, H) */
   add_forward(f->v, f->e, f->u, H * TILE);                     /* summed */
-  act_forward(nd->act, f->hh, f->av, f->v, H * TILE);
+  act_forward(nd->act, f->hh, keep ? f->av : NULL, f->v, H * TILE);
   linear_forward(f->out, f->hh, W[2], B[2], H, nd->dim);      /* out:  Linear(H, dim) */
 }
 
 static void tile_forward(const df_netdesc *nd, const float *params, const float *fixed,
                          const frame *f)
 {
-  tile_forward_part(nd, params, fixed, f, 0);
+  tile_forward_part(nd, params, fixed, f, 0, 1);
 }
 
 /* backward of one tile from dout [dim][T]; gradients accumulate into g; d1, d2 are scratch of
@@ -364,7 +373,7 @@ int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const fl
   if (time_once) {
     frame f0 = frame_at(nd, ws);
     load_inputs(nd, &f0, x, t, t0, 0, rows < TILE ? (int)rows : TILE);
-    tile_forward_part(nd, params, fixed, &f0, 0);
+    tile_forward_part(nd, params, fixed, &f0, 0, keep);
   }
   /* partitions run in parallel; a kept forward has a frame per tile, else one per partition */
 #pragma omp parallel for schedule(static) if (rows >= PAR_ROWS)
@@ -376,11 +385,115 @@ int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const fl
       frame f = frame_at(nd, ws + (keep ? k : p) * ff);
       load_inputs(nd, &f, x, t, t0, k * TILE, m);
       if (time_once && p != 0) memcpy(f.e, frame_at(nd, ws).e, (size_t)nd->out[0] * TILE * sizeof(float));
-      tile_forward_part(nd, params, fixed, &f, time_once);
+      tile_forward_part(nd, params, fixed, &f, time_once, keep);
       for (int c = 0; c < nd->dim; c++)
         for (int r = 0; r < m; r++) out[(k * TILE + r) * nd->dim + c] = f.out[c * TILE + r];
     }
   }
+  return DF_OK;
+}
+
+/* ---- a whole sampler run with the network score -------------------------------------------- */
+
+/* the score of one tile at time t_k: the net's input rows from xin [dim][T], then
+   sc = out * inv_sigma[k], as df_net_score_eval scales a forward; the time-embedded net's time
+   branch comes from etab (one row of it per time, the same for every row) */
+static void tile_score(const df_netdesc *nd, const float *params, const float *fixed,
+                       const frame *f, const df_plan *p, const float *etab, int64_t k,
+                       const float *xin, float *sc)
+{
+  const int d = nd->dim;
+  float *xs = nd->kind == DF_NET_MLP ? f->in0 : f->x, *ts = nd->kind == DF_NET_MLP ? f->in0 + d * TILE : f->t;
+  memcpy(xs, xin, (size_t)d * TILE * sizeof(float));
+  for (int r = 0; r < TILE; r++) ts[r] = p->t[k];
+  if (etab) {
+    int H = nd->out[0];
+    for (int o = 0; o < H; o++)
+      for (int r = 0; r < TILE; r++) f->e[o * TILE + r] = etab[k * H + o];
+  }
+  tile_forward_part(nd, params, fixed, f, etab != NULL, 0);
+  const float inv = p->inv_sigma[k];
+  for (int i = 0; i < d * TILE; i++) sc[i] = f->out[i] * inv;
+}
+
+/* rows r0 .. r0 + m - 1 of a [rows, d] array to or from a tile [d][T] */
+static void tile_rows(float *rowmajor, float *tile, int64_t r0, int m, int d, int store)
+{
+  for (int c = 0; c < d; c++)
+    for (int r = 0; r < TILE; r++) {
+      if (store && r < m) rowmajor[(r0 + r) * d + c] = tile[c * TILE + r];
+      if (!store) tile[c * TILE + r] = r < m ? rowmajor[(r0 + r) * d + c] : 0.0f;
+    }
+}
+
+/* Each tile of rows goes through all the steps with its activations in L1, the partitions of
+   tiles in parallel (rows are independent). The arithmetic is that of the step-by-step path
+   (sampler.c through df_net_score_eval, cpu_sample_step): the same forward per row, the same
+   scaling, update rules and noise indices, hence bitwise its result. */
+int cpu_net_sample(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                   const df_plan *p, float *x, int64_t rows, int nrec, const int64_t *rec_k,
+                   float *const *rec_out, uint64_t seed, uint64_t stream, float *ws)
+{
+  (void)dev;
+  const int d = nd->dim;
+  const int64_t steps = p->steps, n = rows * d, nt = ntiles_of(rows), ff = frame_floats(nd);
+  const int H = nd->out[0];
+  /* per partition: the tile's x, its score, the Heun predictor's score and the noise */
+  float *scratch = (float *)malloc((size_t)NPART * 4 * d * TILE * sizeof(float));
+  float *etab = nd->kind == DF_NET_TEMB ? (float *)malloc((size_t)steps * H * sizeof(float)) : NULL;
+  if (!scratch || (nd->kind == DF_NET_TEMB && !etab)) {
+    free(scratch);
+    free(etab);
+    return df_fail(DF_ENOMEM, "out of memory for a sampler run");
+  }
+  if (etab) { /* the time branch at t_0 .. t_(steps - 1), on partition 0's frame */
+    frame f0 = frame_at(nd, ws);
+    for (int64_t k = 0; k < steps; k++) {
+      for (int r = 0; r < TILE; r++) f0.t[r] = p->t[k];
+      fourier_forward(f0.f, f0.t, fixed, nd->embed / 2);
+      linear_forward(f0.ze, f0.f, params + nd->woff[0], params + nd->boff[0], nd->embed, H);
+      act_forward(nd->act, f0.e, f0.ae, f0.ze, H * TILE);
+      for (int o = 0; o < H; o++) etab[k * H + o] = f0.e[o * TILE];
+    }
+  }
+#pragma omp parallel for schedule(static) if (rows >= PAR_ROWS)
+  for (int part = 0; part < NPART; part++) {
+    frame f = frame_at(nd, ws + part * ff);
+    float *xt = scratch + (int64_t)part * 4 * d * TILE, *sc = xt + d * TILE, *s2 = sc + d * TILE;
+    float *z = s2 + d * TILE;
+    int64_t lo, hi;
+    part_range(nt, part, &lo, &hi);
+    for (int64_t it = lo; it < hi; it++) {
+      const int64_t r0 = it * TILE;
+      const int m = rows - r0 < TILE ? (int)(rows - r0) : TILE;
+      tile_rows(x, xt, r0, m, d, 0);
+      for (int64_t k = 0; k <= steps; k++) {
+        for (int r = 0; r < nrec; r++)
+          if (rec_k[r] == k) tile_rows(rec_out[r], xt, r0, m, d, 1);
+        if (k == steps) break;
+        const float c1 = p->c1[k], c2 = p->c2[k];
+        tile_score(nd, params, fixed, &f, p, etab, k, xt, sc);
+        if (p->method == DF_EULER || (p->method == DF_HEUN && k == steps - 1)) {
+          for (int i = 0; i < d * TILE; i++) xt[i] = df_step_euler(xt[i], sc[i], c1);
+        } else if (p->method == DF_EULER_MARUYAMA) {
+          /* the noise of elements r0 d .. (r0 + m) d - 1 at step k, as cpu_sample_step draws */
+          cpu_normal_run(seed, stream, df_noise_index((uint64_t)(r0 * d), (uint64_t)k, (uint64_t)n),
+                         (int64_t)m * d, z);
+          for (int c = 0; c < d; c++)
+            for (int r = 0; r < m; r++)
+              xt[c * TILE + r] = df_step_em(xt[c * TILE + r], sc[c * TILE + r], c1, c2, z[r * d + c]);
+        } else {
+          float *xp = z; /* the predictor, then its score at t_(k+1) */
+          for (int i = 0; i < d * TILE; i++) xp[i] = df_step_euler(xt[i], sc[i], c1);
+          tile_score(nd, params, fixed, &f, p, etab, k + 1, xp, s2);
+          for (int i = 0; i < d * TILE; i++) xt[i] = df_step_heun(xt[i], sc[i], s2[i], c1, c2);
+        }
+      }
+      tile_rows(x, xt, r0, m, d, 1);
+    }
+  }
+  free(scratch);
+  free(etab);
   return DF_OK;
 }
 

@@ -46,6 +46,10 @@ typedef struct df_score_src {
   int (*eval)(void *ctx, df_tensor *out, const df_tensor *x, float t);
   /* optional: one time per row of x (score(x, t) with a tensor t); out arrives released */
   int (*eval_rows)(void *ctx, df_tensor *out, const df_tensor *x, const df_tensor *t);
+  /* optional: a whole sampler run natively (a network score); sets *done, or leaves it 0 to
+     have the sampler step through eval instead (the device cannot) */
+  int (*run)(void *ctx, const df_plan *p, df_tensor *x, int nrec, const int64_t *rec_k,
+             float *const *rec_out, uint64_t seed, uint64_t stream, int *done);
   void *ctx;
 } df_score_src;
 

@@ -346,6 +346,46 @@ int df_net_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t)
                                 (float)(1.0 / sqrt(s2)), 0, out->numel);
 }
 
+/* a whole sampler run in one backend call (net_sample), when the device has one: the times and
+   1 / sigma(t) of every evaluation computed here exactly as df_net_score_eval does, so the result
+   is bitwise that of stepping through df_net_score_eval */
+int df_net_score_run(void *ctx, const df_plan *p, df_tensor *x, int nrec, const int64_t *rec_k,
+                     float *const *rec_out, uint64_t seed, uint64_t stream, int *done)
+{
+  df_net_score *ns = (df_net_score *)ctx;
+  df_net *n = ns->net;
+  int64_t rows, steps = p->steps;
+  int st;
+  *done = 0;
+  if (!n->live) return df_fail(DF_ESTATE, "attempt to use a released network");
+  if (!n->be->net_sample || x->be != n->be || x->dev != n->dev) return DF_OK; /* step through */
+  if ((st = net_rows(n, x, &rows))) return st;
+  float *tab = (float *)malloc((size_t)(2 * (steps + 1)) * sizeof(float));
+  if (!tab) return df_fail(DF_ENOMEM, "out of memory for %lld sampler steps", (long long)steps);
+  float *tk = tab, *inv = tab + steps + 1;
+  for (int64_t k = 0; k <= steps; k++) { /* evaluations happen at t_0 .. t_(steps - 1) */
+    tk[k] = (float)(1.0 - (double)k / (double)steps);
+    double s2 = df_diffuser_sigma2_host(&ns->diff, (double)tk[k]);
+    if (k < steps && !(s2 > 0.0)) {
+      free(tab);
+      return df_fail(DF_EARG, "the network score is singular at t = 0 (sigma(0) = 0)");
+    }
+    inv[k] = k < steps ? (float)(1.0 / sqrt(s2)) : 0.0f;
+  }
+  df_plan q = *p;
+  q.t = tk;
+  q.inv_sigma = inv;
+  if (!(st = ensure_ws(n, rows))) {
+    n->cached_rows = -1; /* the workspace no longer holds a forward to go backward from */
+    if (rows > 0)
+      st = n->be->net_sample(n->dev, &n->d, n->params, n->fixed, &q, df_data(x), rows, nrec,
+                             rec_k, rec_out, seed, stream, n->ws);
+  }
+  free(tab);
+  *done = st == DF_OK;
+  return st;
+}
+
 int df_net_score_eval_rows(void *ctx, df_tensor *out, const df_tensor *x, const df_tensor *t)
 {
   df_net_score *ns = (df_net_score *)ctx;

@@ -45,6 +45,10 @@ int df_net_set(df_net *n, int which, const df_tensor *src);
 int df_net_score_eval(void *net_and_diffuser, df_tensor *out, const df_tensor *x, float t);
 int df_net_score_eval_rows(void *net_and_diffuser, df_tensor *out, const df_tensor *x,
                            const df_tensor *t);
+/* a whole sampler run natively (df_score_src.run) when the net's device has net_sample */
+int df_net_score_run(void *net_and_diffuser, const df_plan *p, df_tensor *x, int nrec,
+                     const int64_t *rec_k, float *const *rec_out, uint64_t seed, uint64_t stream,
+                     int *done);
 typedef struct df_net_score {
   df_net *net;
   df_diffuser diff;

@@ -143,6 +143,7 @@ static int make_plan(const df_sampler *s, df_plan *p, float **buf)
   p->sig2 = sig2;
   p->c1 = c1;
   p->c2 = c2;
+  p->t = p->inv_sigma = NULL;
   *buf = b;
   return DF_OK;
 }
@@ -216,23 +217,27 @@ int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nre
   df_rng_state(&seed, &unused);
   uint64_t stream = df_rng_next_stream(); /* every run takes one stream, whatever its method */
   s->nfe = 0;
+  float **outs = NULL;
+  if (nrec > 0 && !(outs = (float **)malloc((size_t)nrec * sizeof *outs))) {
+    free(buf);
+    return df_fail(DF_ENOMEM, "out of memory");
+  }
+  for (int r = 0; r < nrec; r++) outs[r] = df_data(rec[r]);
+  int done = 0;
   if (src->kind == DF_SCORE_CALLBACK) {
-    st = run_steps(s, src, &p, x, nrec, rec_k, rec, seed, stream);
+    /* a source that runs natively (a network) does; anything else is stepped through */
+    if (src->run) st = src->run(src->ctx, &p, x, nrec, rec_k, outs, seed, stream, &done);
+    if (!st && !done) st = run_steps(s, src, &p, x, nrec, rec_k, rec, seed, stream);
   } else if (!x->be->sample_fused) {
     st = df_fail(DF_EDEVICE, "samplers are not implemented on %s", x->be->name);
   } else {
-    float **outs = NULL;
-    if (nrec > 0 && !(outs = (float **)malloc((size_t)nrec * sizeof *outs))) {
-      st = df_fail(DF_ENOMEM, "out of memory");
-    } else {
-      for (int r = 0; r < nrec; r++) outs[r] = df_data(rec[r]);
-      if (x->numel > 0)
-        st = x->be->sample_fused(x->dev, &p, src->kind == DF_SCORE_MIXTURE ? &src->mix : NULL,
-                                 df_data(x), rows, d, nrec, rec_k, outs, seed, stream);
-      s->nfe = s->method == DF_HEUN ? 2 * s->steps - 1 : s->steps;
-    }
-    free(outs);
+    if (x->numel > 0)
+      st = x->be->sample_fused(x->dev, &p, src->kind == DF_SCORE_MIXTURE ? &src->mix : NULL,
+                               df_data(x), rows, d, nrec, rec_k, outs, seed, stream);
+    done = 1;
   }
+  if (done) s->nfe = s->method == DF_HEUN ? 2 * s->steps - 1 : s->steps;
+  free(outs);
   free(buf);
   return st;
 }

@@ -4,6 +4,7 @@
 -- draws, Adam against torch's update rule, training, the network score, and bad input.
 local diffuse = require 'diffuse'
 local tensor = diffuse.tensor
+local H = require 'support.helpers'
 
 -- ---- the reference: the same networks in double precision, from the flat parameters -------
 
@@ -375,6 +376,46 @@ describe('the network score source and bad input', function()
     -- the same through a Lua function
     local y0 = sampler:run(x, function(xx, t) return net:forward(xx, t) / ve:sigma(t) end)
     assert.is_true((x0 - y0):abs():max() < 1e-5)
+  end)
+
+  -- A run with score.net is one native call on the CPU (net_sample: a tile of rows through all
+  -- the steps). It must be bitwise the step-by-step run through the same score evaluated per
+  -- step (a Lua function calling the score object), for every method, recording included.
+  it('a native network-score run is bitwise the step-by-step run (every method, both nets)', function()
+    local nets = {
+      { 'mlp', function() return diffuse.nn.mlp{ dim = 2, hidden = { 8, 8 } } end, 1100, 2 },
+      { 'mlp (one partial tile)', function() return diffuse.nn.mlp{ dim = 1, hidden = { 6 }, activation = 'tanh' } end, 37, 1 },
+      { 'time_embedded', function() return diffuse.nn.time_embedded{ dim = 1, hidden = 8, embed = 16 } end, 700, 1 },
+    }
+    local function same_bits(a, b)
+      local fa, fb = H.flatten(a:totable()), H.flatten(b:totable())
+      if #fa ~= #fb then return false end
+      for i = 1, #fa do
+        if H.bits32(fa[i]) ~= H.bits32(fb[i]) then return false end
+      end
+      return true
+    end
+    for _, nc in ipairs(nets) do
+      diffuse.seed(21)
+      local net = nc[2]()
+      local score = diffuse.score.net(net, ve)
+      local x1 = ve:prior(nc[3], nc[4])
+      for _, method in ipairs { 'euler', 'euler_maruyama', 'heun' } do
+        local sampler = diffuse.sampler{ diffuser = ve, steps = 12, method = method }
+        diffuse.seed(99)
+        local a, pa = sampler:run(x1, score, { record = { 0, 5, 12 } })
+        local nfe = sampler.nfe
+        diffuse.seed(99)
+        local b, pb = sampler:run(x1, function(x, t) return score(x, t) end, { record = { 0, 5, 12 } })
+        assert.equal(sampler.nfe, nfe)
+        local what = nc[1] .. ' ' .. method
+        assert.is_true(same_bits(a, b), what .. ': x0 differs')
+        for _, k in ipairs { 0, 5, 12 } do
+          assert.is_true(same_bits(pa[k], pb[k]), what .. ': path[' .. k .. '] differs')
+        end
+        assert.is_true(same_bits(pa[12], a), what .. ': path[12] is not x0')
+      end
+    end
   end)
 
   it('rejects bad networks, inputs and options', function()
