@@ -133,20 +133,26 @@ DF_FN float df_logf(float x)
 
 /* ---- sin, cos -------------------------------------------------------------------------------- */
 
-/* sin and cos of r in [-pi/4, pi/4] (Taylor to r^9 and r^10: truncation below 2e-9) */
+/* sin and cos of r in [-pi/4, pi/4] (Taylor to r^9 and r^10: truncation below 2e-9), by
+   Horner's rule in fmas */
 DF_FN float df_sin_kernel(float r)
 {
   float z = r * r;
-  float s = r + r * z * (-1.66666666666666667e-1f + z * (8.33333333333333333e-3f +
-            z * (-1.98412698412698413e-4f + z * 2.75573192239858907e-6f)));
+  float p = df_fmaf(z, 2.75573192239858907e-6f, -1.98412698412698413e-4f);
+  p = df_fmaf(p, z, 8.33333333333333333e-3f);
+  p = df_fmaf(p, z, -1.66666666666666667e-1f);
+  float s = df_fmaf(r * z, p, r);
   return z == 0.0f ? r : s; /* keeps the sign of -0 */
 }
 
 DF_FN float df_cos_kernel(float r)
 {
   float z = r * r;
-  return 1.0f + z * (-0.5f + z * (4.16666666666666667e-2f + z * (-1.38888888888888889e-3f +
-                z * (2.48015873015873016e-5f + z * -2.75573192239858907e-7f))));
+  float p = df_fmaf(z, -2.75573192239858907e-7f, 2.48015873015873016e-5f);
+  p = df_fmaf(p, z, -1.38888888888888889e-3f);
+  p = df_fmaf(p, z, 4.16666666666666667e-2f);
+  p = df_fmaf(p, z, -0.5f);
+  return df_fmaf(p, z, 1.0f);
 }
 
 /* sin and cos of x: x = k pi/2 + r, reduced in double with pi/2 in three parts (exact products
@@ -495,8 +501,8 @@ DF_FN float df_act_bwd(int act, float z, float aux)
 DF_FN void df_sincosf_short(float x, float *sinx, float *cosx)
 {
   const float C1 = 1.5703125f, C2 = 4.837512969970703e-4f, C3 = 7.549790126404332e-8f;
-  float kf = floorf(x * 0.636619772367581343f + 0.5f);
-  float r = ((x - kf * C1) - kf * C2) - kf * C3;
+  float kf = floorf(df_fmaf(x, 0.636619772367581343f, 0.5f));
+  float r = df_fmaf(-kf, C3, df_fmaf(-kf, C2, df_fmaf(-kf, C1, x)));
   r = r > 0.8f ? 0.8f : (r < -0.8f ? -0.8f : r); /* k may be one off near odd multiples of pi/4 */
   int q = (int)(kf - 4.0f * floorf(kf * 0.25f));
   float s = df_sin_kernel(r), c = df_cos_kernel(r);
