@@ -186,6 +186,16 @@ void l_parse_device(lua_State *L, const char *s, const char *fname, const df_bac
     *dev = (int)d;
   }
   *be = df_find_backend(name);
+  if (*be == NULL && strcmp(name, "cuda") == 0) {
+    /* the CUDA module loads on first need: diffuse's Lua side registered its loader */
+    lua_getfield(L, LUA_REGISTRYINDEX, "diffuse.cuda_load");
+    if (lua_isfunction(L, -1)) {
+      lua_call(L, 0, 0);
+      *be = df_find_backend(name);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
   if (*be == NULL) {
     if (strcmp(name, "cuda") == 0) {
       /* the Lua side knows why CUDA is missing (not built, or no usable device) */

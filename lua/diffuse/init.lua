@@ -1,6 +1,6 @@
 -- diffuse: score-based diffusion experiments as short Lua scripts on a native C core (CPU) with
--- an optional CUDA backend. This file gathers the native module (diffuse.core), loads the CUDA
--- backend when it was built, and loads the pure-Lua parts (plot, metrics, ...) on first use.
+-- an optional CUDA backend. This file gathers the native module (diffuse.core), and loads the
+-- CUDA backend (when it was built) and the pure-Lua parts (plot, metrics, ...) on first use.
 local core = require 'diffuse.core'
 
 local diffuse = {}
@@ -9,24 +9,33 @@ diffuse.core = core
 diffuse.version = '0.1.0'
 
 -- The CUDA backend is its own shared object; it registers itself with the core when it loads.
--- Loading works without a GPU or driver: only set_device('cuda') then reports why not.
+-- It is loaded on first need (diffuse.cuda, cuda_available, or a 'cuda' device named anywhere:
+-- the core calls the loader registered below), since cuBLAS and the CUDA runtime take a tenth of
+-- a second to map and a CPU session never needs them. Loading works without a GPU or driver:
+-- only set_device('cuda') then reports why not.
 local cuda_error
-do
-  local ok, mod = pcall(require, 'diffuse.cuda')
+local function load_cuda()
+  local mod = rawget(diffuse, 'cuda')
+  if mod or cuda_error then return mod end
+  local ok
+  ok, mod = pcall(require, 'diffuse.cuda')
   if ok then
-    diffuse.cuda = mod
+    rawset(diffuse, 'cuda', mod)
+    return mod
   elseif tostring(mod):find("module 'diffuse.cuda' not found", 1, true) then
     cuda_error = 'diffuse was built without CUDA (no nvcc at build time, or CUDA=0)'
   else
     cuda_error = 'diffuse.cuda failed to load: ' .. tostring(mod)
   end
-  if cuda_error then debug.getregistry()['diffuse.cuda_error'] = cuda_error end
+  debug.getregistry()['diffuse.cuda_error'] = cuda_error
 end
+debug.getregistry()['diffuse.cuda_load'] = load_cuda
 
 --- diffuse.cuda_available() --> true, or false and the reason
 function diffuse.cuda_available()
-  if not diffuse.cuda then return false, cuda_error end
-  return diffuse.cuda.available()
+  local cuda = load_cuda()
+  if not cuda then return false, cuda_error end
+  return cuda.available()
 end
 
 --- diffuse.train{net, diffuser, data, steps = 1000, lr = 1e-3, batch = #data, tol = 1e-5,
@@ -74,6 +83,7 @@ local submodules = { plot = true, metrics = true, progress = true, cli = true }
 
 return setmetatable(diffuse, {
   __index = function(t, k)
+    if k == 'cuda' then return load_cuda() end
     if submodules[k] then
       local m = require('diffuse.' .. k)
       rawset(t, k, m)
