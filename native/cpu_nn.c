@@ -552,7 +552,12 @@ int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float
       cpu_normal_run(job->seed, job->st_eta, (uint64_t)(r0 * d), (int64_t)m * d, eta);
       /* times and widths, then the noised inputs: loops along the tile's rows */
       for (int r = 0; r < TILE; r++) ts[r] = r < m ? df_dsm_time(u[r], job->tol) : 0.0f;
-      for (int r = 0; r < TILE; r++) sig[r] = sqrtf(df_diffuser_sigma2(&D, ts[r]));
+      if (D.kind == DF_VE) { /* the loop gcc vectorises: no diffuser kind inside */
+        const float l = (float)D.lnk;
+        for (int r = 0; r < TILE; r++) sig[r] = sqrtf(df_ve_sigma2(l, ts[r]));
+      } else {
+        for (int r = 0; r < TILE; r++) sig[r] = sqrtf(df_diffuser_sigma2(&D, ts[r]));
+      }
       for (int r = 0; r < m; r++)
         src[r] = job->sample ? df_rand_index(job->seed, job->st_idx, (uint64_t)(r0 + r), job->data_rows)
                              : r0 + r;

@@ -373,12 +373,15 @@ DF_FN float df_diffuser_g(const df_diffuser *D, float t)
   return (float)D->kappa * ta;
 }
 
+/* VE's sigma^2 with l = ln kappa as a float (expm1 keeps kappa ~ 1 exact) */
+DF_FN float df_ve_sigma2(float l, float t)
+{
+  return l == 0.0f ? t : df_expm1f(2.0f * t * l) / (2.0f * l);
+}
+
 DF_FN float df_diffuser_sigma2(const df_diffuser *D, float t)
 {
-  if (D->kind == DF_VE) {
-    float l = (float)D->lnk;
-    return l == 0.0f ? t : df_expm1f(2.0f * t * l) / (2.0f * l); /* expm1 keeps kappa ~ 1 exact */
-  }
+  if (D->kind == DF_VE) return df_ve_sigma2((float)D->lnk, t);
   float p = (float)(2.0 * D->alpha + 1.0), k = (float)D->kappa;
   return t > 0.0f ? k * k * df_expf(p * df_logf(t)) / p : 0.0f;
 }
