@@ -23,6 +23,9 @@
 /* eight rows as one vector (GCC's vector extension: plain element-wise float arithmetic in
    source order, so the results are those of the scalar loops, whatever the instruction set) */
 typedef float v8 __attribute__((vector_size(32)));
+/* the helpers below are always inlined, so the ABI of passing a v8 (which a build without AVX
+   warns about) never comes into play */
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 INLINE v8 ld8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
 INLINE void st8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
