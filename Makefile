@@ -15,7 +15,8 @@ BUSTED     ?= busted
 CC         ?= cc
 CFLAGS     ?= -O2
 # native code for the machine that builds (the vector width never changes results: no fma
-# contraction, no reassociation, so a CPU build matches the GPU build bit for bit); MARCH= to drop
+# contraction by the compiler, the fmas dmath.h writes out are exact everywhere, no
+# reassociation, so a CPU build matches the GPU build bit for bit); MARCH= to drop
 MARCH      ?= -march=native
 # strict and reproducible: no fma contraction (the GPU build does the same), no errno from libm
 DF_CFLAGS   = -O3 $(MARCH) -std=c99 -fPIC -Wall -Wextra -Wpedantic -Wshadow -ffp-contract=off -fno-trapping-math \
@@ -80,7 +81,7 @@ build/diffuse/core.so: $(CORE_SRC) $(CORE_HDR)
 
 # ---- the CUDA module: kernels/*.cu by nvcc, kernels/*.c (its Lua binding) by cc ----------------
 # sm_90 code for the H200 plus compute_80 PTX that newer or other chips JIT-compile; no fma
-# contraction, so per-element results match the CPU build bit for bit
+# contraction but the written-out ones, so per-element results match the CPU build bit for bit
 NVCC_FLAGS  = -O3 -std=c++17 -fmad=false -Werror all-warnings \
               -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80 \
               -Xcompiler -fPIC,-Wall,-Wextra,-fvisibility=hidden -Inative -Ikernels

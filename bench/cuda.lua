@@ -11,6 +11,7 @@
 --     (batch 1024, hidden 8x3), the time-embedded net (embed 256, hidden 8) and a 256-wide MLP (the
 --     cuBLAS path), against the same steps as separate calls (loss.dsm + opt:step); target for the
 --     seed MLP: under 20 us a step;
+--   the network-score sampler (seed MLP and time-embedded net, 4096 and 2^20 samples x 100 steps);
 --   the exact-score samplers at 2^24 samples x 200 steps (one fused kernel per run), in element
 --     steps per second, against the measured copy bandwidth and the chip's FP32 peak.
 -- Without a usable GPU it prints why and exits 0.
@@ -225,6 +226,28 @@ do
                      props.peak_fp32_flops / 1e12))
   end
   x1:free()
+end
+
+-- ---- the network-score sampler: one kernel per run (a row per thread through all steps) ------
+do
+  local ve = diffuse.ve(1.1)
+  diffuse.seed(2)
+  local nets = {
+    { 'seed MLP 8x3', diffuse.nn.mlp{ dim = 1, hidden = { 8, 8, 8 } } },
+    { 'time-embedded 256/8', diffuse.nn.time_embedded{ dim = 1, hidden = 8, embed = 256, scale = 30 } },
+  }
+  for _, nc in ipairs(nets) do
+    nc[2]:to('cuda')
+    local score = diffuse.score.net(nc[2], ve)
+    for _, n in ipairs { 4096, 1 << 20 } do
+      local x1 = ve:prior(n)
+      local s = diffuse.sampler{ diffuser = ve, steps = 100, method = 'euler' }
+      local secs = time(function() local x0 <close> = s:run(x1, score) end)
+      report('sampler', 'net ' .. nc[1], ('%dx100'):format(n), secs, n * 100 / secs / 1e9,
+             'Gsteps/s', n == 4096 and '(the reference\'s sample_net size)' or '')
+      x1:free()
+    end
+  end
 end
 
 -- ---- the table ------------------------------------------------------------------------------

@@ -852,6 +852,7 @@ static df_backend cuda_table(void)
   t.net_workspace = cuda_net_workspace;
   t.net_forward = cuda_net_forward;
   t.net_backward = cuda_net_backward;
+  t.net_sample = cuda_net_sample;
   t.dsm_step = cuda_dsm_step;
   t.adam = cuda_adam;
   t.train_steps = cuda_train_steps;

@@ -1,5 +1,7 @@
 /* cuda_nn.cu: the score-network members of the CUDA table (backend.h): net_workspace,
- * net_forward, net_backward, dsm_step, adam and train_steps, with the CPU's semantics (cpu_nn.c):
+ * net_forward, net_backward, dsm_step, adam, train_steps and net_sample (a whole sampler run with
+ * the network score, one kernel: a row per thread through all the steps, for nets up to 16 wide),
+ * with the CPU's semantics (cpu_nn.c):
  * the same parameter layout (df_netdesc woff/boff, weights [out, in] row-major), the same DSM
  * draws, loss and gradient, Adam through df_adam_update.
  *
@@ -1192,6 +1194,175 @@ int plain_steps(const StepCall &proto, const df_train_job *job, float *losses)
   return DF_OK;
 }
 
+/* ---- a whole sampler run with the network score (net_sample) --------------------------------- */
+
+/* One thread per row through all the steps, the row in registers: the per-row arithmetic of
+   cpu_net_sample (the forward in the CPU's order, one df_fmaf per product; out * 1/sigma; the
+   update rules and noise indices of dmath.h), hence bitwise its result. Networks up to
+   SAMPLE_MAXW wide; wider ones decline and are stepped through net_forward. */
+const int SAMPLE_MAXW = 16;
+
+struct SampleArgs {
+  df_netdesc nd;
+  const float *params;
+  float *x;               /* [rows, dim], in place */
+  int64_t rows, n, steps; /* n = rows * dim */
+  int method;
+  const float *c1, *c2;   /* [steps] */
+  const float *tk, *inv;  /* [steps + 1]: the evaluation times and 1 / sigma(t_k) */
+  const float *etab;      /* time-embedded: the time branch, [steps][H] */
+  int nrec;
+  const int64_t *rec_k;   /* [nrec] */
+  float *const *rec_out;  /* [nrec] device pointers */
+  uint64_t seed, stream;
+};
+
+/* the score of one row at step k: out = net(x, t_k), times 1 / sigma(t_k) */
+template <int WMAX>
+__device__ __forceinline__ void row_score(const SampleArgs &a, const float *x, int64_t k,
+                                          float *s)
+{
+  const df_netdesc &nd = a.nd;
+  const int d = nd.dim, act = nd.act;
+  float out[WMAX];
+  if (nd.kind == DF_NET_MLP) {
+    float h[WMAX], z[WMAX];
+#pragma unroll
+    for (int c = 0; c < WMAX; c++) h[c] = c < d ? x[c] : (c == d ? a.tk[k] : 0.0f);
+    for (int l = 0; l < nd.nlin; l++) {
+      const int I = nd.in[l], O = nd.out[l];
+      const float *W = a.params + nd.woff[l], *B = a.params + nd.boff[l];
+#pragma unroll
+      for (int o = 0; o < WMAX; o++) {
+        z[o] = 0.0f;
+        if (o < O) {
+          float acc = __ldg(B + o);
+#pragma unroll
+          for (int i = 0; i < WMAX; i++)
+            if (i < I) acc = df_fmaf(__ldg(W + o * I + i), h[i], acc);
+          z[o] = acc;
+        }
+      }
+      if (l + 1 < nd.nlin) {
+#pragma unroll
+        for (int o = 0; o < WMAX; o++) {
+          float aux;
+          h[o] = o < O ? act_f<WMAX>(act, z[o], &aux) : 0.0f;
+        }
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < WMAX; c++) out[c] = z[c];
+  } else {
+    const int H = nd.out[0];
+    const float *W1 = a.params + nd.woff[1], *B1 = a.params + nd.boff[1];
+    const float *W2 = a.params + nd.woff[2], *B2 = a.params + nd.boff[2];
+    const float *e = a.etab + k * H;
+    float hh[WMAX];
+#pragma unroll
+    for (int o = 0; o < WMAX; o++) {
+      hh[o] = 0.0f;
+      if (o < H) {
+        float u = __ldg(B1 + o), aux;
+#pragma unroll
+        for (int c = 0; c < WMAX; c++)
+          if (c < d) u = df_fmaf(__ldg(W1 + o * d + c), x[c], u);
+        hh[o] = act_f<WMAX>(act, __ldg(e + o) + u, &aux);
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < WMAX; c++) {
+      out[c] = 0.0f;
+      if (c < d) {
+        float acc = __ldg(B2 + c);
+#pragma unroll
+        for (int o = 0; o < WMAX; o++)
+          if (o < H) acc = df_fmaf(__ldg(W2 + c * H + o), hh[o], acc);
+        out[c] = acc;
+      }
+    }
+  }
+  const float inv = a.inv[k];
+#pragma unroll
+  for (int c = 0; c < WMAX; c++) s[c] = out[c] * inv;
+}
+
+template <int WMAX, int METHOD> __global__ void k_net_sample(const SampleArgs a)
+{
+  const int d = a.nd.dim;
+  for (int64_t row = df_gtid(); row < a.rows; row += df_gstride()) {
+    float x[WMAX], s[WMAX];
+#pragma unroll
+    for (int c = 0; c < WMAX; c++) x[c] = c < d ? a.x[row * d + c] : 0.0f;
+    for (int64_t k = 0; k <= a.steps; k++) {
+      for (int r = 0; r < a.nrec; r++)
+        if (a.rec_k[r] == k) {
+#pragma unroll
+          for (int c = 0; c < WMAX; c++)
+            if (c < d) a.rec_out[r][row * d + c] = x[c];
+        }
+      if (k == a.steps) break;
+      const float c1 = a.c1[k], c2 = a.c2[k];
+      row_score<WMAX>(a, x, k, s);
+      if (METHOD == DF_EULER || (METHOD == DF_HEUN && k == a.steps - 1)) {
+#pragma unroll
+        for (int c = 0; c < WMAX; c++) x[c] = df_step_euler(x[c], s[c], c1);
+      } else if (METHOD == DF_EULER_MARUYAMA) {
+#pragma unroll
+        for (int c = 0; c < WMAX; c++)
+          if (c < d) {
+            uint64_t e = (uint64_t)(row * d + c);
+            float z = df_randn_at(a.seed, a.stream, df_noise_index(e, (uint64_t)k, (uint64_t)a.n));
+            x[c] = df_step_em(x[c], s[c], c1, c2, z);
+          }
+      } else {
+        float xp[WMAX], s2[WMAX];
+#pragma unroll
+        for (int c = 0; c < WMAX; c++) xp[c] = df_step_euler(x[c], s[c], c1);
+        row_score<WMAX>(a, xp, k + 1, s2);
+#pragma unroll
+        for (int c = 0; c < WMAX; c++) x[c] = df_step_heun(x[c], s[c], s2[c], c1, c2);
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < WMAX; c++)
+      if (c < d) a.x[row * d + c] = x[c];
+  }
+}
+
+/* the time-embedded net's time branch at t_0 .. t_(steps - 1), one (step, unit) per thread: the
+   Fourier features in the CPU's order (sines, then cosines), Linear(embed, H) bias first, then
+   the activation (cpu_net_sample's table, statement for statement) */
+__global__ void k_time_branch(float *etab, const float *params, const float *fixed,
+                              const df_netdesc nd, const float *tk, int64_t steps)
+{
+  const int H = nd.out[0], E = nd.embed, half = E / 2;
+  const float *W0 = params + nd.woff[0], *B0 = params + nd.boff[0];
+  for (int64_t j = df_gtid(); j < steps * H; j += df_gstride()) {
+    const int64_t k = j / H;
+    const int o = (int)(j - k * H);
+    const float t = tk[k];
+    float acc = __ldg(B0 + o);
+    for (int i = 0; i < E; i++) {
+      float sn, cs;
+      df_fourier(t, __ldg(fixed + (i < half ? i : i - half)), &sn, &cs);
+      acc = df_fmaf(__ldg(W0 + (int64_t)o * E + i), i < half ? sn : cs, acc);
+    }
+    float aux;
+    etab[j] = df_act_fwd(nd.act, acc, &aux);
+  }
+}
+
+template <int WMAX> void net_sample_launch(const SampleArgs &a, unsigned grid)
+{
+  switch (a.method) {
+  case DF_EULER: k_net_sample<WMAX, DF_EULER><<<grid, THREADS>>>(a); break;
+  case DF_EULER_MARUYAMA: k_net_sample<WMAX, DF_EULER_MARUYAMA><<<grid, THREADS>>>(a); break;
+  default: k_net_sample<WMAX, DF_HEUN><<<grid, THREADS>>>(a); break;
+  }
+}
+
+
 } // namespace
 
 /* ---- the table's functions ------------------------------------------------------------------ */
@@ -1230,6 +1401,88 @@ int cuda_net_forward(int dev, const df_netdesc *nd, const float *params, const f
   int st = layered_forward(c, x, t, t0, false, out);
   blas_off(c.blas);
   return st;
+}
+
+int cuda_net_sample(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                    const df_plan *p, float *x, int64_t rows, int nrec, const int64_t *rec_k,
+                    float *const *rec_out, uint64_t seed, uint64_t stream, float *ws, int *done)
+{
+  const char *op = "net_sample";
+  (void)ws;
+  *done = 0;
+  const int widest = nd->kind == DF_NET_MLP ? nd->maxw
+                                            : (nd->out[0] > nd->dim ? nd->out[0] : nd->dim);
+  if (widest > SAMPLE_MAXW) return DF_OK; /* stepped through net_forward instead */
+  if (p->method != DF_EULER && p->method != DF_EULER_MARUYAMA && p->method != DF_HEUN)
+    return df_cuda_fail(DF_EARG, "cuda %s: unknown method %d", op, p->method);
+  if (p->steps < 1 || nrec < 0) return df_cuda_fail(DF_EARG, "cuda %s: bad plan", op);
+  *done = 1;
+  if (rows <= 0) return DF_OK;
+  TRY(df_cuda_use_device(op, dev));
+  /* one device block: c1, c2 [steps], tk, inv [steps + 1], the time branch [steps * H] (time-
+     embedded), then (8-byte aligned) the record steps and their output pointers */
+  const int64_t steps = p->steps, H = nd->kind == DF_NET_TEMB ? nd->out[0] : 0;
+  const int64_t nf = 4 * steps + 2 + steps * H, fl = (nf + 1) / 2 * 2;
+  size_t bytes = (size_t)fl * sizeof(float) + (size_t)nrec * (sizeof(int64_t) + sizeof(float *));
+  char *host = (char *)malloc(bytes);
+  if (!host)
+    return df_cuda_fail(DF_ENOMEM, "cuda %s: out of host memory for %lld steps", op,
+                        (long long)steps);
+  float *ft = (float *)host;
+  memcpy(ft, p->c1, (size_t)steps * sizeof(float));
+  memcpy(ft + steps, p->c2, (size_t)steps * sizeof(float));
+  memcpy(ft + 2 * steps, p->t, (size_t)(steps + 1) * sizeof(float));
+  memcpy(ft + 3 * steps + 1, p->inv_sigma, (size_t)(steps + 1) * sizeof(float));
+  int64_t *hk = (int64_t *)(host + (size_t)fl * sizeof(float));
+  float **hp = (float **)(hk + nrec);
+  for (int r = 0; r < nrec; r++) {
+    hk[r] = rec_k[r];
+    hp[r] = rec_out[r];
+  }
+  void *dbuf = NULL;
+  int st = df_cuda_malloc(dev, bytes, &dbuf);
+  if (st) {
+    free(host);
+    return st;
+  }
+  cudaError_t e = cudaMemcpy(dbuf, host, bytes, cudaMemcpyHostToDevice);
+  free(host);
+  if (e != cudaSuccess) {
+    df_cuda_free(dev, dbuf);
+    return df_cuda_error(op, "cudaMemcpy of the step tables", e);
+  }
+  const float *dt = (const float *)dbuf;
+  SampleArgs a;
+  memset(&a, 0, sizeof a);
+  a.nd = *nd;
+  a.params = params;
+  a.x = x;
+  a.rows = rows;
+  a.n = rows * nd->dim;
+  a.steps = steps;
+  a.method = p->method;
+  a.c1 = dt;
+  a.c2 = dt + steps;
+  a.tk = dt + 2 * steps;
+  a.inv = dt + 3 * steps + 1;
+  a.nrec = nrec;
+  a.rec_k = (const int64_t *)((const char *)dbuf + (size_t)fl * sizeof(float));
+  a.rec_out = (float *const *)(a.rec_k + nrec);
+  a.seed = seed;
+  a.stream = stream;
+  if (H > 0) {
+    float *etab = (float *)dbuf + 4 * steps + 2;
+    k_time_branch<<<df_cuda_grid(steps * H, THREADS), THREADS>>>(etab, params, fixed, *nd, a.tk,
+                                                                steps);
+    a.etab = etab;
+  }
+  const unsigned grid = df_cuda_grid(rows, THREADS);
+  if (widest <= 8) net_sample_launch<8>(a, grid);
+  else net_sample_launch<SAMPLE_MAXW>(a, grid);
+  e = cudaGetLastError();
+  df_cuda_free(dev, dbuf); /* the legacy stream orders any reuse after the kernels */
+  if (e != cudaSuccess) return df_cuda_error(op, "kernel launch", e);
+  return DF_OK;
 }
 
 int cuda_net_backward(int dev, const df_netdesc *nd, const float *params, const float *fixed,

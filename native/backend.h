@@ -169,10 +169,12 @@ typedef struct df_backend {
                      float *ws);
   /* optional (NULL: the sampler steps through net_forward): a whole sampler run with the score
      net(x, t_k) * p->inv_sigma[k] in one call, x [rows, dim] updated in place, rec_out as in
-     sample_fused; bitwise the step-by-step run's result; ws holds net_workspace(nd, rows) */
+     sample_fused; bitwise the step-by-step run's result; ws holds net_workspace(nd, rows).
+     *done = 0 (and nothing touched) declines a network it has no kernel for. */
   int (*net_sample)(int dev, const df_netdesc *nd, const float *params, const float *fixed,
                     const df_plan *p, float *x, int64_t rows, int nrec, const int64_t *rec_k,
-                    float *const *rec_out, uint64_t seed, uint64_t stream, float *ws);
+                    float *const *rec_out, uint64_t seed, uint64_t stream, float *ws,
+                    int *done);
 } df_backend;
 
 /* what the core hands to a backend module (kernels/) when it loads: the ABI version it was

@@ -34,7 +34,7 @@ int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const fl
                     int keep);
 int cpu_net_sample(int dev, const df_netdesc *nd, const float *params, const float *fixed,
                    const df_plan *p, float *x, int64_t rows, int nrec, const int64_t *rec_k,
-                   float *const *rec_out, uint64_t seed, uint64_t stream, float *ws);
+                   float *const *rec_out, uint64_t seed, uint64_t stream, float *ws, int *done);
 int cpu_net_backward(int dev, const df_netdesc *nd, const float *params, const float *fixed,
                      const float *x, const float *t, float t0, int64_t rows, const float *dout,
                      float *grads, float *ws);

@@ -136,6 +136,9 @@ static int alloc_net(df_net *n, const df_backend *be, int dev)
   n->be = be;
   n->dev = dev;
   n->live = 1;
+  /* no workspace yet: a net copied for df_net_to must not keep (and later free, through this
+     backend) the old device's buffers */
+  n->ws = n->in_x = n->in_t = NULL;
   n->ws_floats = n->in_cap = 0;
   n->cached_rows = -1;
   if ((st = alloc_buf(be, dev, n->d.nparams, &n->params)) ||
@@ -379,10 +382,12 @@ int df_net_score_run(void *ctx, const df_plan *p, df_tensor *x, int nrec, const 
     n->cached_rows = -1; /* the workspace no longer holds a forward to go backward from */
     if (rows > 0)
       st = n->be->net_sample(n->dev, &n->d, n->params, n->fixed, &q, df_data(x), rows, nrec,
-                             rec_k, rec_out, seed, stream, n->ws);
+                             rec_k, rec_out, seed, stream, n->ws, done);
+    else
+      *done = 1;
   }
   free(tab);
-  *done = st == DF_OK;
+  if (st) *done = 0;
   return st;
 }
 

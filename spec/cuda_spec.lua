@@ -225,7 +225,7 @@ describe('cuda parity', function()
     on_both(function() local x = tensor.zeros(4, 33); x[3] = 7; return x end, 'row assignment')
   end)
 
-  gpu_it('unary ops are bitwise equal (shared math, no fma)', function()
+  gpu_it('unary ops are bitwise equal (shared math, only written-out fmas)', function()
     local c, g = randn_pair({ BIG }, 11, 4)
     local cs, gs = special_pair()
     local cw, gw = randn_pair({ 33, 65 }, 12, 40) -- wide range: exp overflow, sin reduction
@@ -637,9 +637,9 @@ describe('cuda parity', function()
 end)
 
 -- ---- diffusion (kernels/cuda_diffusion.cu): bitwise the CPU's --------------------------------
--- The kernels call the same dmath.h formulas in the same order with no fma, draw the same Philox
--- numbers (reverse-SDE noise: normal number k n + i of the run's stream) and reduce nothing across
--- threads, so diffuser values, scores, log-densities, draws and whole sampler runs, fused or step
+-- The kernels call the same dmath.h formulas in the same order (fmas only where written out),
+-- draw the same Philox numbers (reverse-SDE noise: normal number k n + i of the run's stream) and
+-- reduce nothing across threads, so diffuser values, scores, log-densities, draws and whole sampler runs, fused or step
 -- by step, recorded paths included, are bitwise the CPU's.
 
 local function mixtures(ve)
@@ -770,11 +770,12 @@ end)
 
 -- ---- networks (kernels/cuda_nn.cu) -----------------------------------------------------------
 -- Each row's arithmetic on the GPU follows the CPU's order (a Linear's bias, then its inputs in
--- order; the backward's sums over outputs in order; no fma), except in layers of 64 or more inputs
--- or outputs (cuda_nn.cu's GEMM_MIN_WIDTH), which cuBLAS computes. So a net whose layers are all
--- narrower gives bitwise the CPU's forward and per-row gradient terms, and its gradients (sums of B
--- terms in another order) differ by at most 2 gamma_B sum_r |term_r| (gamma_k = k u / (1 - k u),
--- u = eps32 / 2: the bound of any order of summation). With cuBLAS layers the bound below carries
+-- order; the backward's sums over outputs in order; one fma per product on both), except in
+-- layers of 64 or more inputs or outputs (cuda_nn.cu's GEMM_MIN_WIDTH), which cuBLAS computes.
+-- So a net whose layers are all narrower gives bitwise the CPU's forward and per-row gradient
+-- terms, and its gradients (sums of B terms in another order) differ by at most
+-- 2 gamma_B sum_r |term_r| (gamma_k = k u / (1 - k u), u = eps32 / 2: the bound of any order of
+-- summation). With cuBLAS layers the bound below carries
 -- each layer's rounding, 2 gamma_(I+1) (|W||h| + |b|) on each side, forward through the
 -- activations (|act'| <= 1.2 for silu, tanh, gelu and relu; |act''| <= 1 for the smooth ones, which
 -- the wide nets here use) and back through the backward, to first order, with CPU tensors.
@@ -1048,6 +1049,52 @@ describe('cuda network parity', function()
           for j = 1, #eg do egb[j] = 4 * eg[j] end
           assert_within(net:gradients(), gc2, tol_of(egb), what .. ': gradients of two backwards')
         end
+      end
+    end
+  end)
+
+  -- to() gives the net new buffers on the other device; the workspace of its last forward belongs
+  -- to the old device and must be neither reused nor freed by the new one (it once was: a CPU
+  -- free() of device memory)
+  gpu_it('a net used, moved to the other device and used again keeps working, both ways', function()
+    local net = make_net(net_case(SEED_MLP), 1290)
+    local x, dout = tensor.randn(300, 1), tensor.randn(300, 1)
+    local c = net:forward(x, 0.5)
+    net:backward(dout)
+    for _, dev in ipairs { 'cuda', 'cpu', 'cuda', 'cpu' } do
+      net:to(dev)
+      local y = net:forward(x:to(dev), 0.5)
+      net:forward(x:to(dev), tensor.full({ 300 }, 0.5):to(dev))
+      net:backward(dout:to(dev))
+      local yc, cc = y:to('cpu'):totable(), c:totable()
+      for i = 1, #cc do
+        assert(yc[i][1] == cc[i][1], ('forward after moving to %s: row %d differs'):format(dev, i))
+      end
+    end
+  end)
+
+  -- score.net runs are one kernel on the GPU (a row per thread through all steps) for nets up to
+  -- 16 wide, and step through net_forward for wider ones; both are bitwise the CPU's run.
+  gpu_it('network-score sampler runs are bitwise the CPU\'s (every method, fused and stepped nets)', function()
+    local names = { SEED_MLP, 'MLP gelu 7,5 in R^2', 'MLP tanh 16,13 in R^3',
+                    'MLP tanh 20,17 in R^3 (layered)', SEED_TEMB, 'time-embedded tanh 6/16 in R^2' }
+    for i, name in ipairs(names) do
+      local case = net_case(name)
+      local net = make_net(case, 1300 + i)
+      local d = net.dim
+      local c1, g1 = randn_pair({ 300, d }, 1320 + i)
+      for _, method in ipairs { 'euler', 'euler_maruyama', 'heun' } do
+        local s = diffuse.sampler{ diffuser = ve, steps = 10, method = method }
+        net:to('cpu')
+        diffuse.seed(1340 + i)
+        local c0, cp = s:run(c1, diffuse.score.net(net, ve), { record = { 0, 4, 10 } })
+        net:to('cuda')
+        diffuse.seed(1340 + i)
+        local g0, gp = s:run(g1, diffuse.score.net(net, ve), { record = { 0, 4, 10 } })
+        local what = name .. ', ' .. method
+        assert_bitwise(g0, c0, what)
+        assert_bitwise(gp[4], cp[4], what .. ': step 4')
+        assert_bitwise(gp[10], c0, what .. ': step 10 is x0')
       end
     end
   end)
