@@ -450,17 +450,8 @@ int cuda_sample_fused(int dev, const df_plan *p, const df_mixture *m, float *x, 
   }
   free(order);
   void *dbuf = NULL;
-  int st = df_cuda_malloc(dev, bytes, &dbuf);
-  if (st) {
-    free(host);
-    return st;
-  }
-  cudaError_t e = cudaMemcpy(dbuf, host, bytes, cudaMemcpyHostToDevice);
-  free(host);
-  if (e != cudaSuccess) {
-    df_cuda_free(dev, dbuf);
-    return df_cuda_error(op, "cudaMemcpy of the step tables", e);
-  }
+  int st = df_cuda_upload(op, dev, host, bytes, &dbuf);
+  if (st) return st;
   MixDev md;
   md.buf = NULL;
   if (m && (st = mix_upload(op, dev, m, &md))) {
@@ -488,7 +479,7 @@ int cuda_sample_fused(int dev, const df_plan *p, const df_mixture *m, float *x, 
   case DF_EULER_MARUYAMA: launch_fused<DF_EULER_MARUYAMA>(a, m ? &md : NULL, d, quad); break;
   default: launch_fused<DF_HEUN>(a, m ? &md : NULL, d, quad); break;
   }
-  e = cudaGetLastError();
+  cudaError_t e = cudaGetLastError();
   df_cuda_free(dev, dbuf); /* reused only by work queued after the run */
   if (md.buf) df_cuda_free(dev, md.buf);
   if (e != cudaSuccess) return df_cuda_error(op, "kernel launch", e);

@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include "status.h"
 #include "dmath.h"
 #include "cuda_backend.h"
@@ -53,6 +54,23 @@ static inline int df_cuda_use_device(const char *op, int dev)
                         DF_CUDA_MAXDEV - 1);
   CK(op, "cudaSetDevice", cudaSetDevice(dev));
   return DF_OK;
+}
+
+/* a fresh device block (the caching allocator's) holding the bytes of a host block: a sampler
+   run's step tables; the host block is freed either way */
+static inline int df_cuda_upload(const char *op, int dev, void *host, size_t bytes, void **dbuf)
+{
+  int st = df_cuda_malloc(dev, bytes, dbuf);
+  if (st == DF_OK) {
+    cudaError_t e = cudaMemcpy(*dbuf, host, bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+      df_cuda_free(dev, *dbuf);
+      *dbuf = NULL;
+      st = df_cuda_error(op, "cudaMemcpy of the step tables", e);
+    }
+  }
+  free(host);
+  return st;
 }
 
 /* blocks for n work items of `threads` each, capped for grid-stride loops */

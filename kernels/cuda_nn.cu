@@ -1440,17 +1440,8 @@ int cuda_net_sample(int dev, const df_netdesc *nd, const float *params, const fl
     hp[r] = rec_out[r];
   }
   void *dbuf = NULL;
-  int st = df_cuda_malloc(dev, bytes, &dbuf);
-  if (st) {
-    free(host);
-    return st;
-  }
-  cudaError_t e = cudaMemcpy(dbuf, host, bytes, cudaMemcpyHostToDevice);
-  free(host);
-  if (e != cudaSuccess) {
-    df_cuda_free(dev, dbuf);
-    return df_cuda_error(op, "cudaMemcpy of the step tables", e);
-  }
+  int st = df_cuda_upload(op, dev, host, bytes, &dbuf);
+  if (st) return st;
   const float *dt = (const float *)dbuf;
   SampleArgs a;
   memset(&a, 0, sizeof a);
@@ -1479,7 +1470,7 @@ int cuda_net_sample(int dev, const df_netdesc *nd, const float *params, const fl
   const unsigned grid = df_cuda_grid(rows, THREADS);
   if (widest <= 8) net_sample_launch<8>(a, grid);
   else net_sample_launch<SAMPLE_MAXW>(a, grid);
-  e = cudaGetLastError();
+  cudaError_t e = cudaGetLastError();
   df_cuda_free(dev, dbuf); /* the legacy stream orders any reuse after the kernels */
   if (e != cudaSuccess) return df_cuda_error(op, "kernel launch", e);
   return DF_OK;
