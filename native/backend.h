@@ -46,6 +46,7 @@ typedef struct df_plan {
    and biases [out] sit in the flat parameter buffer (nn.c builds it) */
 #define DF_MAXLIN 16
 #define DF_NET_MAXDIM 64 /* widest data a network takes */
+#define DF_NET_MAXEMBED 8192 /* most Fourier features of the time-embedded net */
 enum { DF_NET_MLP, DF_NET_TEMB };
 typedef struct df_netdesc {
   int kind, dim, act;        /* DF_NET_*, data dimension, DF_ACT_* */

@@ -363,6 +363,31 @@ static void add_partitions(const df_netdesc *nd, float *grads, float *ws, int64_
 
 /* ---- whole-network entry points ------------------------------------------------------------------ */
 
+/* the time-embedded net's time branch at one time t, e [H] = act(W0 f(t) + b0): what
+   fourier_forward, linear_forward and act_forward compute for each row of a tile (each output's
+   bias, then its inputs in order, one fma each), for one row, since with one t for a whole batch
+   every row's is the same */
+static void time_branch_row(const df_netdesc *nd, const float *params, const float *fixed,
+                            float t, float *e)
+{
+  const int E = nd->embed, half = E / 2, H = nd->out[0];
+  const float *W0 = params + nd->woff[0], *B0 = params + nd->boff[0];
+  float f[DF_NET_MAXEMBED];
+  for (int j = 0; j < half; j++) df_fourier(t, fixed[j], &f[j], &f[half + j]);
+  for (int o = 0; o < H; o++) {
+    float acc = B0[o], aux;
+    for (int i = 0; i < E; i++) acc = df_fmaf(W0[(int64_t)o * E + i], f[i], acc);
+    e[o] = df_act_fwd(nd->act, acc, &aux);
+  }
+}
+
+/* a tile's time branch f->e [H][T] from one row of it */
+static void fill_time_branch(const df_netdesc *nd, const frame *f, const float *e)
+{
+  for (int o = 0; o < nd->out[0]; o++)
+    for (int r = 0; r < TILE; r++) f->e[o * TILE + r] = e[o];
+}
+
 int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const float *fixed,
                     const float *x, const float *t, float t0, int64_t rows, float *out, float *ws,
                     int keep)
@@ -370,14 +395,12 @@ int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const fl
   (void)dev;
   int64_t nt = ntiles_of(rows), ff = frame_floats(nd);
   /* one time for all rows (a sampler step): the time-embedded net's time branch is the same
-     for every row, so it is computed once, on the first tile's frame, and copied into the
-     others: the same operations on the same inputs, hence the same values */
+     for every row, so it is computed once, for one row, and copied into every tile: the same
+     operations on the same inputs, hence the same values */
   int time_once = nd->kind == DF_NET_TEMB && !t && !keep;
-  if (time_once) {
-    frame f0 = frame_at(nd, ws);
-    load_inputs(nd, &f0, x, t, t0, 0, rows < TILE ? (int)rows : TILE);
-    tile_forward_part(nd, params, fixed, &f0, 0, keep);
-  }
+  float *e_row = time_once ? (float *)malloc((size_t)nd->out[0] * sizeof(float)) : NULL;
+  if (time_once && !e_row) return df_fail(DF_ENOMEM, "out of memory for a forward");
+  if (time_once) time_branch_row(nd, params, fixed, t0, e_row);
   /* partitions run in parallel; a kept forward has a frame per tile, else one per partition */
 #pragma omp parallel for schedule(static) if (rows >= PAR_ROWS)
   for (int p = 0; p < NPART; p++) {
@@ -387,12 +410,13 @@ int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const fl
       int m = rows - k * TILE < TILE ? (int)(rows - k * TILE) : TILE;
       frame f = frame_at(nd, ws + (keep ? k : p) * ff);
       load_inputs(nd, &f, x, t, t0, k * TILE, m);
-      if (time_once && p != 0) memcpy(f.e, frame_at(nd, ws).e, (size_t)nd->out[0] * TILE * sizeof(float));
+      if (time_once) fill_time_branch(nd, &f, e_row);
       tile_forward_part(nd, params, fixed, &f, time_once, keep);
       for (int c = 0; c < nd->dim; c++)
         for (int r = 0; r < m; r++) out[(k * TILE + r) * nd->dim + c] = f.out[c * TILE + r];
     }
   }
+  free(e_row);
   return DF_OK;
 }
 
@@ -409,11 +433,7 @@ static void tile_score(const df_netdesc *nd, const float *params, const float *f
   float *xs = nd->kind == DF_NET_MLP ? f->in0 : f->x, *ts = nd->kind == DF_NET_MLP ? f->in0 + d * TILE : f->t;
   memcpy(xs, xin, (size_t)d * TILE * sizeof(float));
   for (int r = 0; r < TILE; r++) ts[r] = p->t[k];
-  if (etab) {
-    int H = nd->out[0];
-    for (int o = 0; o < H; o++)
-      for (int r = 0; r < TILE; r++) f->e[o * TILE + r] = etab[k * H + o];
-  }
+  if (etab) fill_time_branch(nd, f, etab + k * nd->out[0]);
   tile_forward_part(nd, params, fixed, f, etab != NULL, 0);
   const float inv = p->inv_sigma[k];
   for (int i = 0; i < d * TILE; i++) sc[i] = f->out[i] * inv;
@@ -450,16 +470,8 @@ int cpu_net_sample(int dev, const df_netdesc *nd, const float *params, const flo
     free(etab);
     return df_fail(DF_ENOMEM, "out of memory for a sampler run");
   }
-  if (etab) { /* the time branch at t_0 .. t_(steps - 1), on partition 0's frame */
-    frame f0 = frame_at(nd, ws);
-    for (int64_t k = 0; k < steps; k++) {
-      for (int r = 0; r < TILE; r++) f0.t[r] = p->t[k];
-      fourier_forward(f0.f, f0.t, fixed, nd->embed / 2);
-      linear_forward(f0.ze, f0.f, params + nd->woff[0], params + nd->boff[0], nd->embed, H);
-      act_forward(nd->act, f0.e, f0.ae, f0.ze, H * TILE);
-      for (int o = 0; o < H; o++) etab[k * H + o] = f0.e[o * TILE];
-    }
-  }
+  if (etab) /* the time branch at t_0 .. t_(steps - 1) */
+    for (int64_t k = 0; k < steps; k++) time_branch_row(nd, params, fixed, p->t[k], etab + k * H);
 #pragma omp parallel for schedule(static) if (rows >= PAR_ROWS)
   for (int part = 0; part < NPART; part++) {
     frame f = frame_at(nd, ws + part * ff);

@@ -64,8 +64,8 @@ int df_netdesc_temb(df_netdesc *d, int dim, int hidden, int embed, int act)
     return df_fail(DF_EARG, "dim must be between 1 and %d (got %d)", DF_NET_MAXDIM, dim);
   if (hidden < 1 || hidden > 4096)
     return df_fail(DF_EARG, "hidden must be between 1 and 4096 (got %d)", hidden);
-  if (embed < 2 || embed > 8192 || embed % 2)
-    return df_fail(DF_EARG, "embed must be even, between 2 and 8192 (got %d)", embed);
+  if (embed < 2 || embed > DF_NET_MAXEMBED || embed % 2)
+    return df_fail(DF_EARG, "embed must be even, between 2 and %d (got %d)", DF_NET_MAXEMBED, embed);
   if ((st = check_act(act))) return st;
   d->kind = DF_NET_TEMB;
   d->dim = dim;

@@ -200,6 +200,27 @@ describe('score networks', function()
     assert.equal(0, (a:parameters() - b:parameters()):abs():max())
   end)
 
+  -- With a number t the time-embedded net computes its time branch once, for one row (it is the
+  -- same for every row); with a tensor t every row goes through the tile's vector loops. The two
+  -- must agree to the bit.
+  it('time-embedded: a number t gives bitwise what a constant tensor t gives', function()
+    for i, cfg in ipairs { { dim = 1, hidden = 8, embed = 256, scale = 30 },
+                           { dim = 2, hidden = 13, embed = 18, scale = 3, activation = 'gelu' } } do
+      diffuse.seed(40 + i)
+      local net = diffuse.nn.time_embedded(cfg)
+      local x = tensor.randn(600, cfg.dim)
+      for _, t in ipairs { 1e-5, 0.3, 1.0 } do
+        local a = H.flatten(net:forward(x, t):totable())
+        local b = H.flatten(net:forward(x, tensor.full({ 600 }, t)):totable())
+        for j = 1, #a do
+          if H.bits32(a[j]) ~= H.bits32(b[j]) then
+            error(('config %d, t = %g: value %d differs: %.9g vs %.9g'):format(i, t, j, a[j], b[j]))
+          end
+        end
+      end
+    end
+  end)
+
   it('backward accumulates, zero_grad clears, a number t works like a constant tensor', function()
     diffuse.seed(6)
     local net = diffuse.nn.mlp{ dim = 1, hidden = { 4 } }
