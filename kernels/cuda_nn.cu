@@ -139,6 +139,25 @@ template <int WMAX> __device__ __forceinline__ float act_d(int act, float z)
   return df_act_bwd(act, z, aux);
 }
 
+/* one row through a Linear: out[o] = B[o] + sum_i W[o, i] in[i] for o < O (0 beyond), the bias
+   first, then the inputs in order, one fma each: cpu_nn.c's linear_forward for one row */
+template <int WMAX>
+__device__ __forceinline__ void row_linear(float *out, const float *W, const float *B,
+                                           const float *in, int I, int O)
+{
+#pragma unroll
+  for (int o = 0; o < WMAX; o++) {
+    out[o] = 0.0f;
+    if (o < O) {
+      float acc = __ldg(B + o);
+#pragma unroll
+      for (int i = 0; i < WMAX; i++)
+        if (i < I) acc = df_fmaf(__ldg(W + o * I + i), in[i], acc);
+      out[o] = acc;
+    }
+  }
+}
+
 /* the row's inputs: x (and t) of the forward/backward, or the DSM draws of row `row`: t from
    uniform number row of st_t, eta from normals row*d + c of st_eta, the data row (drawn from
    st_idx when sampling), x_t = x0 + sigma(t) eta (cpu_dsm_step, statement for statement) */
@@ -268,19 +287,8 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_mlp_fused(const NetArgs a)
     /* forward: z = W h + b, bias first, then the inputs in order */
     float z[WMAX];
     for (int l = 0; l < L; l++) {
-      const int I = nd.in[l], O = nd.out[l];
-      const float *W = a.params + nd.woff[l], *B = a.params + nd.boff[l];
-#pragma unroll
-      for (int o = 0; o < WMAX; o++) {
-        z[o] = 0.0f;
-        if (o < O) {
-          float acc = __ldg(B + o);
-#pragma unroll
-          for (int i = 0; i < WMAX; i++)
-            if (i < I) acc = df_fmaf(__ldg(W + o * I + i), h[i], acc);
-          z[o] = acc;
-        }
-      }
+      const int O = nd.out[l];
+      row_linear<WMAX>(z, a.params + nd.woff[l], a.params + nd.boff[l], h, nd.in[l], O);
       if (l + 1 < L) {
 #pragma unroll
         for (int o = 0; o < WMAX; o++)
@@ -381,16 +389,14 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_temb_fused(const NetArgs a)
       for (int o = 0; o < WMAX; o++)
         if (o < H) ze[o] = df_fmaf(__ldg(W0 + (int64_t)o * E + j), fj, ze[o]);
     }
-    float v[WMAX], hh[WMAX];
+    float u[WMAX], v[WMAX], hh[WMAX];
+    row_linear<WMAX>(u, W1, B1, x, d, H);
 #pragma unroll
     for (int o = 0; o < WMAX; o++) {
       v[o] = hh[o] = 0.0f;
       if (o < H) {
-        float aux, e = act_f<WMAX>(act, ze[o], &aux), u = __ldg(B1 + o);
-#pragma unroll
-        for (int c = 0; c < WMAX; c++)
-          if (c < d) u = df_fmaf(__ldg(W1 + o * d + c), x[c], u);
-        v[o] = e + u;
+        float aux, e = act_f<WMAX>(act, ze[o], &aux);
+        v[o] = e + u[o];
         hh[o] = act_f<WMAX>(act, v[o], &aux);
         if (MODE != M_FWD) {
           TILE(ly.ze + o, r) = ze[o];
@@ -400,17 +406,7 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_temb_fused(const NetArgs a)
       }
     }
     float out[WMAX];
-#pragma unroll
-    for (int c = 0; c < WMAX; c++) {
-      out[c] = 0.0f;
-      if (c < d) {
-        float acc = __ldg(B2 + c);
-#pragma unroll
-        for (int o = 0; o < WMAX; o++)
-          if (o < H) acc = df_fmaf(__ldg(W2 + c * H + o), hh[o], acc);
-        out[c] = acc;
-      }
-    }
+    row_linear<WMAX>(out, W2, B2, hh, H, d);
     float dout[WMAX];
     if (!row_output<MODE, WMAX>(a, row, d, valid, r, out, eta, dout, &lblock)) {
       __syncwarp(); /* the next tile rewrites the features */
@@ -1230,19 +1226,8 @@ __device__ __forceinline__ void row_score(const SampleArgs &a, const float *x, i
 #pragma unroll
     for (int c = 0; c < WMAX; c++) h[c] = c < d ? x[c] : (c == d ? a.tk[k] : 0.0f);
     for (int l = 0; l < nd.nlin; l++) {
-      const int I = nd.in[l], O = nd.out[l];
-      const float *W = a.params + nd.woff[l], *B = a.params + nd.boff[l];
-#pragma unroll
-      for (int o = 0; o < WMAX; o++) {
-        z[o] = 0.0f;
-        if (o < O) {
-          float acc = __ldg(B + o);
-#pragma unroll
-          for (int i = 0; i < WMAX; i++)
-            if (i < I) acc = df_fmaf(__ldg(W + o * I + i), h[i], acc);
-          z[o] = acc;
-        }
-      }
+      const int O = nd.out[l];
+      row_linear<WMAX>(z, a.params + nd.woff[l], a.params + nd.boff[l], h, nd.in[l], O);
       if (l + 1 < nd.nlin) {
 #pragma unroll
         for (int o = 0; o < WMAX; o++) {
@@ -1258,29 +1243,14 @@ __device__ __forceinline__ void row_score(const SampleArgs &a, const float *x, i
     const float *W1 = a.params + nd.woff[1], *B1 = a.params + nd.boff[1];
     const float *W2 = a.params + nd.woff[2], *B2 = a.params + nd.boff[2];
     const float *e = a.etab + k * H;
-    float hh[WMAX];
+    float u[WMAX], hh[WMAX];
+    row_linear<WMAX>(u, W1, B1, x, d, H);
 #pragma unroll
     for (int o = 0; o < WMAX; o++) {
-      hh[o] = 0.0f;
-      if (o < H) {
-        float u = __ldg(B1 + o), aux;
-#pragma unroll
-        for (int c = 0; c < WMAX; c++)
-          if (c < d) u = df_fmaf(__ldg(W1 + o * d + c), x[c], u);
-        hh[o] = act_f<WMAX>(act, __ldg(e + o) + u, &aux);
-      }
+      float aux;
+      hh[o] = o < H ? act_f<WMAX>(act, __ldg(e + o) + u[o], &aux) : 0.0f;
     }
-#pragma unroll
-    for (int c = 0; c < WMAX; c++) {
-      out[c] = 0.0f;
-      if (c < d) {
-        float acc = __ldg(B2 + c);
-#pragma unroll
-        for (int o = 0; o < WMAX; o++)
-          if (o < H) acc = df_fmaf(__ldg(W2 + c * H + o), hh[o], acc);
-        out[c] = acc;
-      }
-    }
+    row_linear<WMAX>(out, W2, B2, hh, H, d);
   }
   const float inv = a.inv[k];
 #pragma unroll

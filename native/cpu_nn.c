@@ -363,6 +363,16 @@ static void add_partitions(const df_netdesc *nd, float *grads, float *ws, int64_
 
 /* ---- whole-network entry points ------------------------------------------------------------------ */
 
+/* rows r0 .. r0 + m - 1 of a [rows, d] array to or from a tile [d][T] */
+static void tile_rows(float *rowmajor, float *tile, int64_t r0, int m, int d, int store)
+{
+  for (int c = 0; c < d; c++)
+    for (int r = 0; r < TILE; r++) {
+      if (store && r < m) rowmajor[(r0 + r) * d + c] = tile[c * TILE + r];
+      if (!store) tile[c * TILE + r] = r < m ? rowmajor[(r0 + r) * d + c] : 0.0f;
+    }
+}
+
 /* the time-embedded net's time branch at one time t, e [H] = act(W0 f(t) + b0): what
    fourier_forward, linear_forward and act_forward compute for each row of a tile (each output's
    bias, then its inputs in order, one fma each), for one row, since with one t for a whole batch
@@ -412,8 +422,7 @@ int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const fl
       load_inputs(nd, &f, x, t, t0, k * TILE, m);
       if (time_once) fill_time_branch(nd, &f, e_row);
       tile_forward_part(nd, params, fixed, &f, time_once, keep);
-      for (int c = 0; c < nd->dim; c++)
-        for (int r = 0; r < m; r++) out[(k * TILE + r) * nd->dim + c] = f.out[c * TILE + r];
+      tile_rows(out, f.out, k * TILE, m, nd->dim, 1);
     }
   }
   free(e_row);
@@ -437,16 +446,6 @@ static void tile_score(const df_netdesc *nd, const float *params, const float *f
   tile_forward_part(nd, params, fixed, f, etab != NULL, 0);
   const float inv = p->inv_sigma[k];
   for (int i = 0; i < d * TILE; i++) sc[i] = f->out[i] * inv;
-}
-
-/* rows r0 .. r0 + m - 1 of a [rows, d] array to or from a tile [d][T] */
-static void tile_rows(float *rowmajor, float *tile, int64_t r0, int m, int d, int store)
-{
-  for (int c = 0; c < d; c++)
-    for (int r = 0; r < TILE; r++) {
-      if (store && r < m) rowmajor[(r0 + r) * d + c] = tile[c * TILE + r];
-      if (!store) tile[c * TILE + r] = r < m ? rowmajor[(r0 + r) * d + c] : 0.0f;
-    }
 }
 
 /* Each tile of rows goes through all the steps with its activations in L1, the partitions of
