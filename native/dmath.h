@@ -209,26 +209,32 @@ DF_FN float df_tanhf(float x)
   return x != x ? x : copysignf(t, x);
 }
 
-/* e^-a for a >= 0 (or NaN), the sigmoid's exponential: none of df_expf's overflow or NaN
-   handling (e^-a <= 1), and one power of two, so results below FLT_MIN (a > 87) are flushed to
-   zero (an absolute error under 1.7e-38, where the sigmoid is 0 to the last bit anyway) */
+/* e^-a for a >= 0, the sigmoid's exponential: none of df_expf's overflow handling (e^-a <= 1),
+   and one power of two, so results below FLT_MIN (a > 87) are flushed to zero (an absolute
+   error under 1.7e-38, where the sigmoid is 0 to the last bit anyway). For a NaN the value is
+   unspecified: the callers below sort NaN out themselves, where it costs nothing. */
 DF_FN float df_expnegf(float a)
 {
-  float xc = a > 87.0f ? -87.0f : -a;
-  float kf = df_fmaf(xc, DF_LOG2E, DF_ROUND) - DF_ROUND;
+  float xc = -a; /* beyond 87 (or infinite) whatever comes out is replaced by 0 below */
+  float kr = df_fmaf(xc, DF_LOG2E, DF_ROUND), kf = kr - DF_ROUND;
   float r = df_fmaf(-kf, DF_LN2_LO, df_fmaf(-kf, DF_LN2_HI, xc));
-  float y = df_exp_poly(r) * df_pow2i((int)kf);
+  /* times 2^k by adding k to the exponent, no multiply: the low bits of kr are k (two's
+     complement, as ROUND's are zero), and p 2^k is normal for every a <= 87, so this is the
+     product exactly */
+  float y = df_from_bits(df_to_bits(df_exp_poly(r)) + (df_to_bits(kr) << 23));
   return a > 87.0f ? 0.0f : y;
 }
 
-/* 1 / (1 + e^-x) through e^-|x| <= 1, so nothing overflows */
-DF_FN float df_sigmoidf(float x)
+/* 1 / (1 + e^-x) through e^-|x| <= 1, so nothing overflows; the numerator is 1 or e^-|x|, one
+   division. For x not NaN: silu's x * s is NaN for a NaN x whatever s is, and its derivative
+   is too, so the activations skip the check that df_sigmoidf makes. */
+DF_FN float df_sigmoid_nonan(float x)
 {
   float e = df_expnegf(fabsf(x));
-  float s = 1.0f / (1.0f + e);
-  return x >= 0.0f ? s : e * s;
+  return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
 }
-DF_FN float df_siluf(float x) { return x * df_sigmoidf(x); }
+DF_FN float df_sigmoidf(float x) { return x != x ? x : df_sigmoid_nonan(x); }
+DF_FN float df_siluf(float x) { return x * df_sigmoid_nonan(x); }
 DF_FN float df_reluf(float x) { return x < 0.0f ? 0.0f : x; }
 
 /* GELU, tanh form (as GPT-2 and llm.c): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
@@ -481,7 +487,7 @@ DF_FN float df_act_fwd(int act, float z, float *aux)
     *aux = th;
     return 0.5f * z * (1.0f + th);
   }
-  default: *aux = df_sigmoidf(z); return z * *aux;
+  default: *aux = df_sigmoid_nonan(z); return z * *aux; /* silu (NaN: see df_sigmoid_nonan) */
   }
 }
 

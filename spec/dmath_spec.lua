@@ -232,6 +232,17 @@ describe('activations against their formulas', function()
     check_edges('sigmoid', { { 0, 0.5 }, { INF, 1 }, { -INF, 0 }, { NAN, NAN }, { 100, 1 } })
   end)
 
+  -- NaNs whose payload has low bits set: the sigmoid's e^-|x| builds 2^k from the low bits of a
+  -- float that a NaN input turns into a NaN with the same payload (dmath.h, df_expnegf)
+  local PAYLOADS = { 0x7fc00001, 0x7fc001ff, 0xffc0abcd, 0x7fffffff, 0xffffffff, 0x7fc3ff00 }
+  it('sigmoid and silu of NaNs with any payload are NaN', function()
+    for _, name in ipairs { 'sigmoid', 'silu' } do
+      local cases = {}
+      for _, u in ipairs(PAYLOADS) do cases[#cases + 1] = { H.from_bits32(u), NAN } end
+      check_edges(name, cases)
+    end
+  end)
+
   it('silu is x * sigmoid(x) within the sigmoid bound and one more rounding', function()
     local ys = apply('silu', xs)
     for i, x in ipairs(xs) do
