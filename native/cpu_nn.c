@@ -65,6 +65,62 @@ INLINE vr splatr(float x) { return splat8(x); }
 INLINE vr ldr(const float *p) { vr v; memcpy(&v, p, sizeof v); return v; }
 INLINE void str(float *p, vr v) { memcpy(p, &v, sizeof v); }
 
+/* silu on a vector of rows, with the sigmoid for the backward: df_sigmoid_nonan and
+   df_expnegf operation for operation, hence bitwise their values (spec: nn_spec compares a
+   net's silu with the tensor op's), but the 16-entry table is read by a permute where the
+   scalar code, vectorised by gcc, would gather from memory. AVX2 or AVX-512 builds; other
+   builds use the scalar functions. */
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define HAVE_SILU_R 1
+#include <immintrin.h>
+typedef uint32_t vru __attribute__((vector_size(RF * 4)));
+#ifdef __AVX512F__
+INLINE vr fmsr(vr a, vr b, vr c) { return _mm512_fmsub_ps(a, b, c); } /* a b - c, one rounding */
+INLINE vr exp2m16_r(vru j) /* df_exp2m16 of each lane (a permute looks at j's low 4 bits) */
+{
+  return _mm512_permutexvar_ps((__m512i)j, _mm512_loadu_ps(df_exp2m16_host));
+}
+INLINE vr ge0_r(vr z, vr yes, vr no) /* z >= 0 ? yes : no */
+{
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GE_OQ), no, yes);
+}
+INLINE vr zero_if_gt_r(vr a, float c, vr y) /* a > c ? 0 : y */
+{
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(c), _CMP_NGT_UQ), y);
+}
+#else
+INLINE vr fmsr(vr a, vr b, vr c) { return _mm256_fmsub_ps(a, b, c); }
+INLINE vr exp2m16_r(vru j) /* two 8-entry permutes, bit 3 of j picks one */
+{
+  __m256i ji = (__m256i)j;
+  __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(df_exp2m16_host), ji);
+  __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(df_exp2m16_host + 8), ji);
+  return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(ji, 28)));
+}
+INLINE vr ge0_r(vr z, vr yes, vr no)
+{
+  return _mm256_blendv_ps(no, yes, _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GE_OQ));
+}
+INLINE vr zero_if_gt_r(vr a, float c, vr y)
+{
+  return _mm256_andnot_ps(_mm256_cmp_ps(a, _mm256_set1_ps(c), _CMP_GT_OQ), y);
+}
+#endif
+INLINE vr silu_r(vr z, vr *sig)
+{
+  vr a = (vr)((vru)z & 0x7fffffffu);
+  vr kr = fmar(a, splatr(DF_16LOG2E), splatr(DF_ROUND)), kf = kr - DF_ROUND;
+  vr r = fmar(kf, splatr(DF_LN2_16LO), fmsr(kf, splatr(DF_LN2_16HI), a));
+  vru kb = (vru)kr;
+  vr ts = (vr)((vru)exp2m16_r(kb) - ((kb >> 4) << 23));
+  vr pm1 = fmar(r * r, fmar(r, splatr(DF_EXPM_C3), splatr(DF_EXPM_C2)), r);
+  vr e = zero_if_gt_r(a, 87.0f, fmar(ts, pm1, ts));
+  vr s = ge0_r(z, splatr(1.0f), e) / (1.0f + e);
+  *sig = s;
+  return z * s;
+}
+#endif
+
 /* the sum of a vector's lanes, in a fixed order */
 INLINE float lanes_sum(v8 a)
 {
@@ -178,6 +234,23 @@ INLINE void act_forward_k(int act, float *h, float *aux, const float *z, int n)
 
 static void act_forward(int act, float *h, float *aux, const float *z, int n)
 {
+#ifdef HAVE_SILU_R
+  if (act == DF_ACT_SILU) { /* n is a multiple of TILE, hence of RF */
+    if (aux) {
+      for (int i = 0; i < n; i += RF) {
+        vr s;
+        str(h + i, silu_r(ldr(z + i), &s));
+        str(aux + i, s);
+      }
+    } else {
+      for (int i = 0; i < n; i += RF) {
+        vr s;
+        str(h + i, silu_r(ldr(z + i), &s));
+      }
+    }
+    return;
+  }
+#endif
   switch (act) {
   case DF_ACT_RELU: act_forward_k(DF_ACT_RELU, h, aux, z, n); break;
   case DF_ACT_TANH: act_forward_k(DF_ACT_TANH, h, aux, z, n); break;

@@ -221,6 +221,32 @@ describe('score networks', function()
     end
   end)
 
+  -- The CPU layers apply silu to vectors of rows with their own code (cpu_nn.c: a permute reads
+  -- the exponential's table), the tensor op runs dmath.h's scalar function. A net whose one
+  -- hidden unit is z = x and whose output is that unit's activation shows the layer's silu.
+  it("a layer's silu is bitwise the tensor op's (the layers' vector code against dmath.h)", function()
+    local net = diffuse.nn.mlp{ dim = 1, hidden = { 1 } }
+    net:set_parameters(tensor.new{ 1, 0, 0, 1, 0 }) -- W1 = [1 0], b1 = 0, W2 = [1], b2 = 0
+    local xs = {}
+    for u = 1, 0x7f800000, 9973 do -- every binade, both signs (not -0: z = 1 * x + 0 is +0)
+      xs[#xs + 1] = H.from_bits32(u)
+      xs[#xs + 1] = -H.from_bits32(u)
+    end
+    for k = -4000, 4000 do xs[#xs + 1] = k / 40 end -- [-100, 100]: past the flush at -87
+    for k = -200, 200 do xs[#xs + 1] = f32(87 + k * 2 ^ -17) end
+    for k = -200, 200 do xs[#xs + 1] = f32(-87 + k * 2 ^ -17) end
+    for _, v in ipairs { math.huge, -math.huge, H.FLT_MAX, -H.FLT_MAX } do xs[#xs + 1] = v end
+    local x = tensor.new(xs)
+    local want = x:silu():totable()
+    local got = H.flatten(net:forward(x:reshape(#xs, 1), 0.5):totable())
+    for i = 1, #xs do -- (the output layer's + 0 turns a silu of -0 into +0)
+      local same = want[i] == 0 and got[i] == 0 or H.bits32(got[i]) == H.bits32(want[i])
+      if not same then
+        error(('silu(%.9g): layer %.9g, tensor op %.9g'):format(xs[i], got[i], want[i]))
+      end
+    end
+  end)
+
   it('backward accumulates, zero_grad clears, a number t works like a constant tensor', function()
     diffuse.seed(6)
     local net = diffuse.nn.mlp{ dim = 1, hidden = { 4 } }
