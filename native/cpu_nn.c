@@ -162,11 +162,37 @@ static void linear_forward(float *restrict out, const float *restrict inp, const
     }
 }
 
-/* dw[o][i] += sum over the tile's rows of dout[o] inp[i], for OB outputs (RB lanes per sum) */
+/* inputs whose weight gradients are summed together: their OB x NI accumulators (and the NI
+   input vectors) fit AVX-512's 32 registers, not AVX's 16 */
+#ifdef __AVX512F__
+#define NI 2
+#else
+#define NI 1
+#endif
+
+/* dw[o][i] += sum over the tile's rows of dout[o] inp[i], for OB outputs and NI inputs at a
+   time (RB lanes per sum; each sum adds its rows in the same order however many run together,
+   and one dout load serves NI inputs) */
 INLINE void linear_dw_block(float *restrict dw, const float *restrict dout,
                             const float *restrict inp, int I, int o0)
 {
-  for (int i = 0; i < I; i++) {
+  int i = 0;
+  for (; i + NI <= I; i += NI) {
+    v8 acc[NI][OB];
+    for (int k = 0; k < NI; k++)
+      for (int o = 0; o < OB; o++) acc[k][o] = splat8(0.0f);
+    for (int r0 = 0; r0 < TILE; r0 += RB) {
+      v8 x[NI];
+      for (int k = 0; k < NI; k++) x[k] = ld8(inp + (i + k) * TILE + r0);
+      for (int o = 0; o < OB; o++) {
+        v8 g = ld8(dout + (o0 + o) * TILE + r0);
+        for (int k = 0; k < NI; k++) acc[k][o] = fma8(g, x[k], acc[k][o]);
+      }
+    }
+    for (int k = 0; k < NI; k++)
+      for (int o = 0; o < OB; o++) dw[(o0 + o) * I + i + k] += lanes_sum(acc[k][o]);
+  }
+  for (; i < I; i++) {
     v8 acc[OB];
     for (int o = 0; o < OB; o++) acc[o] = splat8(0.0f);
     for (int r0 = 0; r0 < TILE; r0 += RB) {
@@ -183,12 +209,20 @@ static void linear_backward(float *restrict dinp, float *restrict dw, float *res
                             const float *restrict dout, const float *restrict inp,
                             const float *restrict w, int I, int O)
 {
-  for (int o = 0; o < O; o++) {
-    v8 acc = splat8(0.0f);
-    for (int r0 = 0; r0 < TILE; r0 += RB) acc += ld8(dout + o * TILE + r0);
-    db[o] += lanes_sum(acc);
-  }
   int o0 = 0;
+  for (; o0 + OB <= O; o0 += OB) { /* OB bias sums side by side: a chain of adds each */
+    v8 acc[OB];
+    for (int o = 0; o < OB; o++) acc[o] = splat8(0.0f);
+    for (int r0 = 0; r0 < TILE; r0 += RB)
+      for (int o = 0; o < OB; o++) acc[o] += ld8(dout + (o0 + o) * TILE + r0);
+    for (int o = 0; o < OB; o++) db[o0 + o] += lanes_sum(acc[o]);
+  }
+  for (; o0 < O; o0++) {
+    v8 acc = splat8(0.0f);
+    for (int r0 = 0; r0 < TILE; r0 += RB) acc += ld8(dout + o0 * TILE + r0);
+    db[o0] += lanes_sum(acc);
+  }
+  o0 = 0;
   for (; o0 + OB <= O; o0 += OB) linear_dw_block(dw, dout, inp, I, o0);
   for (; o0 < O; o0++)
     for (int i = 0; i < I; i++) {
@@ -197,24 +231,24 @@ static void linear_backward(float *restrict dinp, float *restrict dw, float *res
       dw[o0 * I + i] += lanes_sum(acc);
     }
   if (!dinp) return;
-  if (O == OB) { /* the seed's width: dout's OB vectors stay in registers across the inputs */
-    for (int r0 = 0; r0 < TILE; r0 += RB) {
-      v8 g[OB];
-      for (int o = 0; o < OB; o++) g[o] = ld8(dout + o * TILE + r0);
-      for (int i = 0; i < I; i++) {
-        v8 acc = splat8(0.0f);
-        for (int o = 0; o < OB; o++) acc = fma8(splat8(w[o * I + i]), g[o], acc);
-        st8(dinp + i * TILE + r0, acc);
+  /* no sums over rows here: RF rows per vector, four inputs' chains of fmas side by side */
+  for (int r0 = 0; r0 < TILE; r0 += RF) {
+    int i = 0;
+    for (; i + 4 <= I; i += 4) {
+      vr acc[4];
+      for (int k = 0; k < 4; k++) acc[k] = splatr(0.0f);
+      for (int o = 0; o < O; o++) {
+        vr g = ldr(dout + o * TILE + r0);
+        for (int k = 0; k < 4; k++) acc[k] = fmar(splatr(w[o * I + i + k]), g, acc[k]);
       }
+      for (int k = 0; k < 4; k++) str(dinp + (i + k) * TILE + r0, acc[k]);
     }
-    return;
+    for (; i < I; i++) {
+      vr acc = splatr(0.0f);
+      for (int o = 0; o < O; o++) acc = fmar(splatr(w[o * I + i]), ldr(dout + o * TILE + r0), acc);
+      str(dinp + i * TILE + r0, acc);
+    }
   }
-  for (int r0 = 0; r0 < TILE; r0 += RB)
-    for (int i = 0; i < I; i++) {
-      v8 acc = splat8(0.0f);
-      for (int o = 0; o < O; o++) acc = fma8(splat8(w[o * I + i]), ld8(dout + o * TILE + r0), acc);
-      st8(dinp + i * TILE + r0, acc);
-    }
 }
 
 /* h = act(z), aux for the backward (aux == NULL: a forward nothing goes backward from, which
@@ -665,28 +699,37 @@ int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float
       cpu_uniform_run(job->seed, job->st_t, (uint64_t)r0, m, u);
       cpu_normal_run(job->seed, job->st_eta, (uint64_t)(r0 * d), (int64_t)m * d, eta);
       /* times and widths, then the noised inputs: loops along the tile's rows */
-      for (int r = 0; r < TILE; r++) ts[r] = r < m ? df_dsm_time(u[r], job->tol) : 0.0f;
+      for (int r = 0; r < m; r++) ts[r] = df_dsm_time(u[r], job->tol);
+      for (int r = m; r < TILE; r++) ts[r] = 0.0f;
       if (D.kind == DF_VE) { /* the loop gcc vectorises: no diffuser kind inside */
         const float l = (float)D.lnk;
         for (int r = 0; r < TILE; r++) sig[r] = sqrtf(df_ve_sigma2(l, ts[r]));
       } else {
         for (int r = 0; r < TILE; r++) sig[r] = sqrtf(df_diffuser_sigma2(&D, ts[r]));
       }
-      for (int r = 0; r < m; r++)
-        src[r] = job->sample ? df_rand_index(job->seed, job->st_idx, (uint64_t)(r0 + r), job->data_rows)
-                             : r0 + r;
+      if (job->sample) {
+        for (int r = 0; r < m; r++)
+          src[r] = df_rand_index(job->seed, job->st_idx, (uint64_t)(r0 + r), job->data_rows);
+        for (int c = 0; c < d; c++)
+          for (int r = 0; r < m; r++) xs[c * TILE + r] = job->data[src[r] * d + c] + sig[r] * eta[r * d + c];
+      } else { /* the data is the batch: rows in order, no index (loops gcc vectorises) */
+        const float *x0 = job->data + r0 * d;
+        for (int c = 0; c < d; c++)
+          for (int r = 0; r < m; r++) xs[c * TILE + r] = x0[r * d + c] + sig[r] * eta[r * d + c];
+      }
       for (int c = 0; c < d; c++)
-        for (int r = 0; r < TILE; r++)
-          xs[c * TILE + r] = r < m ? job->data[src[r] * d + c] + sig[r] * eta[r * d + c] : 0.0f;
+        for (int r = m; r < TILE; r++) xs[c * TILE + r] = 0.0f;
       tile_forward(nd, params, fixed, &f);
       /* the loss in 8 double lanes per tile, added in a fixed order */
       double acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
-      for (int c = 0; c < d; c++)
-        for (int r = 0; r < TILE; r++) {
-          float res = r < m ? f.out[c * TILE + r] + eta[r * d + c] : 0.0f;
-          acc[r & 7] += (double)res * (double)res;
-          dout[c * TILE + r] = scale * res;
-        }
+      for (int c = 0; c < d; c++) {
+        float *res = dout + c * TILE; /* the residuals, then scaled in place */
+        for (int r = 0; r < m; r++) res[r] = f.out[c * TILE + r] + eta[r * d + c];
+        for (int r = m; r < TILE; r++) res[r] = 0.0f; /* adds 0 to the sums below */
+        for (int r = 0; r < TILE; r += 8)
+          for (int j = 0; j < 8; j++) acc[j] += (double)res[r + j] * (double)res[r + j];
+        for (int r = 0; r < TILE; r++) res[r] = scale * res[r];
+      }
       part += ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
       tile_backward(nd, params, &f, dout, g, d1, d2);
     }
