@@ -127,6 +127,23 @@ INLINE float lanes_sum(v8 a)
   return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 
+/* lanes_sum of OB (= 8) vectors at once, the same additions in the same order, as three rounds
+   of shuffles and vector adds (halves, then pairs, then neighbours) instead of eight scalar
+   trees */
+typedef int32_t v8i __attribute__((vector_size(32)));
+INLINE v8 lanes_sum8x(const v8 a[8])
+{
+  const v8i lo = { 0, 1, 2, 3, 8, 9, 10, 11 }, hi = { 4, 5, 6, 7, 12, 13, 14, 15 };
+  const v8i ev = { 0, 1, 8, 9, 4, 5, 12, 13 }, od = { 2, 3, 10, 11, 6, 7, 14, 15 };
+  const v8i c0 = { 0, 4, 2, 6, 8, 12, 10, 14 }, c1 = { 1, 5, 3, 7, 9, 13, 11, 15 };
+  v8 h[4], q[2];
+  for (int k = 0; k < 4; k++) /* [a+a' of lanes (0,4) (1,5) (2,6) (3,7) | same for the next] */
+    h[k] = __builtin_shuffle(a[2 * k], a[2 * k + 1], lo) + __builtin_shuffle(a[2 * k], a[2 * k + 1], hi);
+  for (int k = 0; k < 2; k++) /* (0,4)+(2,6) and (1,5)+(3,7) of four vectors */
+    q[k] = __builtin_shuffle(h[2 * k], h[2 * k + 1], ev) + __builtin_shuffle(h[2 * k], h[2 * k + 1], od);
+  return __builtin_shuffle(q[0], q[1], c0) + __builtin_shuffle(q[0], q[1], c1);
+}
+
 /* out [O][T] = W [O, I] inp [I][T] + b [O]: for OB outputs and RF rows at a time, the bias and
    then the inputs in order, one fma each, accumulated in registers */
 INLINE void linear_forward_block(float *restrict out, const float *restrict inp,
@@ -189,8 +206,10 @@ INLINE void linear_dw_block(float *restrict dw, const float *restrict dout,
         for (int k = 0; k < NI; k++) acc[k][o] = fma8(g, x[k], acc[k][o]);
       }
     }
-    for (int k = 0; k < NI; k++)
-      for (int o = 0; o < OB; o++) dw[(o0 + o) * I + i + k] += lanes_sum(acc[k][o]);
+    for (int k = 0; k < NI; k++) {
+      v8 sum = lanes_sum8x(acc[k]);
+      for (int o = 0; o < OB; o++) dw[(o0 + o) * I + i + k] += sum[o];
+    }
   }
   for (; i < I; i++) {
     v8 acc[OB];
@@ -199,15 +218,22 @@ INLINE void linear_dw_block(float *restrict dw, const float *restrict dout,
       v8 x = ld8(inp + i * TILE + r0);
       for (int o = 0; o < OB; o++) acc[o] = fma8(ld8(dout + (o0 + o) * TILE + r0), x, acc[o]);
     }
-    for (int o = 0; o < OB; o++) dw[(o0 + o) * I + i] += lanes_sum(acc[o]);
+    v8 sum = lanes_sum8x(acc);
+    for (int o = 0; o < OB; o++) dw[(o0 + o) * I + i] += sum[o];
   }
 }
 
+/* silu's derivative times the incoming gradient, dh * df_act_bwd(silu, z, s), in its order */
+INLINE vr silu_grad_r(vr dh, vr z, vr s) { return dh * (s * (1.0f + z * (1.0f - s))); }
+
 /* dw [O, I] += dout inp^T and db [O] += dout summed over rows; dinp [I][T] = W^T dout
-   (overwritten; skipped when dinp is NULL) */
+   (overwritten; skipped when dinp is NULL), times silu's derivative at the input's
+   pre-activation sz [I][T] (sigmoid ss) when sz is not NULL: the activation's backward applied
+   as dinp is stored, instead of in a pass of its own */
 static void linear_backward(float *restrict dinp, float *restrict dw, float *restrict db,
                             const float *restrict dout, const float *restrict inp,
-                            const float *restrict w, int I, int O)
+                            const float *restrict w, int I, int O, const float *restrict sz,
+                            const float *restrict ss)
 {
   int o0 = 0;
   for (; o0 + OB <= O; o0 += OB) { /* OB bias sums side by side: a chain of adds each */
@@ -215,7 +241,8 @@ static void linear_backward(float *restrict dinp, float *restrict dw, float *res
     for (int o = 0; o < OB; o++) acc[o] = splat8(0.0f);
     for (int r0 = 0; r0 < TILE; r0 += RB)
       for (int o = 0; o < OB; o++) acc[o] += ld8(dout + (o0 + o) * TILE + r0);
-    for (int o = 0; o < OB; o++) db[o0 + o] += lanes_sum(acc[o]);
+    v8 sum = lanes_sum8x(acc);
+    for (int o = 0; o < OB; o++) db[o0 + o] += sum[o];
   }
   for (; o0 < O; o0++) {
     v8 acc = splat8(0.0f);
@@ -241,12 +268,16 @@ static void linear_backward(float *restrict dinp, float *restrict dw, float *res
         vr g = ldr(dout + o * TILE + r0);
         for (int k = 0; k < 4; k++) acc[k] = fmar(splatr(w[o * I + i + k]), g, acc[k]);
       }
-      for (int k = 0; k < 4; k++) str(dinp + (i + k) * TILE + r0, acc[k]);
+      for (int k = 0; k < 4; k++) {
+        int at = (i + k) * TILE + r0;
+        str(dinp + at, sz ? silu_grad_r(acc[k], ldr(sz + at), ldr(ss + at)) : acc[k]);
+      }
     }
     for (; i < I; i++) {
       vr acc = splatr(0.0f);
       for (int o = 0; o < O; o++) acc = fmar(splatr(w[o * I + i]), ldr(dout + o * TILE + r0), acc);
-      str(dinp + i * TILE + r0, acc);
+      int at = i * TILE + r0;
+      str(dinp + at, sz ? silu_grad_r(acc, ldr(sz + at), ldr(ss + at)) : acc);
     }
   }
 }
@@ -442,20 +473,26 @@ static void tile_backward(const df_netdesc *nd, const float *params, const frame
     for (int l = nd->nlin - 1; l >= 0; l--) {
       const float *in = l > 0 ? f->h[l - 1] : f->in0;
       float *dh = l == 0 ? NULL : dz == d1 ? d2 : d1; /* never the buffer dz is in; none for x, t */
-      linear_backward(dh, g + nd->woff[l], g + nd->boff[l], dz, in, W[l], nd->in[l], nd->out[l]);
+      int fuse = l > 0 && nd->act == DF_ACT_SILU;
+      linear_backward(dh, g + nd->woff[l], g + nd->boff[l], dz, in, W[l], nd->in[l], nd->out[l],
+                      fuse ? f->z[l - 1] : NULL, fuse ? f->aux[l - 1] : NULL);
       if (l > 0) {
-        act_backward(nd->act, dh, dh, f->z[l - 1], f->aux[l - 1], nd->out[l - 1] * TILE);
+        if (!fuse) act_backward(nd->act, dh, dh, f->z[l - 1], f->aux[l - 1], nd->out[l - 1] * TILE);
         dz = dh;
       }
     }
     return;
   }
   int H = nd->out[0];
-  linear_backward(d1, g + nd->woff[2], g + nd->boff[2], dout, f->hh, W[2], H, nd->dim);
-  act_backward(nd->act, d2, d1, f->v, f->av, H * TILE);     /* dv: goes to both branches */
-  linear_backward(NULL, g + nd->woff[1], g + nd->boff[1], d2, f->x, W[1], nd->dim, H);
+  if (nd->act == DF_ACT_SILU) { /* dv (it goes to both branches), silu's derivative fused */
+    linear_backward(d2, g + nd->woff[2], g + nd->boff[2], dout, f->hh, W[2], H, nd->dim, f->v, f->av);
+  } else {
+    linear_backward(d1, g + nd->woff[2], g + nd->boff[2], dout, f->hh, W[2], H, nd->dim, NULL, NULL);
+    act_backward(nd->act, d2, d1, f->v, f->av, H * TILE);
+  }
+  linear_backward(NULL, g + nd->woff[1], g + nd->boff[1], d2, f->x, W[1], nd->dim, H, NULL, NULL);
   act_backward(nd->act, d1, d2, f->ze, f->ae, H * TILE);    /* dze */
-  linear_backward(NULL, g + nd->woff[0], g + nd->boff[0], d1, f->f, W[0], nd->embed, H);
+  linear_backward(NULL, g + nd->woff[0], g + nd->boff[0], d1, f->f, W[0], nd->embed, H, NULL, NULL);
 }
 
 /* ---- workspace -------------------------------------------------------------------------------- */
