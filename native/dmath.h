@@ -535,23 +535,25 @@ DF_FN float df_act_bwd(int act, float z, float aux)
 }
 
 /* sin and cos of x reduced in float with pi/2 in three parts (products exact for |k| < 2^12):
-   within 1.5 ulp for |x| < 6e4 (1.8 ulp below 1e5), drifting slowly beyond (the Fourier
-   features' arguments stay far below); twice as fast as df_sincosf's reduction in double.
-   Beyond ~1e5 the rounded x 2/pi may put k one off, so |r| a little over pi/4, where the
-   kernels are still accurate; r is not clamped (a clamp costs the Fourier features 7%), so
-   past 1e7, where float x no longer resolves the period, |values| may exceed 1 by 4e-6. */
+   within 1.5 ulp for |x| < 6e4, 1.8 below 1e5, 10 below 1e6 (sampled), which the Fourier
+   features' arguments stay far below; twice as fast as df_sincosf's reduction in double. Past
+   2^22 pi/2 ~ 6.6e6, where x's own ulp is a twelfth of the period, k is rounded coarsely and
+   the error grows to thousands of ulps; r is not clamped (a clamp costs the features 7%), so
+   there |values| may exceed 1 by 4e-6. Past |x| = 1e9 (ulp over ten periods): NaN. */
 DF_FN void df_sincosf_short(float x, float *sinx, float *cosx)
 {
   const float C1 = 1.5703125f, C2 = 4.837512969970703e-4f, C3 = 7.549790126404332e-8f;
-  float kf = floorf(df_fmaf(x, 0.636619772367581343f, 0.5f));
+  /* k = x 2/pi rounded to an integer by adding and taking away ROUND (no floor); q = k mod 4
+     from k as an int (|k| < 2^30 for every |x| <= 1e9; larger x give NaN below) */
+  float kf = df_fmaf(x, 0.636619772367581343f, DF_ROUND) - DF_ROUND;
   float r = df_fmaf(-kf, C3, df_fmaf(-kf, C2, df_fmaf(-kf, C1, x)));
-  int q = (int)(kf - 4.0f * floorf(kf * 0.25f));
+  uint32_t q = (uint32_t)(int32_t)kf;
   float s = df_sin_kernel(r), c = df_cos_kernel(r);
   float sv = (q & 1) ? c : s, cv = (q & 1) ? s : c;
   /* the quadrant's signs by flipping sign bits: sin negated in quadrants 2, 3, cos in 1, 2 */
-  sv = df_from_bits(df_to_bits(sv) ^ ((uint32_t)(q & 2) << 30));
-  cv = df_from_bits(df_to_bits(cv) ^ ((uint32_t)((q + 1) & 2) << 30));
-  int bad = !(fabsf(x) <= 3.40282347e38f); /* NaN or infinite */
+  sv = df_from_bits(df_to_bits(sv) ^ ((q & 2u) << 30));
+  cv = df_from_bits(df_to_bits(cv) ^ (((q + 1u) & 2u) << 30));
+  int bad = !(fabsf(x) <= 1e9f); /* NaN, infinite, or so large that 2 pi is under 1/10 ulp */
   *sinx = bad ? NAN : sv;
   *cosx = bad ? NAN : cv;
 }

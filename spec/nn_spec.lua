@@ -161,6 +161,10 @@ describe('score networks', function()
       local y = temb_ref(p, W, spec, xs[r], ts[r])
       assert.near(y[1], out[r][1], 2e-5 * (1 + math.abs(y[1])))
     end
+    -- |2 pi t W| past 1e9, where a float's ulp spans ten periods, has no phase left: NaN
+    -- (dmath.h, df_sincosf_short), not a value that only looks like a feature
+    local far = rows(net:forward(tensor.randn(2, 1), 1e8))
+    for r = 1, 2 do assert.is_true(H.isnan(far[r][1])) end
   end)
 
   it('the seed architectures: sizes, parameter counts, initialisation as nn.Linear', function()
