@@ -332,37 +332,91 @@ static int cpu_reduce_dim(int dev, int op, float *out, float *idx, const float *
 
 /* ---- matmul ------------------------------------------------------------------------------ */
 
-/* C (m x n) = A (m x k) B (k x n): four rows of A share each pass over a row block of B; every
-   C[i][j] is the sum over p in increasing order, whatever the blocking */
-static void gemm(float *c, const float *a, const float *b, int64_t m, int64_t k, int64_t n)
+/* C (m x n) = A (m x k) B (k x n): every C[i][j] is the sum over p in increasing order of the
+   rounded products a[i][p] b[p][j] (a multiply, then an add: no fma), whatever the blocking.
+   Register tiles of 4 rows x 2 vectors of columns accumulate over a chunk of KC values of p from
+   a packed copy of B's panel (contiguous, in L1), so each load of B serves four rows and each
+   broadcast of A two vectors; a later chunk continues from the partial sums stored in C.
+   Columns past the last whole panel go through gemm_cols. The vector is the widest register (the
+   sums do not depend on it). */
+#ifdef __AVX512F__
+#define GV 16
+typedef float gvec __attribute__((vector_size(64)));
+#else
+#define GV 8
+typedef float gvec __attribute__((vector_size(32)));
+#endif
+#define KC 128
+#pragma GCC diagnostic ignored "-Wpsabi" /* (gvec never crosses a call: always inlined) */
+
+/* rows i .. i + rows - 1 of the panel at j0, over p = p0 .. p0 + kc - 1 (bp: B's rows p0.. of
+   the panel, 2 GV floats each) */
+static inline __attribute__((always_inline)) void gemm_tile(float *c, const float *a,
+                                                             const float *bp, int64_t k,
+                                                             int64_t n, int64_t i, int64_t j0,
+                                                             int64_t p0, int64_t kc, int rows)
 {
-  const int64_t NB = 512;
-  for (int64_t j0 = 0; j0 < n; j0 += NB) {
-    int64_t nb = n - j0 < NB ? n - j0 : NB;
-    int64_t i = 0;
-    for (; i + 4 <= m; i += 4) {
-      float *c0 = c + i * n + j0, *c1 = c0 + n, *c2 = c1 + n, *c3 = c2 + n;
-      for (int64_t j = 0; j < nb; j++) c0[j] = c1[j] = c2[j] = c3[j] = 0.0f;
-      for (int64_t p = 0; p < k; p++) {
-        const float *br = b + p * n + j0;
-        float a0 = a[i * k + p], a1 = a[(i + 1) * k + p], a2 = a[(i + 2) * k + p],
-              a3 = a[(i + 3) * k + p];
-        for (int64_t j = 0; j < nb; j++) {
-          float bv = br[j];
-          c0[j] += a0 * bv; c1[j] += a1 * bv; c2[j] += a2 * bv; c3[j] += a3 * bv;
-        }
-      }
+  gvec acc[4][2];
+  for (int r = 0; r < rows; r++)
+    for (int h = 0; h < 2; h++) {
+      if (p0 == 0) acc[r][h] = (gvec){ 0 };
+      else memcpy(&acc[r][h], c + (i + r) * n + j0 + h * GV, sizeof acc[r][h]);
     }
-    for (; i < m; i++) {
-      float *c0 = c + i * n + j0;
-      for (int64_t j = 0; j < nb; j++) c0[j] = 0.0f;
-      for (int64_t p = 0; p < k; p++) {
-        const float *br = b + p * n + j0;
-        float a0 = a[i * k + p];
-        for (int64_t j = 0; j < nb; j++) c0[j] += a0 * br[j];
+  for (int64_t p = 0; p < kc; p++) {
+    gvec b0, b1;
+    memcpy(&b0, bp + p * 2 * GV, sizeof b0);
+    memcpy(&b1, bp + p * 2 * GV + GV, sizeof b1);
+    for (int r = 0; r < rows; r++) {
+      float av = a[(i + r) * k + p0 + p];
+      acc[r][0] += av * b0; /* scalar times vector: every lane, then the add */
+      acc[r][1] += av * b1;
+    }
+  }
+  for (int r = 0; r < rows; r++)
+    for (int h = 0; h < 2; h++) memcpy(c + (i + r) * n + j0 + h * GV, &acc[r][h], sizeof acc[r][h]);
+}
+
+/* columns j0 .. n - 1: four rows of A share each pass over a row of B */
+static void gemm_cols(float *c, const float *a, const float *b, int64_t m, int64_t k, int64_t n,
+                      int64_t j0)
+{
+  int64_t nb = n - j0, i = 0;
+  for (; i + 4 <= m; i += 4) {
+    float *c0 = c + i * n + j0, *c1 = c0 + n, *c2 = c1 + n, *c3 = c2 + n;
+    for (int64_t j = 0; j < nb; j++) c0[j] = c1[j] = c2[j] = c3[j] = 0.0f;
+    for (int64_t p = 0; p < k; p++) {
+      const float *br = b + p * n + j0;
+      float a0 = a[i * k + p], a1 = a[(i + 1) * k + p], a2 = a[(i + 2) * k + p],
+            a3 = a[(i + 3) * k + p];
+      for (int64_t j = 0; j < nb; j++) {
+        float bv = br[j];
+        c0[j] += a0 * bv; c1[j] += a1 * bv; c2[j] += a2 * bv; c3[j] += a3 * bv;
       }
     }
   }
+  for (; i < m; i++) {
+    float *c0 = c + i * n + j0;
+    for (int64_t j = 0; j < nb; j++) c0[j] = 0.0f;
+    for (int64_t p = 0; p < k; p++) {
+      const float *br = b + p * n + j0;
+      float a0 = a[i * k + p];
+      for (int64_t j = 0; j < nb; j++) c0[j] += a0 * br[j];
+    }
+  }
+}
+
+static void gemm(float *c, const float *a, const float *b, int64_t m, int64_t k, int64_t n)
+{
+  const int64_t nw = m < 4 ? 0 : n / (2 * GV) * (2 * GV); /* (a panel for fewer rows: no gain) */
+  float bp[KC * 2 * GV];
+  for (int64_t j0 = 0; j0 < nw; j0 += 2 * GV)
+    for (int64_t p0 = 0; p0 < k; p0 += KC) {
+      int64_t kc = k - p0 < KC ? k - p0 : KC, i = 0;
+      for (int64_t p = 0; p < kc; p++) memcpy(bp + p * 2 * GV, b + (p0 + p) * n + j0, 2 * GV * sizeof(float));
+      for (; i + 4 <= m; i += 4) gemm_tile(c, a, bp, k, n, i, j0, p0, kc, 4);
+      for (; i < m; i++) gemm_tile(c, a, bp, k, n, i, j0, p0, kc, 1);
+    }
+  if (nw < n) gemm_cols(c, a, b, m, k, n, nw);
 }
 
 static int cpu_matmul(int dev, float *c, const float *a, const float *b, int64_t batch,
