@@ -251,6 +251,35 @@ describe('score networks', function()
     end
   end)
 
+  -- A forward nothing goes backward from (score.net's, a sampler's) applies silu to the layer's
+  -- accumulators in registers (cpu_nn.c, linear_silu_forward); a forward kept for a backward
+  -- stores z and runs silu over it. score(x, t) is that forward times a float 1/sigma(t), which
+  -- a net whose output is exactly 1 reveals; the values must agree to the bit.
+  it("a sampler's forward (silu fused into the layer) is bitwise a kept forward", function()
+    local ve = diffuse.ve(1.1)
+    local one = diffuse.nn.mlp{ dim = 1, hidden = { 8 } }
+    local p1 = {}
+    for i = 1, one:num_parameters() do p1[i] = 0 end
+    p1[#p1] = 1 -- the output bias
+    one:set_parameters(tensor.new(p1))
+    for i, hidden in ipairs { { 8, 8, 8 }, { 16, 8 }, { 8, 24, 5 }, { 32 } } do
+      diffuse.seed(60 + i)
+      local net = diffuse.nn.mlp{ dim = 2, hidden = hidden }
+      local x = tensor.randn(600, 2)
+      for _, t in ipairs { 0.3, 0.9 } do
+        local inv = diffuse.score.net(one, ve)(tensor.zeros(1, 1), t):totable()[1][1]
+        local s = H.flatten(diffuse.score.net(net, ve)(x, t):totable())
+        local y = H.flatten(net:forward(x, t):totable())
+        for j = 1, #y do
+          if H.bits32(s[j]) ~= H.bits32(f32(y[j] * inv)) then
+            error(('hidden %d, t = %g, value %d: score %.9g, forward * 1/sigma %.9g'):format(
+              i, t, j, s[j], f32(y[j] * inv)))
+          end
+        end
+      end
+    end
+  end)
+
   it('backward accumulates, zero_grad clears, a number t works like a constant tensor', function()
     diffuse.seed(6)
     local net = diffuse.nn.mlp{ dim = 1, hidden = { 4 } }
