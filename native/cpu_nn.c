@@ -28,7 +28,6 @@ typedef float v8 __attribute__((vector_size(32)));
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 INLINE v8 ld8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
-INLINE void st8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 INLINE v8 splat8(float x) { v8 v = { x, x, x, x, x, x, x, x }; return v; }
 
 /* a * b + c per lane, rounded once: what df_fmaf does to one float (and the CUDA kernels to
@@ -128,20 +127,28 @@ INLINE float lanes_sum(v8 a)
 }
 
 /* lanes_sum of OB (= 8) vectors at once, the same additions in the same order, as three rounds
-   of shuffles and vector adds (halves, then pairs, then neighbours) instead of eight scalar
-   trees */
-typedef int32_t v8i __attribute__((vector_size(32)));
+   of lane moves and vector adds (halves, then pairs, then neighbours) instead of eight scalar
+   trees. The lane moves are written as vectors built from lanes, which gcc and clang both turn
+   into shuffles. */
 INLINE v8 lanes_sum8x(const v8 a[8])
 {
-  const v8i lo = { 0, 1, 2, 3, 8, 9, 10, 11 }, hi = { 4, 5, 6, 7, 12, 13, 14, 15 };
-  const v8i ev = { 0, 1, 8, 9, 4, 5, 12, 13 }, od = { 2, 3, 10, 11, 6, 7, 14, 15 };
-  const v8i c0 = { 0, 4, 2, 6, 8, 12, 10, 14 }, c1 = { 1, 5, 3, 7, 9, 13, 11, 15 };
   v8 h[4], q[2];
-  for (int k = 0; k < 4; k++) /* [a+a' of lanes (0,4) (1,5) (2,6) (3,7) | same for the next] */
-    h[k] = __builtin_shuffle(a[2 * k], a[2 * k + 1], lo) + __builtin_shuffle(a[2 * k], a[2 * k + 1], hi);
-  for (int k = 0; k < 2; k++) /* (0,4)+(2,6) and (1,5)+(3,7) of four vectors */
-    q[k] = __builtin_shuffle(h[2 * k], h[2 * k + 1], ev) + __builtin_shuffle(h[2 * k], h[2 * k + 1], od);
-  return __builtin_shuffle(q[0], q[1], c0) + __builtin_shuffle(q[0], q[1], c1);
+  for (int k = 0; k < 4; k++) { /* [x0+x4 x1+x5 x2+x6 x3+x7 | the same for y], x, y = a[2k], a[2k+1] */
+    v8 x = a[2 * k], y = a[2 * k + 1];
+    v8 lo = { x[0], x[1], x[2], x[3], y[0], y[1], y[2], y[3] };
+    v8 hi = { x[4], x[5], x[6], x[7], y[4], y[5], y[6], y[7] };
+    h[k] = lo + hi;
+  }
+  for (int k = 0; k < 2; k++) { /* (0,4)+(2,6) and (1,5)+(3,7), four vectors' worth */
+    v8 x = h[2 * k], y = h[2 * k + 1];
+    v8 ev = { x[0], x[1], y[0], y[1], x[4], x[5], y[4], y[5] };
+    v8 od = { x[2], x[3], y[2], y[3], x[6], x[7], y[6], y[7] };
+    q[k] = ev + od;
+  }
+  v8 x = q[0], y = q[1];
+  v8 c0 = { x[0], x[4], x[2], x[6], y[0], y[4], y[2], y[6] };
+  v8 c1 = { x[1], x[5], x[3], x[7], y[1], y[5], y[3], y[7] };
+  return c0 + c1;
 }
 
 /* out [O][T] = W [O, I] inp [I][T] + b [O]: for OB outputs and RF rows at a time, the bias and
