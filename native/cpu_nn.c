@@ -152,10 +152,11 @@ INLINE v8 lanes_sum8x(const v8 a[8])
 }
 
 /* out [O][T] = W [O, I] inp [I][T] + b [O]: for OB outputs and RF rows at a time, the bias and
-   then the inputs in order, one fma each, accumulated in registers */
+   then the inputs in order, one fma each, accumulated in registers; with `silu` (a constant
+   once inlined) the accumulators go through silu_r before they are stored */
 INLINE void linear_forward_block(float *restrict out, const float *restrict inp,
                                  const float *restrict w, const float *restrict b,
-                                 int I, int o0, int r0)
+                                 int I, int o0, int r0, int silu)
 {
   vr acc[OB];
   for (int o = 0; o < OB; o++) acc[o] = splatr(b[o0 + o]);
@@ -163,7 +164,15 @@ INLINE void linear_forward_block(float *restrict out, const float *restrict inp,
     vr x = ldr(inp + i * TILE + r0);
     for (int o = 0; o < OB; o++) acc[o] = fmar(splatr(w[(o0 + o) * I + i]), x, acc[o]);
   }
-  for (int o = 0; o < OB; o++) str(out + (o0 + o) * TILE + r0, acc[o]);
+  for (int o = 0; o < OB; o++) { /* each stored as soon as it is final (fewer live registers) */
+#ifdef HAVE_SILU_R
+    vr s;
+    if (silu) acc[o] = silu_r(acc[o], &s);
+#else
+    (void)silu;
+#endif
+    str(out + (o0 + o) * TILE + r0, acc[o]);
+  }
 }
 
 static void linear_forward(float *restrict out, const float *restrict inp, const float *restrict w,
@@ -172,7 +181,7 @@ static void linear_forward(float *restrict out, const float *restrict inp, const
 {
   int o0 = 0;
   for (; o0 + OB <= O; o0 += OB)
-    for (int r0 = 0; r0 < TILE; r0 += RF) linear_forward_block(out, inp, w, b, I, o0, r0);
+    for (int r0 = 0; r0 < TILE; r0 += RF) linear_forward_block(out, inp, w, b, I, o0, r0, 0);
   for (; o0 < O; o0++) /* the outputs left over, one at a time, in the same order; four row
                            vectors at once, so four chains of fmas overlap */
     for (int r0 = 0; r0 < TILE; r0 += 4 * RF) {
@@ -194,19 +203,8 @@ static void linear_forward(float *restrict out, const float *restrict inp, const
 static void linear_silu_forward(float *restrict h, const float *restrict inp,
                                 const float *restrict w, const float *restrict b, int I, int O)
 {
-  for (int o0 = 0; o0 + OB <= O; o0 += OB)
-    for (int r0 = 0; r0 < TILE; r0 += RF) {
-      vr acc[OB];
-      for (int o = 0; o < OB; o++) acc[o] = splatr(b[o0 + o]);
-      for (int i = 0; i < I; i++) {
-        vr x = ldr(inp + i * TILE + r0);
-        for (int o = 0; o < OB; o++) acc[o] = fmar(splatr(w[(o0 + o) * I + i]), x, acc[o]);
-      }
-      for (int o = 0; o < OB; o++) {
-        vr s;
-        str(h + (o0 + o) * TILE + r0, silu_r(acc[o], &s));
-      }
-    }
+  for (int o0 = 0; o0 + OB <= O; o0 += OB) /* (O is a multiple of OB here) */
+    for (int r0 = 0; r0 < TILE; r0 += RF) linear_forward_block(h, inp, w, b, I, o0, r0, 1);
 }
 #endif
 
@@ -329,17 +327,10 @@ static void act_forward(int act, float *h, float *aux, const float *z, int n)
 {
 #ifdef HAVE_SILU_R
   if (act == DF_ACT_SILU) { /* n is a multiple of TILE, hence of RF */
-    if (aux) {
-      for (int i = 0; i < n; i += RF) {
-        vr s;
-        str(h + i, silu_r(ldr(z + i), &s));
-        str(aux + i, s);
-      }
-    } else {
-      for (int i = 0; i < n; i += RF) {
-        vr s;
-        str(h + i, silu_r(ldr(z + i), &s));
-      }
+    for (int i = 0; i < n; i += RF) {
+      vr s;
+      str(h + i, silu_r(ldr(z + i), &s));
+      if (aux) str(aux + i, s);
     }
     return;
   }

@@ -155,6 +155,17 @@ DF_FN float df_cos_kernel(float r)
   return df_fmaf(p, z, 1.0f);
 }
 
+/* sin and cos of k pi/2 + r from r in [-pi/4, pi/4] and q = k mod 4 (any k, as two's
+   complement bits): the kernels, swapped in odd quadrants, and their signs flipped by the sign
+   bit (sin negated in quadrants 2, 3, cos in 1, 2) */
+DF_FN void df_sincos_quadrant(uint32_t q, float r, float *sinx, float *cosx)
+{
+  float s = df_sin_kernel(r), c = df_cos_kernel(r);
+  float sv = (q & 1u) ? c : s, cv = (q & 1u) ? s : c;
+  *sinx = df_from_bits(df_to_bits(sv) ^ ((q & 2u) << 30));
+  *cosx = df_from_bits(df_to_bits(cv) ^ (((q + 1u) & 2u) << 30));
+}
+
 /* sin and cos of x: x = k pi/2 + r, reduced in double with pi/2 in three parts (exact products
    for |k| < 2^23); beyond |x| ~ 1e7 float inputs are coarser than the period anyway, and r is
    clamped so the result stays in [-1, 1] */
@@ -168,10 +179,8 @@ DF_FN void df_sincosf(float x, float *sinx, float *cosx)
   float r = (float)rd;
   r = r > 0.7853982f ? 0.7853982f : (r < -0.7853982f ? -0.7853982f : r);
   int q = (int)(kd - 4.0 * floor(kd * 0.25)); /* k mod 4, also for huge k */
-  float s = df_sin_kernel(r), c = df_cos_kernel(r);
-  float sv = (q & 1) ? c : s, cv = (q & 1) ? s : c;
-  sv = (q & 2) ? -sv : sv;
-  cv = ((q + 1) & 2) ? -cv : cv;
+  float sv, cv;
+  df_sincos_quadrant((uint32_t)q, r, &sv, &cv);
   int bad = x != x || x == INFINITY || x == -INFINITY;
   *sinx = bad ? NAN : sv;
   *cosx = bad ? NAN : cv;
@@ -186,11 +195,7 @@ DF_FN void df_sincos2pi(float u, float *s, float *c)
   float u4 = u * 4.0f;
   float qf = floorf(u4 + 0.5f);
   float r = (u4 - qf) * 1.57079632679489662f;
-  int q = (int)qf;
-  float sk = df_sin_kernel(r), ck = df_cos_kernel(r);
-  float sv = (q & 1) ? ck : sk, cv = (q & 1) ? sk : ck;
-  *s = (q & 2) ? -sv : sv;
-  *c = ((q + 1) & 2) ? -cv : cv;
+  df_sincos_quadrant((uint32_t)(int)qf, r, s, c);
 }
 
 /* ---- tanh, sigmoid, activations ---------------------------------------------------------- */
@@ -547,12 +552,8 @@ DF_FN void df_sincosf_short(float x, float *sinx, float *cosx)
      from k as an int (|k| < 2^30 for every |x| <= 1e9; larger x give NaN below) */
   float kf = df_fmaf(x, 0.636619772367581343f, DF_ROUND) - DF_ROUND;
   float r = df_fmaf(-kf, C3, df_fmaf(-kf, C2, df_fmaf(-kf, C1, x)));
-  uint32_t q = (uint32_t)(int32_t)kf;
-  float s = df_sin_kernel(r), c = df_cos_kernel(r);
-  float sv = (q & 1) ? c : s, cv = (q & 1) ? s : c;
-  /* the quadrant's signs by flipping sign bits: sin negated in quadrants 2, 3, cos in 1, 2 */
-  sv = df_from_bits(df_to_bits(sv) ^ ((q & 2u) << 30));
-  cv = df_from_bits(df_to_bits(cv) ^ (((q + 1u) & 2u) << 30));
+  float sv, cv;
+  df_sincos_quadrant((uint32_t)(int32_t)kf, r, &sv, &cv);
   int bad = !(fabsf(x) <= 1e9f); /* NaN, infinite, or so large that 2 pi is under 1/10 ulp */
   *sinx = bad ? NAN : sv;
   *cosx = bad ? NAN : cv;
