@@ -17,10 +17,12 @@
  * half-written checkpoint under the real name. */
 #define _POSIX_C_SOURCE 200112L
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "status.h"
 #include "nn.h"
@@ -158,7 +160,10 @@ int df_save(const char *path, const df_net *n, const df_adam *o, uint64_t seed, 
   /* write beside the target, then rename over it */
   snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
   FILE *f = fopen(tmp, "wb");
-  if (!f) { st = df_fail(DF_EIO, "cannot write '%s': %s", tmp, strerror(errno)); goto done; }
+  if (!f) { /* (named as given: the temporary file is ours, not the caller's) */
+    st = df_fail(DF_EIO, "cannot write '%s': %s", path, strerror(errno));
+    goto done;
+  }
   int bad = fwrite(b.p, 1, b.len, f) != b.len;
   bad |= fflush(f) != 0;
   bad |= fsync(fileno(f)) != 0;
@@ -278,8 +283,20 @@ int df_load(const char *path, df_net *n, df_adam *o, int *has_opt, uint64_t *see
   unsigned char *data = NULL;
   char text[1024], otext[1024];
   *has_opt = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f) return df_fail(DF_EIO, "cannot open '%s': %s", path, strerror(errno));
+  /* opened without blocking and checked to be a regular file first: a FIFO would wait for a
+     writer forever, a directory would read as nonsense */
+  int fd = open(path, O_RDONLY | O_NONBLOCK);
+  if (fd < 0) return df_fail(DF_EIO, "cannot open '%s': %s", path, strerror(errno));
+  struct stat sb;
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    close(fd);
+    return df_fail(DF_EIO, "cannot read '%s': not a regular file", path);
+  }
+  FILE *f = fdopen(fd, "rb");
+  if (!f) {
+    close(fd);
+    return df_fail(DF_EIO, "cannot open '%s': %s", path, strerror(errno));
+  }
   long size = -1;
   if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
   if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {

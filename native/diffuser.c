@@ -1,6 +1,7 @@
 /* diffuser.c: diffusers (VE and power-law: g, sigma, forward noising, the prior) and the
  * Euclidean heat kernel. Everything is composed from backend operations, so it runs on
  * whichever device holds the tensors. */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 #include "status.h"
@@ -44,7 +45,8 @@ int df_diffuser_ve(df_diffuser *D, double kappa)
   if (!isfinite(kappa) || kappa <= 0.0)
     return df_fail(DF_EARG, "kappa must be a positive finite number (got %g)", kappa);
   if (fabs(log(kappa)) > 40.0)
-    return df_fail(DF_EARG, "kappa = %g is out of range: kappa^2 overflows float32", kappa);
+    return df_fail(DF_EARG, "kappa = %g is out of range [e^-40, e^40]: kappa^2 must be a normal "
+                   "float32", kappa);
   memset(D, 0, sizeof *D);
   D->kind = DF_VE;
   D->kappa = kappa;
@@ -86,6 +88,8 @@ int df_check_times(const df_tensor *t)
   int st;
   if (t->numel == 0) return DF_OK;
   if ((st = df_reduce_all(t, DF_RMIN, &lo)) || (st = df_reduce_all(t, DF_RMAX, &hi))) return st;
+  if (lo != lo || hi != hi) /* (a NaN anywhere makes both NaN) */
+    return df_fail(DF_EARG, "times must be finite and non-negative (found NaN)");
   if (!(lo >= 0.0) || !isfinite(hi))
     return df_fail(DF_EARG, "times must be finite and non-negative (found %g to %g)", lo, hi);
   return DF_OK;
@@ -161,6 +165,10 @@ int df_prior(df_tensor *out, const df_diffuser *D, int64_t n, int64_t d)
 
 /* ---- the heat kernel ------------------------------------------------------------------------- */
 
+/* a width's square is a float32 the kernel divides by: it must stay normal and finite */
+static int width_ok(double w) { return w * w >= FLT_MIN && w * w <= FLT_MAX; }
+#define WIDTH_RANGE "positive and finite, from about 1.1e-19 to 1.8e19 (its square a normal float32)"
+
 /* x as [rows, d] (a 1-d x is [rows, 1]); the width one number or one per row */
 static int heat_args(const df_tensor *x, const df_tensor *w, double w0, int64_t *rows, int64_t *d)
 {
@@ -172,8 +180,7 @@ static int heat_args(const df_tensor *x, const df_tensor *w, double w0, int64_t 
   *rows = x->shape[0];
   *d = x->ndim == 2 ? x->shape[1] : 1;
   if (!w) {
-    if (!(w0 > 0.0) || !isfinite(w0))
-      return df_fail(DF_EARG, "width must be positive and finite (got %g)", w0);
+    if (!(w0 > 0.0) || !width_ok(w0)) return df_fail(DF_EARG, "width must be " WIDTH_RANGE " (got %g)", w0);
     return DF_OK;
   }
   if (!df_same_device(x, w)) return df_fail(DF_EARG, "x and width are on different devices");
@@ -186,8 +193,8 @@ static int heat_args(const df_tensor *x, const df_tensor *w, double w0, int64_t 
   int st;
   if (w->numel > 0 && ((st = df_reduce_all(w, DF_RMIN, &lo)) || (st = df_reduce_all(w, DF_RMAX, &hi))))
     return st;
-  if (w->numel > 0 && (!(lo > 0.0) || !isfinite(hi)))
-    return df_fail(DF_EARG, "widths must be positive and finite (found %g to %g)", lo, hi);
+  if (w->numel > 0 && (!(lo > 0.0) || !width_ok(lo) || !width_ok(hi)))
+    return df_fail(DF_EARG, "widths must be " WIDTH_RANGE " (found %g to %g)", lo, hi);
   return DF_OK;
 }
 
@@ -265,8 +272,7 @@ int df_heat_sample(df_tensor *out, int64_t n, int64_t d, const df_tensor *w, dou
     be = w->be;
     dev = w->dev;
   } else {
-    if (!(w0 > 0.0) || !isfinite(w0))
-      return df_fail(DF_EARG, "width must be positive and finite (got %g)", w0);
+    if (!(w0 > 0.0) || !width_ok(w0)) return df_fail(DF_EARG, "width must be " WIDTH_RANGE " (got %g)", w0);
     df_current_device(&be, &dev);
   }
   if ((st = df_tensor_alloc(out, be, dev, 2, shape)) || (st = df_random(out, DF_NORMAL))) return st;

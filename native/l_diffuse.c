@@ -43,9 +43,9 @@ static int d_set_rng_state(lua_State *L)
 {
   const char *fname = "diffuse.set_rng_state";
   uint64_t seed = (uint64_t)l_checkint(L, 1, fname, "seed");
-  int64_t stream = l_checkint(L, 2, fname, "stream");
-  if (stream < 0) l_error(L, fname, "stream must be non-negative (got %lld)", (long long)stream);
-  df_rng_set_state(seed, (uint64_t)stream);
+  /* the 64-bit counter's bits, as rng_state gives them (negative past 2^63, like a seed) */
+  uint64_t stream = (uint64_t)l_checkint(L, 2, fname, "stream");
+  df_rng_set_state(seed, stream);
   return 0;
 }
 

@@ -1,6 +1,7 @@
 /* l_diffusion.c: the Lua face of the diffusion core: diffuse.heat, the diffuser userdata
  * (diffuse.ve, diffuse.power), score sources (diffuse.score.exact, .mixture, and Lua functions)
  * and the sampler userdata (diffuse.sampler). */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,6 +188,7 @@ static l_score *new_score(lua_State *L, int kind, const df_diffuser *D)
   luaL_setmetatable(L, DF_SCORE_MT);
   s->src.kind = kind;
   s->src.diff = *D;
+  s->live = 1;
   return s;
 }
 
@@ -194,6 +196,7 @@ l_score *l_checkscore(lua_State *L, int idx, const char *fname, const char *what
 {
   l_score *s = (l_score *)luaL_testudata(L, idx, DF_SCORE_MT);
   if (!s) l_error(L, fname, "%s must be a score source (got %s)", what, luaL_typename(L, idx));
+  if (!s->live) l_error(L, fname, "attempt to use a released score source");
   return s;
 }
 
@@ -235,19 +238,22 @@ static int s_mixture(lua_State *L)
   s->mixbuf = (float *)malloc((size_t)(k * (d + 2)) * sizeof(float));
   if (!s->mixbuf) l_error(L, fname, "out of memory");
   float *logw = s->mixbuf, *mu = logw + k, *var0 = mu + (size_t)k * d;
-  double total = 0.0;
+  double wmax = 0.0;
   for (int j = 1; j <= k; j++) {
     lua_rawgeti(L, wi, j);
     double w = l_checknum(L, -1, fname, "weight");
     lua_pop(L, 1);
     if (!(w > 0.0) || !isfinite(w)) l_error(L, fname, "weight %d must be positive and finite (got %g)", j, w);
-    total += w;
-    logw[j - 1] = (float)w;
+    if (w > wmax) wmax = w;
     lua_rawgeti(L, si, j);
     double sd = l_checknum(L, -1, fname, "std");
     lua_pop(L, 1);
     if (!(sd > 0.0) || !isfinite(sd)) l_error(L, fname, "std %d must be positive and finite (got %g)", j, sd);
+    /* the variance is a float32 that the scores divide by (at t = 0 alone) */
     var0[j - 1] = (float)(sd * sd);
+    if (!isfinite(var0[j - 1]) || var0[j - 1] < FLT_MIN)
+      l_error(L, fname, "std %d = %g is out of range: its square must be a normal float32 "
+              "(std from about 1.1e-19 to 1.8e19)", j, sd);
     lua_rawgeti(L, mi, j);
     if (d == 1 && lua_type(L, -1) == LUA_TNUMBER) {
       mu[j - 1] = (float)lua_tonumber(L, -1);
@@ -260,10 +266,23 @@ static int s_mixture(lua_State *L)
         lua_pop(L, 1);
       }
     }
-    if (!isfinite(mu[(j - 1) * d])) l_error(L, fname, "mean %d must be finite", j);
+    for (int c = 0; c < d; c++) /* every coordinate, as a float32 */
+      if (!isfinite(mu[(j - 1) * d + c]))
+        l_error(L, fname, "mean %d must be finite in float32 (coordinate %d)", j, c + 1);
     lua_pop(L, 1);
   }
-  for (int j = 0; j < k; j++) logw[j] = (float)log(logw[j] / total);
+  /* log(w / sum w) with the weights scaled by the largest first, so that no sum overflows */
+  double total = 0.0;
+  for (int j = 1; j <= k; j++) {
+    lua_rawgeti(L, wi, j);
+    total += lua_tonumber(L, -1) / wmax;
+    lua_pop(L, 1);
+  }
+  for (int j = 1; j <= k; j++) {
+    lua_rawgeti(L, wi, j);
+    logw[j - 1] = (float)(log(lua_tonumber(L, -1) / wmax) - log(total));
+    lua_pop(L, 1);
+  }
   s->src.mix.k = k;
   s->src.mix.d = d;
   s->src.mix.logw = logw;
@@ -330,6 +349,7 @@ static int s_gc(lua_State *L)
   s->mixbuf = NULL;
   s->owned = NULL;
   s->src.mix.k = 0;
+  s->live = 0;
   return 0;
 }
 
@@ -357,8 +377,9 @@ static int s_index(lua_State *L)
 
 static int s_tostring(lua_State *L)
 {
-  l_score *s = l_checkscore(L, 1, "diffuse.score", "self");
-  if (s->src.kind == DF_SCORE_MIXTURE)
+  l_score *s = (l_score *)luaL_checkudata(L, 1, DF_SCORE_MT);
+  if (!s->live) lua_pushstring(L, "diffuse.score (released)");
+  else if (s->src.kind == DF_SCORE_MIXTURE)
     lua_pushfstring(L, "diffuse.score.mixture (%d components in R^%d)", s->src.mix.k, s->src.mix.d);
   else lua_pushfstring(L, "diffuse.score.%s", score_kind(s));
   return 1;
@@ -424,8 +445,9 @@ static int lua_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t
   }
   lua_pushnumber(L, (lua_Number)t);
   if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
-    st = df_fail(DF_EARG, "the score function failed: %s", lua_tostring(L, -1));
-    lua_pop(L, 1);
+    int top = lua_gettop(L) - 1;
+    st = df_fail(DF_EARG, "the score function failed: %s", l_errtext(L, -1));
+    lua_settop(L, top);
     return st;
   }
   df_tensor *r = (df_tensor *)luaL_testudata(L, -1, DF_TENSOR_MT);

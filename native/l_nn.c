@@ -206,6 +206,11 @@ static int net_save(lua_State *L)
   df_net *n = check_net(L, 1, fname, "self");
   const char *path = l_checkstr(L, 2, fname, "path");
   df_adam *o = lua_isnoneornil(L, 3) ? NULL : check_optim(L, 3, fname, "optimizer");
+  if (o) { /* (an optimizer of another net of the same size would load as this one's) */
+    lua_getiuservalue(L, 3, 1);
+    if (lua_touserdata(L, -1) != (void *)n) l_error(L, fname, "the optimizer does not belong to this network");
+    lua_pop(L, 1);
+  }
   uint64_t seed, stream;
   df_rng_state(&seed, &stream);
   l_check(L, df_save(path, n, o, seed, stream), fname);
@@ -426,7 +431,7 @@ static int optim_newindex(lua_State *L)
   const char *k = lua_tostring(L, 2);
   if (!k || strcmp(k, "lr") != 0) l_error(L, fname, "only lr can be set");
   double lr = l_checknum(L, 3, fname, "lr");
-  if (!(lr > 0.0) || !isfinite(lr)) l_error(L, fname, "lr must be positive and finite (got %g)", lr);
+  l_check(L, df_adam_check_lr(lr), fname);
   o->lr = lr;
   return 0;
 }
@@ -444,9 +449,8 @@ static int optim_tostring(lua_State *L)
 
 /* diffuse.nn.load(path) --> net, optimizer or nil, {seed = ..., stream = ...}: onto the current
    device; diffuse.set_rng_state(info.seed, info.stream) resumes the random streams */
-static int nn_load(lua_State *L)
+static int load_as(lua_State *L, const char *fname)
 {
-  const char *fname = "diffuse.nn.load";
   const char *path = l_checkstr(L, 1, fname, "path");
   const df_backend *be;
   int dev, has_opt;
@@ -471,10 +475,12 @@ static int nn_load(lua_State *L)
   return 3;
 }
 
+static int nn_load(lua_State *L) { return load_as(L, "diffuse.nn.load"); }
+
 /* diffuse.optim.load(path) --> optimizer, net, info */
 static int optim_load(lua_State *L)
 {
-  nn_load(L);
+  load_as(L, "diffuse.optim.load");
   int top = lua_gettop(L); /* net, optimizer, info */
   if (lua_isnil(L, top - 1)) l_error(L, "diffuse.optim.load", "'%s' holds no optimizer", lua_tostring(L, 1));
   lua_pushvalue(L, top - 1);
@@ -514,6 +520,7 @@ static int score_net(lua_State *L)
   ns->net = n;
   ns->diff = *D;
   s->owned = ns;
+  s->live = 1;
   s->kind_name = "net";
   s->src.kind = DF_SCORE_CALLBACK;
   s->src.diff = *D;
@@ -526,9 +533,19 @@ static int score_net(lua_State *L)
   return 1;
 }
 
+/* the progress function runs Lua inside the loop: what the loop holds is noted here and checked
+   after each call (a function that frees or moves the net, the optimizer or the data stops the
+   loop with an error instead of leaving it on freed memory) */
 typedef struct {
   lua_State *L;
   int fn;
+  const df_net *n;
+  const df_adam *o;
+  const df_tensor *data;
+  const float *params, *m, *x;
+  const df_backend *be;
+  int dev;
+  int64_t rows;
 } progress_ctx;
 
 static int progress_cb(void *ctx, int64_t step, int64_t total, double loss)
@@ -540,14 +557,22 @@ static int progress_cb(void *ctx, int64_t step, int64_t total, double loss)
   lua_pushinteger(L, (lua_Integer)total);
   lua_pushnumber(L, loss);
   if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-    int st = df_fail(DF_EARG, "the progress function failed: %s", lua_tostring(L, -1));
-    lua_pop(L, 1);
+    int top = lua_gettop(L) - 1;
+    int st = df_fail(DF_EARG, "the progress function failed: %s", l_errtext(L, -1));
+    lua_settop(L, top);
     return st;
   }
+  if (!c->n->live || !c->o->live || !df_is_live(c->data))
+    return df_fail(DF_ESTATE, "the progress function released the %s",
+                   !c->n->live ? "network" : !c->o->live ? "optimizer" : "data");
+  if (c->n->params != c->params || c->n->be != c->be || c->n->dev != c->dev || c->o->m != c->m ||
+      df_data(c->data) != c->x || c->data->shape[0] != c->rows)
+    return df_fail(DF_ESTATE, "the progress function moved or replaced the network's, the "
+                   "optimizer's or the data's memory");
   return DF_OK;
 }
 
-/* core.train(net, optimizer, diffuser, data, steps, batch, tol [, progress_fn, every]) -->
+/* core.train(net, optimizer, diffuser, data, steps, batch|nil, tol [, progress_fn, every]) -->
    losses: the whole loop in one native call (diffuse.train in init.lua wraps it) */
 static int core_train(lua_State *L)
 {
@@ -556,12 +581,15 @@ static int core_train(lua_State *L)
   df_adam *o = check_optim(L, 2, fname, "optimizer");
   df_diffuser *D = l_checkdiffuser(L, 3, fname, "diffuser");
   df_tensor *data = l_checktensor(L, 4, fname, "data");
-  int64_t steps = l_checkint(L, 5, fname, "steps"), batch = l_checkint(L, 6, fname, "batch");
+  int64_t steps = l_checkint(L, 5, fname, "steps");
+  int64_t batch = lua_isnil(L, 6) ? (data->ndim > 0 ? data->shape[0] : 0) /* all rows */
+                                  : l_checkint(L, 6, fname, "batch");
   double tol = l_checknum(L, 7, fname, "tol"), every = l_optnum(L, 9, 0.1, fname, "every");
   lua_getiuservalue(L, 2, 1);
   if (lua_touserdata(L, -1) != (void *)n) l_error(L, fname, "the optimizer belongs to another network");
   lua_pop(L, 1);
-  progress_ctx ctx = { L, 8 };
+  progress_ctx ctx = { L, 8, n, o, data, n->params, o->m, df_data(data), n->be, n->dev,
+                       data->ndim > 0 ? data->shape[0] : 0 };
   int has_fn = lua_isfunction(L, 8);
   lua_settop(L, 9);
   df_tensor *losses = l_newtensor(L);

@@ -1,6 +1,7 @@
 /* l_tensor.c: the tensor userdata (metatable "diffuse.tensor") and the diffuse.tensor module:
  * creation, arithmetic metamethods, methods, indexing, views, printing. Argument checks live
  * here; the work is done by the core (tensor.c) on the tensor's own backend. */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -94,6 +95,8 @@ static int t_linspace(lua_State *L)
   double a = l_checknum(L, 1, fname, "start"), b = l_checknum(L, 2, fname, "stop");
   int64_t n = l_checkint(L, 3, fname, "count");
   if (!isfinite(a) || !isfinite(b)) l_error(L, fname, "start and stop must be finite");
+  if (fabs(a) > FLT_MAX || fabs(b) > FLT_MAX)
+    l_error(L, fname, "start and stop must be finite in float32 (|v| <= 3.4e38)");
   if (n < 0) l_error(L, fname, "count must be non-negative (got %lld)", (long long)n);
   int64_t shape[1] = { n };
   df_tensor *t = new_on_current(L, 1, shape, fname);
@@ -120,9 +123,12 @@ static int t_arange(lua_State *L)
   double count = ceil((b - a) / step);
   if (count < 0) count = 0;
   if (count > (double)DF_MAX_NUMEL) l_error(L, fname, "%.17g elements are too many", count);
+  double last = count > 0 ? a + (count - 1) * step : a;
+  if (fabs(a) > FLT_MAX || fabs(last) > FLT_MAX)
+    l_error(L, fname, "the values must be finite in float32 (|v| <= 3.4e38), up to %g here", last);
   int64_t shape[1] = { (int64_t)count };
   df_tensor *t = new_on_current(L, 1, shape, fname);
-  l_check(L, df_ramp(t, a, step, a + (count - 1) * step), fname);
+  l_check(L, df_ramp(t, a, step, last), fname);
   return 1;
 }
 
@@ -695,8 +701,10 @@ static int t_tostring(lua_State *L)
   p.nd = t->ndim;
   p.t = t;
   int64_t shown = 1;
+  double cells = 1.0; /* brackets and values to write: an empty 1e9 x 0 tensor has 1e9 "[]" */
+  for (int d = 0; d < t->ndim; d++) cells *= t->shape[d] > 0 ? (double)t->shape[d] : 1.0;
   for (int d = 0; d < t->ndim; d++) {
-    p.abr[d] = t->numel > PRINT_ALL && t->shape[d] > 2 * EDGE;
+    p.abr[d] = cells > PRINT_ALL && t->shape[d] > 2 * EDGE;
     p.disp[d] = p.abr[d] ? 2 * EDGE : t->shape[d];
     shown *= p.disp[d];
   }

@@ -17,6 +17,12 @@ int l_error(lua_State *L, const char *fname, const char *fmt, ...)
   return luaL_error(L, "%s: %s", fname, msg);
 }
 
+const char *l_errtext(lua_State *L, int idx)
+{
+  const char *s = lua_tostring(L, idx);
+  return s ? s : lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+}
+
 void l_check(lua_State *L, int st, const char *fname)
 {
   if (st != DF_OK) luaL_error(L, "%s: %s", fname, df_errmsg());
@@ -79,7 +85,11 @@ const char *l_checkstr(lua_State *L, int idx, const char *fname, const char *wha
 {
   if (lua_type(L, idx) != LUA_TSTRING)
     l_error(L, fname, "%s must be a string (got %s)", what, luaL_typename(L, idx));
-  return lua_tostring(L, idx);
+  size_t len;
+  const char *s = lua_tolstring(L, idx, &len);
+  if (strlen(s) != len) /* C would read up to the zero: a path or a name cut short */
+    l_error(L, fname, "%s must not contain a zero byte", what);
+  return s;
 }
 
 int l_checkopts(lua_State *L, int idx, const char *fname, const char *const *allowed)
@@ -207,7 +217,8 @@ void l_parse_device(lua_State *L, const char *s, const char *fname, const df_bac
     l_error(L, fname, "unknown device '%s' (expected \"cpu\" or \"cuda[:N]\")", s);
   }
   int count = 0;
-  l_check(L, (*be)->device_count(&count), fname);
+  if ((*be)->device_count(&count) != DF_OK) /* loaded, but no driver or no GPU */
+    l_error(L, fname, "device '%s' is not available: %s", name, df_errmsg());
   if (*dev >= count)
     l_error(L, fname, "device %s:%d does not exist (%d available)", name, *dev, count);
 }

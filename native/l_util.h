@@ -15,6 +15,9 @@
 
 /* raise "fname: message" */
 int l_error(lua_State *L, const char *fname, const char *fmt, ...);
+/* the text of the Lua error value at idx (may push a description: an error() with a table or
+   nil has no text) */
+const char *l_errtext(lua_State *L, int idx);
 /* raise "fname: <core message>" if st is not DF_OK */
 void l_check(lua_State *L, int st, const char *fname);
 

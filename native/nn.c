@@ -1,6 +1,7 @@
 /* nn.c: score networks (layout, initialisation, forward/backward through the backend, moving
  * between devices), the network score source, Adam, the DSM loss and the training loop. */
 #define _POSIX_C_SOURCE 200112L
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,6 +252,12 @@ static int forward_into(df_net *n, float *out, const df_tensor *x, const df_tens
     if (!df_same_device(x, t)) return df_fail(DF_EARG, "x and t are on different devices");
     if (t->numel != rows || t->ndim > 2 || (t->ndim == 2 && t->shape[1] != 1))
       return df_fail(DF_EARG, "t must be a number or hold one time per row (%lld)", (long long)rows);
+    double lo, hi; /* finite, as a number t must be (any sign: a network takes any time) */
+    if (rows > 0 && ((st = df_reduce_all(t, DF_RMIN, &lo)) || (st = df_reduce_all(t, DF_RMAX, &hi))))
+      return st;
+    if (rows > 0 && (lo != lo || hi != hi)) return df_fail(DF_EARG, "t must be finite (found NaN)");
+    if (rows > 0 && (!isfinite(lo) || !isfinite(hi)))
+      return df_fail(DF_EARG, "t must be finite (found %g to %g)", lo, hi);
   } else if (!isfinite(t0)) {
     return df_fail(DF_EARG, "t must be finite (got %g)", t0);
   }
@@ -430,16 +437,27 @@ void df_adam_release(df_adam *o)
   o->live = 0;
 }
 
+/* the update runs in float32: lr and weight_decay must stay finite there, and eps a normal
+   positive float (as 0 it would divide 0 by 0 where a gradient is 0) */
+int df_adam_check_lr(double lr)
+{
+  if (!(lr > 0.0) || !(lr <= FLT_MAX))
+    return df_fail(DF_EARG, "lr must be positive and finite in float32 (got %g)", lr);
+  return DF_OK;
+}
+
 int df_adam_create(df_adam *o, const df_net *n, double lr, double b1, double b2, double eps,
                    double wd)
 {
   int st;
   memset(o, 0, sizeof *o);
-  if (!(lr > 0.0) || !isfinite(lr)) return df_fail(DF_EARG, "lr must be positive and finite (got %g)", lr);
+  if ((st = df_adam_check_lr(lr))) return st;
   if (!(b1 >= 0.0 && b1 < 1.0) || !(b2 >= 0.0 && b2 < 1.0))
     return df_fail(DF_EARG, "betas must be in [0, 1) (got %g and %g)", b1, b2);
-  if (!(eps > 0.0) || !isfinite(eps)) return df_fail(DF_EARG, "eps must be positive (got %g)", eps);
-  if (!(wd >= 0.0) || !isfinite(wd)) return df_fail(DF_EARG, "weight_decay must be >= 0 (got %g)", wd);
+  if (!(eps >= FLT_MIN) || !(eps <= FLT_MAX))
+    return df_fail(DF_EARG, "eps must be positive, from about 1.2e-38 to 3.4e38 (got %g)", eps);
+  if (!(wd >= 0.0) || !(wd <= FLT_MAX))
+    return df_fail(DF_EARG, "weight_decay must be >= 0 and finite in float32 (got %g)", wd);
   o->lr = lr; o->b1 = b1; o->b2 = b2; o->eps = eps; o->wd = wd;
   o->n = n->d.nparams;
   o->be = n->be;

@@ -65,6 +65,7 @@ typedef struct df_adam {
 
 int df_adam_create(df_adam *o, const df_net *n, double lr, double b1, double b2, double eps,
                    double wd);
+int df_adam_check_lr(double lr); /* DF_OK, or why lr cannot be used */
 int df_adam_step(df_adam *o, df_net *n);
 void df_adam_release(df_adam *o);
 

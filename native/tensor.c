@@ -334,7 +334,7 @@ int df_matmul(df_tensor *out, const df_tensor *a, const df_tensor *b)
     return df_fail(DF_EARG, "batch sizes do not match (%s and %s)",
                    df_shape_str(a->ndim, a->shape, s1, sizeof s1),
                    df_shape_str(b->ndim, b->shape, s2, sizeof s2));
-  int64_t batch = ba > bb ? ba : bb, sh[3];
+  int64_t batch = ba == 1 ? bb : ba, sh[3]; /* a batch of 1 broadcasts, also against 0 */
   int nd = 0;
   if (a->ndim == 3 || b->ndim == 3) sh[nd++] = batch;
   if (a->ndim > 1) sh[nd++] = m;
@@ -342,6 +342,7 @@ int df_matmul(df_tensor *out, const df_tensor *a, const df_tensor *b)
   if (nd == 0) sh[nd++] = 1; /* vector . vector */
   int st = df_tensor_alloc(out, a->be, a->dev, nd, sh);
   if (st) return st;
+  if (out->numel == 0) return DF_OK; /* (no backend is asked for a product of nothing) */
   return a->be->matmul(a->dev, df_data(out), df_data(a), df_data(b), batch, m, k, n,
                        ba == 1 ? 0 : m * k, bb == 1 ? 0 : k * n);
 }

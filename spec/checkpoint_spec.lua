@@ -124,11 +124,28 @@ describe('checkpoints', function()
     expect(reseal(body .. 'extra'), 'trailing or missing bytes')
     local ok2, err2 = pcall(diffuse.optim.load, good)
     assert.is_true(ok2, err2)
+    -- a directory or a FIFO is no file to read (a FIFO without a writer must not block)
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute('mkdir ' .. dir .. ' && mkfifo ' .. dir .. '/fifo'))
+    for _, p in ipairs { dir, dir .. '/fifo' } do
+      for _, f in ipairs { 'nn', 'optim' } do
+        local ok3, err3 = pcall(diffuse[f].load, p)
+        assert.is_false(ok3)
+        assert.are.equal(('diffuse.%s.load: cannot read \'%s\': not a regular file'):format(f, p), err3)
+      end
+    end
+    os.execute('rm -r ' .. dir)
   end)
 
   it('save reports unwritable paths', function()
     local net = diffuse.nn.mlp{ dim = 1, hidden = { 4 } }
-    assert.error_matches(function() net:save('/nonexistent/dir/x.ckpt') end, "diffuse.net.save: cannot write")
+    assert.error_matches(function() net:save('/nonexistent/dir/x.ckpt') end,
+      "^diffuse%.net%.save: cannot write '/nonexistent/dir/x%.ckpt': ")
+    -- an optimizer of another network of the same size would load as this one's
+    local twin = diffuse.nn.mlp{ dim = 1, hidden = { 4 } }
+    assert.error_matches(function() net:save(path(), diffuse.optim.adam(twin)) end,
+      'diffuse.net.save: the optimizer does not belong to this network')
     assert.error_matches(function() net:save(42) end, 'path must be a string')
     local other = diffuse.nn.mlp{ dim = 1, hidden = { 5 } }
     assert.error_matches(function() net:save(path(), diffuse.optim.adam(other)) end,
@@ -175,5 +192,17 @@ describe('metrics.score_error', function()
     assert.error_matches(function() diffuse.metrics.score_error(net, ve, 5) end, 'score must be a score source')
     assert.error_matches(function() diffuse.metrics.score_error(net, ve, exact, { n = 0 }) end, 'n must be a positive integer')
     assert.error_matches(function() diffuse.metrics.score_error(net, ve, exact, { nn = 3 }) end, "unknown option 'nn'")
+    -- every argument named by score_error, whatever would have touched it first
+    local function se_error(pattern, ...)
+      local args = table.pack(...)
+      assert.error_matches(function() diffuse.metrics.score_error(table.unpack(args, 1, args.n)) end,
+        'diffuse%.metrics%.score_error: ' .. pattern)
+    end
+    se_error('data must be a tensor of rows x0 %(got table%)', net, ve, exact, { data = { 1, 2 } })
+    se_error('diffuser must be a diffuser', net, 5, exact)
+    se_error('the score returned nil %(expected a tensor shaped as x%)', net, ve, function() end, { n = 8 })
+    local gone = tensor.zeros(8, 1)
+    gone:free()
+    se_error('data: attempt to use a released tensor$', net, ve, exact, { data = gone })
   end)
 end)

@@ -147,7 +147,7 @@ describe('diffuse.cuda without a usable GPU', function()
     for _, args in ipairs { { 'cuda', 0 }, { 'cuda' }, { 'cuda:0' } } do
       local ok, err = pcall(diffuse.set_device, table.unpack(args))
       assert.is_false(ok)
-      assert.matches('^diffuse%.set_device: ', err)
+      assert.matches("^diffuse%.set_device: device 'cuda' is not available: ", err)
       assert.truthy(err:find('no usable CUDA device', 1, true) or
                     err:find('without CUDA', 1, true) or err:find('diffuse.cuda', 1, true), err)
     end

@@ -122,12 +122,21 @@ describe('diffusers', function()
     assert.has_error(function() diffuse.ve(0) end, 'diffuse.ve: kappa must be a positive finite number (got 0)')
     assert.has_error(function() diffuse.ve(0 / 0) end)
     assert.has_error(function() diffuse.ve(-1) end)
+    -- |ln kappa| <= 40: both ends accepted, past them an error naming the range
+    assert.are.equal('ve', diffuse.ve(math.exp(40) * 0.999).kind)
+    assert.are.equal('ve', diffuse.ve(math.exp(-40) * 1.001).kind)
+    for _, k in ipairs { 1e20, 1e-20 } do
+      assert.has_error(function() diffuse.ve(k) end, ('diffuse.ve: kappa = %g is out of range [e^-40, e^40]: '
+        .. 'kappa^2 must be a normal float32'):format(k))
+    end
     assert.has_error(function() diffuse.ve('a') end, 'diffuse.ve: kappa must be a number (got string)')
     assert.has_error(function() diffuse.power(1, -0.5) end)
     assert.has_error(function() diffuse.power(1, 0 / 0) end)
     assert.error_matches(function() ve:sigma(-1) end, 'diffuse.diffuser.sigma: t must be finite and non%-negative')
     assert.error_matches(function() ve:sigma(0 / 0) end, 't must be finite and non%-negative')
     assert.error_matches(function() ve:g(tensor.new{ 0.5, -0.1 }) end, 'times must be finite and non%-negative')
+    assert.error_matches(function() ve:g(tensor.new{ -1, 0 / 0 }) end,
+      'diffuse.diffuser.g: times must be finite and non%-negative %(found NaN%)')
     assert.error_matches(function() ve:diffuse(tensor.zeros(4, 1), tensor.zeros(3)) end,
       'diffuse.diffuser.diffuse: t must be a number or hold one time per row %(4%)')
     assert.error_matches(function() ve:diffuse(tensor.zeros(4, 1), tensor.new{ 0, 0, 1 / 0, 0 }) end, 'times must be finite')
@@ -205,6 +214,20 @@ describe('the heat kernel', function()
     assert.error_matches(function() diffuse.heat.density(tensor.zeros(3, 1), tensor.new{ 1, 0, 1 }) end,
       'widths must be positive')
     assert.error_matches(function() diffuse.heat.density(tensor.zeros(2, 2, 2), 1) end, 'x must be %[B, d%]')
+    -- widths whose float32 square would be 0 or inf give NaN densities: refused, number or tensor
+    for _, w in ipairs { 1e-300, 1e-20, 1e20, 1e300 } do
+      for _, f in ipairs { 'density', 'log_density', 'score', 'cdf' } do
+        assert.error_matches(function() diffuse.heat[f](tensor.zeros(2, 1), w) end,
+          'width must be positive and finite, from about 1%.1e%-19 to 1%.8e19')
+        assert.error_matches(function() diffuse.heat[f](tensor.zeros(2, 1), tensor.new { 1, w }) end,
+          'widths must be positive and finite, from about')
+      end
+      assert.error_matches(function() diffuse.heat.sample(2, w) end, 'width must be positive and finite, from')
+    end
+    for _, w in ipairs { 1.2e-19, 1.8e19 } do -- just inside: finite values
+      local y = diffuse.heat.log_density(tensor.new { { 0 }, { w } }, w):totable()
+      assert.is_true(y[1] == y[1] and math.abs(y[1]) < math.huge and y[2] == y[2])
+    end
     assert.error_matches(function() diffuse.heat.sample(-1, 1) end, 'diffuse.heat.sample: n must be >= 0')
     assert.error_matches(function() diffuse.heat.density('x', 1) end, 'x must be a tensor')
   end)
@@ -321,6 +344,36 @@ describe('score sources', function()
     local mix = diffuse.score.mixture(ve, { weights = { 1 }, means = { { 0, 1 } }, stds = { 1 } })
     assert.error_matches(function() mix(tensor.zeros(3, 1), 0.5) end, 'x has 1 columns but the mixture lives in R%^2')
     assert.error_matches(function() diffuse.score.exact(5) end, 'diffuse.score.exact: diffuser must be a diffuser')
+    -- every coordinate of every mean, and values that leave float32 on the way in
+    assert.error_matches(function() diffuse.score.mixture(ve, { weights = { 1 }, means = { { 0, 0 / 0 } }, stds = { 1 } }) end,
+      'mean 1 must be finite in float32 %(coordinate 2%)')
+    assert.error_matches(function() diffuse.score.mixture(ve, { weights = { 1 }, means = { 1e39 }, stds = { 1 } }) end,
+      'mean 1 must be finite in float32')
+    for _, sd in ipairs { 1e20, 1e-30 } do
+      assert.error_matches(function() diffuse.score.mixture(ve, { weights = { 1 }, means = { 0 }, stds = { sd } }) end,
+        'std 1 = .* is out of range: its square must be a normal float32')
+    end
+    -- weights are only relative: huge ones are fine (no sum overflows)
+    local ref = diffuse.score.mixture(ve, { weights = { 1, 3 }, means = { -1, 1 }, stds = { 0.5, 0.5 } })
+    local x = tensor.new { { -0.5 }, { 0.25 }, { 2 } }
+    for _, scale in ipairs { 1e300, 1e-300, 1e39 } do
+      local m = diffuse.score.mixture(ve, { weights = { scale, 3 * scale }, means = { -1, 1 }, stds = { 0.5, 0.5 } })
+      local a, b = m(x, 0.3):totable(), ref(x, 0.3):totable()
+      for i = 1, 3 do assert.is_true(math.abs(a[i][1] - b[i][1]) <= 1e-6 * math.abs(b[i][1]), 'weights x ' .. scale) end
+    end
+  end)
+
+  it('a score source finalised by hand (its __gc is reachable) refuses every use', function()
+    for _, s in ipairs { diffuse.score.net(diffuse.nn.mlp { dim = 1 }, ve),
+                         diffuse.score.mixture(ve, { weights = { 1 }, means = { 0 }, stds = { 1 } }),
+                         diffuse.score.exact(ve) } do
+      getmetatable(s).__gc(s)
+      getmetatable(s).__gc(s) -- twice is fine
+      assert.are.equal('diffuse.score (released)', tostring(s))
+      assert.error_matches(function() s(tensor.ones(3, 1), 0.5) end, 'attempt to use a released score source')
+      assert.error_matches(function() diffuse.sampler { diffuser = ve, steps = 2 }:run(tensor.ones(3, 1), s) end,
+        'diffuse.sampler.run: attempt to use a released score source')
+    end
   end)
 end)
 
@@ -500,6 +553,8 @@ describe('samplers', function()
       'the score function returned 2 for x of 3x1')
     assert.error_matches(function() s:run(tensor.ones(3, 1), function() error('boom') end) end,
       'the score function failed: .*boom')
+    assert.error_matches(function() s:run(tensor.ones(3, 1), function() error({}) end) end,
+      'the score function failed: %(error object is a table value%)')
     local mix = diffuse.score.mixture(ve, { weights = { 1 }, means = { { 0, 1 } }, stds = { 1 } })
     assert.error_matches(function() s:run(tensor.ones(3, 1), mix) end, 'mixture lives in R%^2')
     assert.error_matches(function() s:run(tensor.ones(2, 2, 2), exact) end, 'x must be %[B, d%] or %[B%]')

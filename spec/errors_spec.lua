@@ -92,6 +92,10 @@ describe('errors', function()
       { '^diffuse%.tensor%.arange: .* too many$', tensor.arange, 2 ^ 41 },
       { '^diffuse%.tensor%.arange: stop must be a number %(got string%)$', tensor.arange, 'x' },
       { '^diffuse%.tensor%.arange: step must be a number %(got string%)$', tensor.arange, 0, 1, 's' },
+      -- values float32 cannot hold would be inf
+      { '^diffuse%.tensor%.linspace: start and stop must be finite in float32', tensor.linspace, 0, 1e39, 3 },
+      { '^diffuse%.tensor%.arange: the values must be finite in float32 %(|v| <= 3%.4e38%), up to 9e%+38 here$',
+        tensor.arange, 1e38, 1e39, 1e38 },
     }
   end)
 
@@ -263,6 +267,9 @@ describe('errors', function()
       { '^diffuse%.set_device: device must be a string %(got number%)$', diffuse.set_device, 5 },
       { '^diffuse%.set_device: index must be an integer %(got string%)$', diffuse.set_device, 'cpu', 'a' },
       { "^diffuse%.tensor%.to: unknown device 'tpu'", x32.to, x32, 'tpu' },
+      -- C reads a string up to its first zero byte: such names and paths are refused
+      { '^diffuse%.set_device: device must not contain a zero byte$', diffuse.set_device, 'cpu\0junk' },
+      { '^diffuse%.nn%.load: path must not contain a zero byte$', diffuse.nn.load, 'x.ckpt\0.txt' },
     }
     assert.are.equal('cpu', diffuse.get_device())
     local avail, why = diffuse.cuda_available()
@@ -287,7 +294,6 @@ describe('errors', function()
     cases {
       { '^diffuse%.seed: seed must be an integer %(got 0%.5%)$', diffuse.seed, 0.5 },
       { '^diffuse%.seed: seed must be an integer %(got string%)$', diffuse.seed, 'x' },
-      { '^diffuse%.set_rng_state: stream must be non%-negative %(got %-1%)$', diffuse.set_rng_state, 1, -1 },
       { '^diffuse%.set_rng_state: seed must be an integer %(got string%)$', diffuse.set_rng_state, 'a', 1 },
       { '^diffuse%.set_rng_state: stream must be an integer %(got no value%)$', diffuse.set_rng_state, 1 },
     }

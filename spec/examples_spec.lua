@@ -134,7 +134,11 @@ describe('diffuse.cli', function()
     end
     assert.are.equal("unknown option '--stesp' (try --help)", err{ '--stesp', '5' })
     assert.are.equal('--steps takes an integer (got 1.5)', err{ '--steps', '1.5' })
-    assert.are.equal('--lr takes a number (got fast)', err{ '--lr', 'fast' })
+    assert.are.equal('--lr takes a finite number (got fast)', err{ '--lr', 'fast' })
+    assert.are.equal('--lr takes a finite number (got 1e999)', err{ '--lr', '1e999' })
+    assert.are.equal(5, cli.read({ '--steps', 5 }, defaults).steps) -- (a number where a string goes)
+    assert.error_matches(function() cli.read({ '--steps', {} }, defaults) end,
+      'diffuse.cli.read: argv%[2%] must be a string %(got table%)')
     assert.are.equal('--quiet takes true or false (got maybe)', err{ '--quiet=maybe' })
     assert.are.equal('--steps needs a value', err{ '--steps' })
     assert.are.equal('--steps needs a value', err{ '--steps', '--lr', '1' })

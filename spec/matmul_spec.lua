@@ -117,6 +117,22 @@ describe('matmul', function()
     for i = 1, B do check_product(c5[i], A[i], M2, 'batch-1 right, batch ' .. i) end
   end)
 
+  it('an empty batch stays empty, also against a broadcast matrix or a batch of 1', function()
+    local z = tensor.zeros(0, 2, 3)
+    for _, case in ipairs {
+      { z, tensor.ones(3, 4), { 0, 2, 4 } }, { z, tensor.ones(1, 3, 4), { 0, 2, 4 } },
+      { tensor.ones(2, 3), tensor.zeros(0, 3, 4), { 0, 2, 4 } },
+      { tensor.ones(1, 2, 3), tensor.zeros(0, 3, 4), { 0, 2, 4 } },
+      { z, tensor.zeros(0, 3, 4), { 0, 2, 4 } }, { z, tensor.ones(3), { 0, 2 } },
+    } do
+      local c = case[1]:matmul(case[2])
+      assert.are.same(case[3], c:shape())
+      assert.are.equal(0, c:numel())
+    end
+    -- and inner size 0: a sum of nothing, zeros
+    assert.are.same({ { 0, 0 }, { 0, 0 } }, tensor.ones(2, 0):matmul(tensor.ones(0, 2)):totable())
+  end)
+
   it('batched with a vector operand: [k] x [B,k,n] -> [B,n], [B,m,k] x [k] -> [B,m]', function()
     local B, m, k, n = 2, 3, 5, 4
     local A, Bm = {}, {}

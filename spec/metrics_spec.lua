@@ -32,6 +32,12 @@ describe('diffuse.metrics: the normal distribution', function()
 end)
 
 describe('diffuse.metrics.wasserstein1', function()
+  it('stays finite for samples near the largest doubles', function()
+    assert.are.equal(1e308, metrics.wasserstein1({ -1e308, 1e308 }, { 0 }))
+    assert.are.equal(1.5e308, metrics.wasserstein1({ 1.5e308 }, { 0 }))
+    assert.are.equal(math.huge, metrics.wasserstein1({ -1.5e308 }, { 1.5e308 })) -- 3e308, truly
+  end)
+
   it('is exact on small samples', function()
     assert.are.equal(1, metrics.wasserstein1({ 0 }, { 1 }))
     assert.are.equal(0, metrics.wasserstein1({ 0, 1 }, { 0, 1 }))
@@ -185,6 +191,19 @@ describe('diffuse.metrics.moments', function()
     local one = metrics.moments({ 7 })
     assert.are.equal(7, one.mean)
     assert.is_true(one.var ~= one.var)
+    -- values whose sums, squares or fourth powers leave the doubles
+    local big = metrics.moments({ 1e308, 1e308 })
+    assert.are.equal(1e308, big.mean)
+    assert.are.equal(0, big.var)
+    local wide = metrics.moments({ -1e308, 1e308 })
+    assert.are.equal(0, wide.mean)
+    assert.are.equal(math.huge, wide.var) -- 2e616: the true value is past the doubles too
+    local far = metrics.moments({ 1e80, -1e80, 2e80, -2e80 })
+    near(0, far.skewness, 1e-12, 'skewness at 1e80')
+    near(-1.64, far.kurtosis, 1e-12, 'kurtosis at 1e80') -- 17/6.25 - 3, scale-free
+    local tiny = metrics.moments({ 1e-150, -1e-150, 2e-150, -2e-150 }) -- fourth powers 1e-600
+    near(far.kurtosis, tiny.kurtosis, 1e-12, 'kurtosis at 1e-150')
+    near(10 / 3, tiny.var * 1e300, 1e-12, 'var at 1e-150')
   end)
 
   it('takes tensors', function()
@@ -218,6 +237,21 @@ describe('diffuse.metrics arguments', function()
     assert.has_error(function() metrics.wasserstein1({ 1 }, function() return nil end) end)
     assert.has_error(function() metrics.wasserstein1({ 1 }, function() return 0.5 end) end)  -- never reaches 0
     assert.has_error(function() metrics.ks({ 1 }, { cdf = 3 }) end)
+    local gone = tensor.zeros(4)
+    gone:free()
+    assert.has_error(function() metrics.moments(gone) end,
+      'diffuse.metrics.moments: x: attempt to use a released tensor')
+    -- a CDF that leaves [0, 1] (inf included) is an error, not a hang or a D above 1
+    for _, bad in ipairs { math.huge, -math.huge, 5, -0.5, 1.001 } do
+      local F = function(x) return x > 1.5 and bad or 0.5 end
+      for _, f in ipairs { 'wasserstein1', 'ks' } do
+        local ok, err = pcall(metrics[f], { 0, 1, 2 }, F)
+        assert.is_false(ok)
+        assert.matches('^diffuse%.metrics%.' .. f .. ': the cdf returned .* %(expected a number in %[0, 1%]%)$', err)
+      end
+    end
+    -- a hair past an end (double rounding) is taken as the end
+    assert.are.equal(0, metrics.ks({ 0.25, 0.75 }, function(x) return x < 0.5 and 1e-13 or 1 + 1e-13 end) - 0.5)
   end)
 end)
 

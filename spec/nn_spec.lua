@@ -423,6 +423,26 @@ describe('DSM loss and Adam', function()
     assert.is_true(l[300] < l[1])
   end)
 
+  it('a progress function that releases or moves what the loop uses stops it with an error', function()
+    for _, what in ipairs { 'net', 'optimizer', 'data' } do
+      local net = diffuse.nn.mlp{ dim = 1, hidden = { 16 } }
+      local data = tensor.zeros(64, 1)
+      local opt = diffuse.optim.adam(net)
+      local objs = { net = net, optimizer = opt, data = data }
+      assert.error_matches(function()
+        diffuse.train{ net = net, diffuser = ve, data = data, steps = 50, optimizer = opt,
+                       progress = function() objs[what]:free() end }
+      end, 'diffuse.train: the progress function released the ' .. (what == 'net' and 'network' or what))
+    end
+    -- an error value without text is described, not printed as "(null)"
+    for _, v in ipairs { {}, false } do
+      assert.error_matches(function()
+        diffuse.train{ net = diffuse.nn.mlp{ dim = 1 }, diffuser = ve, data = tensor.zeros(8, 1), steps = 2,
+                       progress = function() error(v) end }
+      end, 'the progress function failed: %(error object is a ' .. type(v) .. ' value%)')
+    end
+  end)
+
   it('progress reports steps, total and loss a few times; progress = true draws a bar', function()
     diffuse.seed(12)
     local net = diffuse.nn.mlp{ dim = 1, hidden = { 4 } }
@@ -510,11 +530,24 @@ describe('the network score source and bad input', function()
     assert.error_matches(function() net:forward(tensor.zeros(4, 3), 0.5) end, 'diffuse.net.forward: x must be %[B, 2%], got 4x3')
     assert.error_matches(function() net:forward(tensor.zeros(4, 2), tensor.zeros(3)) end, 'one time per row %(4%)')
     assert.error_matches(function() net:forward(tensor.zeros(4, 2), 0 / 0) end, 't must be finite')
+    -- a tensor of times is checked as a number is
+    assert.error_matches(function() net:forward(tensor.zeros(2, 2), tensor.new { 0 / 0, 1 }) end,
+      'diffuse.net.forward: t must be finite %(found NaN%)')
+    assert.error_matches(function() net(tensor.zeros(2, 2), tensor.new { 0.5, -math.huge }) end,
+      't must be finite %(found %-inf to 0.5%)')
     net:forward(tensor.zeros(4, 2), 0.5)
     assert.error_matches(function() net:backward(tensor.zeros(5, 2)) end, 'grad_out has 5 rows but the last forward had 4')
     local fresh = diffuse.nn.mlp{ dim = 2, hidden = { 3 } }
     assert.error_matches(function() fresh:backward(tensor.zeros(4, 2)) end, 'backward needs a forward first')
     assert.error_matches(function() diffuse.optim.adam(net, { lr = -1 }) end, 'lr must be positive')
+    -- the update is float32: what would be inf or 0 there is refused, not turned into NaN weights
+    assert.error_matches(function() diffuse.optim.adam(net, { lr = 1e300 }) end,
+      'diffuse.optim.adam: lr must be positive and finite in float32 %(got 1e%+300%)')
+    assert.error_matches(function() diffuse.optim.adam(net, { weight_decay = 1e300 }) end,
+      'weight_decay must be >= 0 and finite in float32')
+    assert.error_matches(function() diffuse.optim.adam(net, { eps = 1e-300 }) end, 'eps must be positive, from about')
+    local opt = diffuse.optim.adam(net)
+    assert.error_matches(function() opt.lr = 1e39 end, 'lr must be positive and finite in float32')
     assert.error_matches(function() diffuse.optim.adam(net, { betas = { 1, 0.9 } }) end, 'betas must be in')
     assert.error_matches(function() diffuse.optim.adam(net, { lr = 1, momentum = 0 }) end, "unknown option 'momentum'")
     assert.error_matches(function() diffuse.loss.dsm(net, ve, tensor.zeros(4, 1)) end, 'x must be %[B, 2%]')
@@ -523,7 +556,29 @@ describe('the network score source and bad input', function()
     assert.error_matches(function() diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(4, 2), stesp = 3 } end,
       "diffuse.train: unknown option 'stesp'")
     assert.error_matches(function() diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(4, 2), steps = -1 } end,
-      'steps must be >= 0')
+      'steps must be a whole number from 0 to 2%^53 %(got %-1%)')
+    -- each argument named by diffuse.train itself, whatever would have used it first
+    local function train_error(o, pattern)
+      local ok, err = pcall(diffuse.train, o)
+      assert.is_false(ok)
+      assert.matches('^diffuse%.train: ' .. pattern, err)
+    end
+    local x4 = tensor.zeros(4, 2)
+    train_error({ net = net, diffuser = ve, data = x4, steps = -1, progress = true }, 'steps must be')
+    train_error({ net = net, diffuser = ve, data = x4, steps = 2.5 }, 'steps must be')
+    train_error({ net = 5, diffuser = ve, data = x4 }, 'net must be a network %(got number%)')
+    train_error({ net = net, diffuser = ve, data = x4, optimizer = 5, lr = 1 }, 'optimizer must be an optimizer')
+    train_error({ net = net, diffuser = ve, data = { 1, 2 } }, 'data must be a tensor %(got table%)')
+    local gone = tensor.zeros(4, 2)
+    gone:free()
+    train_error({ net = net, diffuser = ve, data = gone }, 'attempt to use a released tensor')
+    local dead = diffuse.nn.mlp{ dim = 2, hidden = { 3 } }
+    dead:free()
+    train_error({ net = dead, diffuser = ve, data = x4 }, 'attempt to use a released network')
+    -- and the position is the caller's line, not the library's
+    local ok, err = pcall(function() diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(4, 3) } end)
+    assert.is_false(ok)
+    assert.matches('^spec/nn_spec%.lua:%d+: diffuse%.train: x must be', err)
     assert.error_matches(function() diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(4, 2), batch = 0 } end,
       'batch must be >= 1')
     local other = diffuse.nn.mlp{ dim = 2, hidden = { 3 } }

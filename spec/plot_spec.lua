@@ -110,6 +110,24 @@ describe('diffuse.plot.ticks', function()
     assert.are.same('1e5', l[1])
     assert.are.same('1.1e5', l[2])
   end)
+  it('takes ranges at the ends of the doubles, and checks n', function()
+    for _, r in ipairs { { -1e308, 1e308, 5 }, { -1.7e308, 1.7e308, 1 }, { 0, 1.7e308, 2 } } do
+      local t = plot.ticks(r[1], r[2], r[3])
+      assert.is_true(#t >= 2, 'ticks of a huge range')
+      for _, v in ipairs(t) do assert.is_true(v >= r[1] and v <= r[2] and v == v) end
+    end
+    assert.are.same({}, (plot.ticks(5e-324, 1e-323)))  -- subnormals: no nice steps, no ticks
+    assert.has_error(function() plot.ticks(0, 1, 1e9) end,
+      'diffuse.plot.ticks: n must be between 1 and 1000 (got 1000000000.0)')
+    assert.has_error(function() plot.ticks(0, 1, 2.5) end, 'diffuse.plot.ticks: n must be a whole number (got 2.5)')
+    assert.has_error(function() plot.ticks(0, 'x') end, 'diffuse.plot.ticks: hi must be a number (got string)')
+    assert.has_error(function() plot.log_ticks(1, 10, 0) end)
+    -- and a figure of such data draws (finite coordinates are checked by every save below)
+    local fig = plot.figure()
+    fig[1]:scatter({ 5e-324, 1e-323 }, { 0, 1 })
+    fig[1]:line({ -1.7e308, 1.7e308 }, { 0, 1 })
+    assert.is_string(fig:svg())
+  end)
   it('puts decades and minor ticks on a log axis', function()
     local t, l, minor = plot.log_ticks(1e-3, 1e2, 6)
     assert.are.same({ 1e-3, 1e-2, 1e-1, 1, 10, 100 }, t)
@@ -163,6 +181,11 @@ describe('diffuse.plot.figure', function()
     assert.has_error(function() plot.figure { rows = 1.5 } end)
     assert.has_error(function() plot.figure { width = 0 / 0 } end)
     assert.has_error(function() plot.figure(3) end)
+    assert.has_error(function() plot.figure { font_size = 1e308 } end,
+      'diffuse.plot.figure: font_size must be a positive number up to 1000 (got 1e+308)')
+    local fig = plot.figure { rows = 2, cols = 2 }
+    assert.are.equal(fig[3], fig:panel(2.0, 1))   -- whole floats are indices
+    assert.has_error(function() fig:panel(1.5, 1) end)
   end)
 
   it('draws one bar per non-empty bin, the counts returned', function()
@@ -438,6 +461,11 @@ describe('diffuse.plot.figure', function()
     assert.has_error(function() p:line({ 1 }, { 1 }, { dash = 'long' }) end)
     assert.has_error(function() p:scatter({ 1 }, { 1 }, { alpha = 2 }) end)
     assert.has_error(function() p:text(0 / 0, 1, 'x') end)
+    assert.has_error(function() plot.viridis('x') end, 'diffuse.plot.viridis: t must be a number (got string)')
+    assert.has_error(function() plot.colormap('gray')({}) end, 'diffuse.plot.colormap: t must be a number (got table)')
+    assert.has_error(function() plot.format_number('x') end,
+      'diffuse.plot.format_number: v must be a number (got string)')
+    assert.are.equal('2e-5', plot.format_number(2e-5))
   end)
 
   it('saves the SVG and returns the path', function()
@@ -491,15 +519,15 @@ describe('diffuse.plot.terminal', function()
     assert.has_error(function() plot.terminal({ 1 }, { curve = 3 }) end)
   end)
 
-  it('prints unless print = false', function()
+  it('prints (returning nothing) unless print = false, which returns the text', function()
     local written = {}
     local real = io.write
     io.write = function(...) for _, v in ipairs({ ... }) do written[#written + 1] = v end end
     local ok, err = pcall(function()
       plot.terminal({ 1, 2, 3 }, { print = false })
       assert.are.equal(0, #written)
-      local s = plot.terminal({ 1, 2, 3 })
-      assert.are.equal(s, table.concat(written))
+      assert.is_nil(plot.terminal({ 1, 2, 3 })) -- (a REPL would echo a returned text again)
+      assert.are.equal(plot.terminal({ 1, 2, 3 }, { print = false }), table.concat(written))
     end)
     io.write = real
     assert(ok, err)

@@ -59,6 +59,9 @@ describe('printing', function()
   it('empty tensors', function()
     assert.are.equal('[]' .. footer('0'), tostring(tensor.zeros(0)))
     assert.are.equal('[[]\n []]' .. footer('2x0'), tostring(tensor.zeros(2, 0)))
+    -- many empty rows are abridged as many values are (not a string of 2^31 brackets)
+    assert.are.equal('[[]\n []\n []\n ...\n []\n []\n []]' .. footer('2147483648x0'),
+                     tostring(tensor.zeros(2 ^ 31, 0)))
   end)
 
   it('views print their own values and shape', function()

@@ -200,6 +200,35 @@ describe('diffuse.progress helpers and checks', function()
     local bar = progress.new { stream = s, tty = false }
     assert.has_error(function() bar:update('x') end)
     assert.has_error(function() bar:update(1, 5) end)
+    -- each bad option named by progress itself (not a raw error from string.format or rep)
+    local function bad(msg, o)
+      o.stream = o.stream or s
+      assert.has_error(function() progress.new(o) end, 'diffuse.progress.new: ' .. msg)
+    end
+    bad('width must be 1..500', { width = 0 / 0 })
+    bad('initial must be a finite number >= 0', { initial = 'x' })
+    bad('initial must be a finite number >= 0', { initial = math.huge })
+    bad('columns must be a positive number', { columns = 'x' })
+    bad('clock() must return a number (got nil)', { clock = function() end })
+    bad('formats.loss must be a string', { formats = { loss = 3 } })
+    assert.has_error(function() bar:update(math.huge) end, 'diffuse.progress.update: step must be a finite number')
+    assert.has_error(function() progress.wrap(0 / 0, print) end,
+      'diffuse.progress.wrap: n must be a finite non-negative number')
+    assert.has_error(function() progress.range(math.huge) end,
+      'diffuse.progress.range: n must be a finite non-negative number')
+    assert.has_error(function() progress.format_time('x') end, 'diffuse.progress.format_time: s must be a number (got string)')
+    assert.has_error(function() progress.format_rate('x') end, 'diffuse.progress.format_rate: r must be a number (got string)')
+  end)
+
+  it('formats counts past 2^63, absurd times and mismatched field formats', function()
+    local s = fake_stream()
+    local bar = progress.new { stream = s, tty = false, total = 2 ^ 63, formats = { loss = '%d' } }
+    bar:update(2 ^ 62, { loss = 0.5 })
+    bar:finish()
+    assert.matches(' 4611686018427387904/9%.223e%+18 ', s:text()) -- (2^63 is no integer here)
+    assert.matches('loss=0%.5%]', s:text()) -- '%d' takes no 0.5: shown as if no format were given
+    assert.are.equal('2.78e+296h', progress.format_time(1e300))
+    assert.are.equal('01:05', progress.format_time(65))
   end)
 
   it('uses the real clock and stderr by default', function()

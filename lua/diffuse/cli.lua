@@ -71,7 +71,9 @@ local function convert(name, raw, default)
     return nil, ('%s takes true or false (got %s)'):format(flag(name), raw)
   end
   local v = tonumber(raw)
-  if v == nil or v ~= v then return nil, ('%s takes a number (got %s)'):format(flag(name), raw) end
+  if v == nil or v ~= v or v == math.huge or v == -math.huge then -- ('1e999' reads as inf)
+    return nil, ('%s takes a finite number (got %s)'):format(flag(name), raw)
+  end
   if math.type(default) == 'integer' then
     local i = math.tointeger(v)
     if not i then return nil, ('%s takes an integer (got %s)'):format(flag(name), raw) end
@@ -94,6 +96,11 @@ function M.read(argv, defaults)
   if type(argv) ~= 'table' then
     error('diffuse.cli.read: argv must be a table of strings (got ' .. type(argv) .. ')', 2)
   end
+  for k = 1, #argv do -- (arg holds strings; a number would pass for one, anything else is a slip)
+    if type(argv[k]) ~= 'string' and type(argv[k]) ~= 'number' then
+      error(('diffuse.cli.read: argv[%d] must be a string (got %s)'):format(k, type(argv[k])), 2)
+    end
+  end
   local i = 1
   while i <= #argv do
     local a = tostring(argv[i])
@@ -112,7 +119,7 @@ function M.read(argv, defaults)
       opts[name] = true
     else
       if not value then   -- --name value: the next argument, unless it is an option (-1 is a value)
-        value = argv[i + 1]
+        value = argv[i + 1] and tostring(argv[i + 1])
         if value == nil or (value:match('^%-%-') and not tonumber(value)) then
           return nil, flag(name) .. ' needs a value'
         end

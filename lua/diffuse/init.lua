@@ -44,6 +44,12 @@ end
 -- only draws the progress bar a few times a second. With more data rows than batch, each step
 -- draws batch rows at random; with as many, it uses them all (the seed's zeros). Pass the
 -- optimizer returned by an earlier call (or loaded from a checkpoint) to resume.
+-- a userdata's class ('diffuse.net', 'diffuse.tensor', ...), else the Lua type
+local function kind_of(v)
+  local mt = getmetatable(v)
+  return type(mt) == 'table' and type(mt.__name) == 'string' and mt.__name or type(v)
+end
+
 local train_options = { net = true, diffuser = true, data = true, steps = true, lr = true,
                         batch = true, tol = true, progress = true, optimizer = true }
 function diffuse.train(o)
@@ -56,11 +62,21 @@ function diffuse.train(o)
     if o[k] == nil then error(fname .. k .. ' is required', 2) end
   end
   local steps = o.steps or 1000
-  local rows = type(o.data) == 'userdata' and o.data.shape and o.data:shape()[1]
-  local batch = o.batch or rows
+  if type(steps) ~= 'number' or steps ~= math.floor(steps) or steps < 0 or steps > 2 ^ 53 then
+    error(fname .. 'steps must be a whole number from 0 to 2^53 (got ' .. tostring(steps) .. ')', 2)
+  end
+  -- (net, optimizer and data are checked natively, by name; only what is used here first is
+  -- looked at before)
+  if kind_of(o.net) ~= 'diffuse.net' then
+    error(fname .. 'net must be a network (got ' .. kind_of(o.net) .. ')', 2)
+  end
   local opt = o.optimizer
   if opt == nil then
-    opt = diffuse.optim.adam(o.net, { lr = o.lr or 1e-3 })
+    local ok, made = pcall(diffuse.optim.adam, o.net, { lr = o.lr or 1e-3 })
+    if not ok then error(fname .. tostring(made):gsub('^diffuse%.optim%.adam: ', ''), 2) end
+    opt = made
+  elseif kind_of(opt) ~= 'diffuse.optim' then
+    error(fname .. 'optimizer must be an optimizer from diffuse.optim (got ' .. kind_of(opt) .. ')', 2)
   elseif o.lr ~= nil then
     opt.lr = o.lr
   end
@@ -73,7 +89,14 @@ function diffuse.train(o)
   elseif o.progress ~= nil and o.progress ~= false then
     error(fname .. 'progress must be true, false or a function(step, total, loss)', 2)
   end
-  local losses = core.train(o.net, opt, o.diffuser, o.data, steps, batch or 0, o.tol or 1e-5, fn)
+  local ok, losses = pcall(core.train, o.net, opt, o.diffuser, o.data, steps, o.batch,
+                           o.tol or 1e-5, fn)
+  if not ok then
+    if bar then io.stderr:write('\n') end -- (the bar's line stays as it was)
+    -- (raised under pcall, the native messages have no position: they get the caller's)
+    if type(losses) == 'string' and losses:find('^diffuse%.train: ') then error(losses, 2) end
+    error(losses, 0)
+  end
   if bar then bar:finish() end
   return losses, opt
 end

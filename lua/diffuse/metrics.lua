@@ -17,11 +17,21 @@ local function is_tensor(x)
   return type(mt) == 'table' and mt.__name == 'diffuse.tensor'
 end
 
+-- a tensor's shape, or an error in fname's name (a released tensor would name tensor.shape)
+local function shape_of(x, fname, what, level)
+  local ok, shape = pcall(x.shape, x)
+  if not ok then
+    local why = tostring(shape):gsub('^diffuse%.tensor%.shape: ', ''):gsub(' %(argument 1%)$', '')
+    error(fmt('%s: %s: %s', fname, what, why), level + 1)
+  end
+  return shape
+end
+
 -- A fresh Lua array of the samples' values (the caller may sort it), checked.
 local function samples_of(x, fname, what)
   local t
   if is_tensor(x) then
-    local shape = x:shape()
+    local shape = shape_of(x, fname, what, 3)
     local long = 0
     for _, s in ipairs(shape) do if s > 1 then long = long + 1 end end
     if #shape > 2 or long > 1 then
@@ -87,11 +97,13 @@ end
 local function checked_cdf(F, fname)
   return function(x)
     local v = F(x)
-    if type(v) ~= 'number' or v ~= v then
+    -- (out of [0, 1], inf included, the integrals would never converge; a double-precision
+    -- CDF may round a hair past an end, which is clamped)
+    if type(v) ~= 'number' or not (v >= -1e-12 and v <= 1 + 1e-12) then
       error(fmt('%s: the cdf returned %s at x = %.17g (expected a number in [0, 1])',
                 fname, tostring(v), x), 0)
     end
-    return v
+    return v < 0 and 0.0 or (v > 1 and 1.0 or v)
   end
 end
 
@@ -195,6 +207,16 @@ local function tail(F, x, dir, h, tol, fname)
             dir < 0 and '0' or '1', dir < 0 and '-infinity' or '+infinity'), 4)
 end
 
+-- 2^-e for the largest |v| of finite values lo <= hi: multiplying by it is exact and brings them
+-- to [-2, 2], so sums, squares and fourth powers of values near 1e308 (or 1e-300) neither
+-- overflow nor underflow; in between it changes no rounding at all
+local function unit_scale(lo, hi)
+  local amax = max(-lo, hi)
+  if not (amax > 0) then return 1.0 end
+  local e = floor(math.log(amax, 2))
+  return 2.0 ^ -max(-1022, min(1023, e))
+end
+
 -- ---- Wasserstein-1 -----------------------------------------------------------------------------
 
 --[[ diffuse.metrics.wasserstein1(samples, other) --> number
@@ -216,7 +238,8 @@ function M.wasserstein1(samples, other)
   local kind, ref, Q = reference_of(other, fname)
   local n = #a
   if kind == 'samples' then
-    local b, m = ref, #ref
+    local b, m = ref, #ref            -- (sorted too)
+    local c = unit_scale(min(a[1], b[1]), max(a[n], b[m])) -- dx of 1e308 - (-1e308) is finite
     local i, j = 0, 0                 -- how many of a and of b are <= x
     local x = min(a[1], b[1])
     local sum, comp = 0.0, 0.0        -- Neumaier-compensated sum of |i m - j n| dx
@@ -225,13 +248,13 @@ function M.wasserstein1(samples, other)
       while j < m and b[j + 1] <= x do j = j + 1 end
       if i == n and j == m then break end
       local nx = min(i < n and a[i + 1] or huge, j < m and b[j + 1] or huge)
-      local term = abs(i * m - j * n) * (nx - x)
+      local term = abs(i * m - j * n) * (nx * c - x * c)
       local t = sum + term
       if abs(sum) >= abs(term) then comp = comp + ((sum - t) + term) else comp = comp + ((term - t) + sum) end
       sum = t
       x = nx
     end
-    return (sum + comp) / (n * m)
+    return (sum + comp) / (n * m) / c
   end
   local F = checked_cdf(ref, fname)
   local spread = a[n] - a[1]
@@ -402,6 +425,7 @@ end
 function M.normal_quantile(p, mu, s)
   check_normal('diffuse.metrics.normal_quantile', 'p', p, mu, s)
   mu, s = mu or 0, s or 1
+  if p ~= p then return p end -- (a NaN probability has no quantile; as normal_cdf(NaN) is NaN)
   if p <= 0 then return -huge elseif p >= 1 then return huge end
   local lo, hi = -40, 40 -- bisection on the standard CDF, to double precision
   for _ = 1, 200 do
@@ -438,24 +462,25 @@ function M.moments(x)
   local s, lo, hi = 0, huge, -huge
   for i = 1, n do
     local v = t[i]
-    s = s + v
     if v < lo then lo = v end
     if v > hi then hi = v end
   end
+  local c = unit_scale(lo, hi)      -- the moments of x c, scaled back at the end
+  for i = 1, n do s = s + t[i] * c end
   local mean = s / n
   local c1, m2, m3, m4 = 0, 0, 0, 0
   for i = 1, n do
-    local dv = t[i] - mean
+    local dv = t[i] * c - mean
     local d2 = dv * dv
     c1, m2, m3, m4 = c1 + dv, m2 + d2, m3 + d2 * dv, m4 + d2 * d2
   end
-  mean = mean + c1 / n              -- corrects the rounding of the first pass
+  mean = (mean + c1 / n) / c        -- (c1 corrects the rounding of the first pass)
   m2 = (m2 - c1 * c1 / n) / n
   m3, m4 = m3 / n, m4 / n
   local nan = 0 / 0
-  local var = n > 1 and m2 * n / (n - 1) or nan
+  local var = n > 1 and m2 * n / (n - 1) / c / c or nan -- (inf past 1.8e308: its true value)
   local skew, kurt = nan, nan
-  if m2 > 0 then
+  if m2 > 0 then                    -- (both free of the scale)
     skew = m3 / m2 ^ 1.5
     kurt = m4 / (m2 * m2) - 3
   end
@@ -482,19 +507,29 @@ function M.score_error(net, diffuser, score, opts)
       error(fname .. "unknown option '" .. tostring(k) .. "'", 2)
     end
   end
-  local mt = type(net) == 'userdata' and getmetatable(net)
-  if type(mt) ~= 'table' or mt.__name ~= 'diffuse.net' then
+  local function class(v)
+    local mt = type(v) == 'userdata' and getmetatable(v)
+    return type(mt) == 'table' and mt.__name
+  end
+  if class(net) ~= 'diffuse.net' then
     error(fname .. 'net must be a network (diffuse.nn.mlp or .time_embedded)', 2)
   end
-  if type(score) ~= 'function' and (type(score) ~= 'userdata' or not getmetatable(score).__call) then
+  if class(diffuser) ~= 'diffuse.diffuser' then
+    error(fname .. 'diffuser must be a diffuser (diffuse.ve or diffuse.power), got ' .. type(diffuser), 2)
+  end
+  if type(score) ~= 'function' and class(score) ~= 'diffuse.score' then
     error(fname .. 'score must be a score source or a function(x, t)', 2)
   end
   local x0 = opts.data
-  local n = opts.n or (x0 and x0:shape()[1]) or 4096
+  if x0 ~= nil and not is_tensor(x0) then
+    error(fname .. 'data must be a tensor of rows x0 (got ' .. type(x0) .. ')', 2)
+  end
+  local rows = x0 and shape_of(x0, 'diffuse.metrics.score_error', 'data', 2)[1]
+  local n = opts.n or rows or 4096
   if math.type(n) ~= 'integer' or n < 1 then error(fname .. 'n must be a positive integer', 2) end
   if x0 == nil then
     x0 = d.tensor.zeros(n, net.dim)
-  elseif not is_tensor(x0) or x0:shape()[1] ~= n then
+  elseif rows ~= n then
     error(fname .. 'data must be a tensor of n rows', 2)
   end
   local tol = opts.tol or 1e-5
@@ -503,7 +538,11 @@ function M.score_error(net, diffuser, score, opts)
   local x = diffuser:diffuse(x0, t)
   local sigma = diffuser:sigma(t):reshape(n, 1)
   local s_net = net:forward(x, t) / sigma
-  local diff = (s_net - score(x, t)) * sigma
+  local s_ref = score(x, t)
+  if not is_tensor(s_ref) then
+    error(fname .. 'the score returned ' .. type(s_ref) .. ' (expected a tensor shaped as x)', 2)
+  end
+  local diff = (s_net - s_ref) * sigma
   local per_row = (diff * diff):sum(2) -- [n]: sigma^2 |s_net - s|^2
   local mean = per_row:mean()
   if not opts.bins then return mean end

@@ -184,7 +184,11 @@ function M.colormap(name)
     error(fmt("diffuse.plot.colormap: unknown colour map '%s' (viridis, gray)", tostring(name)), 2)
   end
   local raw = rev and function(t) return f(1 - t) end or f
-  return function(t) return hexcolor(raw(t)) end, raw
+  local fname = 'diffuse.plot.' .. (name == 'viridis' and 'viridis' or 'colormap')
+  return function(t)
+    if type(t) ~= 'number' then error(fmt('%s: t must be a number (got %s)', fname, type(t)), 2) end
+    return hexcolor(raw(t))
+  end, raw
 end
 
 --- diffuse.plot.viridis(t) --> '#rrggbb'; viridis(0) = '#440154', viridis(1) = '#fde725'
@@ -199,7 +203,17 @@ local function gfmt(v, digits)
   if s == '-0' then s = '0' end
   return s
 end
-M.format_number = gfmt
+--- diffuse.plot.format_number(v [, digits = 4]) --> the compact text the axes use
+function M.format_number(v, digits)
+  if type(v) ~= 'number' then
+    error(fmt('diffuse.plot.format_number: v must be a number (got %s)', type(v)), 2)
+  end
+  if digits ~= nil and (math.type(digits) ~= 'integer' or digits < 1 or digits > 17) then
+    error(fmt('diffuse.plot.format_number: digits must be a whole number in 1..17 (got %s)',
+              tostring(digits)), 2)
+  end
+  return gfmt(v, digits)
+end
 
 -- Labels for linear ticks of a given step: as many decimals as the step needs, scientific
 -- notation for very large or very small magnitudes.
@@ -229,16 +243,43 @@ local function tick_labels(ticks, step)
   return labels
 end
 
+local function check_count(v, default, fname, what, limit)
+  limit = limit or 100
+  if v == nil then return default end
+  if math.type(v) ~= 'integer' and not (type(v) == 'number' and v == floor(v)) then
+    error(fmt('%s: %s must be a whole number (got %s)', fname, what, tostring(v)), 3)
+  end
+  if v < 1 or v > limit then
+    error(fmt('%s: %s must be between 1 and %d (got %s)', fname, what, limit, tostring(v)), 3)
+  end
+  return floor(v)
+end
+
+local function check_range(lo, hi, fname)
+  for i, v in ipairs { lo, hi } do
+    if type(v) ~= 'number' then
+      error(fmt('%s: %s must be a number (got %s)', fname, i == 1 and 'lo' or 'hi', type(v)), 3)
+    end
+  end
+end
+
 --- diffuse.plot.ticks(lo, hi [, n]) --> ticks, labels, step: "nice" ticks (steps 1, 2 or 5 times
---- a power of ten) inside [lo, hi], about n of them (default 5).
+--- a power of ten) inside [lo, hi], about n of them (default 5, at most 1000). No ticks for an
+--- empty or non-finite range.
 function M.ticks(lo, hi, n)
-  n = n or 5
+  local fname = 'diffuse.plot.ticks'
+  check_range(lo, hi, fname)
+  n = check_count(n, 5, fname, 'n', 1000)
   if not (finite(lo) and finite(hi)) or hi <= lo then return {}, {}, 0 end
-  local raw = (hi - lo) / max(1, n)
+  local raw = (hi - lo) / n
+  if raw == math.huge then raw = hi / n - lo / n end -- (a span past 1.8e308)
+  if raw == math.huge then raw = max(-lo, hi) end
+  if not (raw >= 1e-300) then return {}, {}, 0 end -- (a span of subnormals: no nice steps there)
   local e = floor(log10(raw))
   local f = raw / 10 ^ e
   local nf = f < 1.5 and 1 or f < 3 and 2 or f < 7 and 5 or 10
   local step = nf * 10 ^ e
+  if step == math.huge then step = 10 ^ e end -- (2e308 or 5e308: 1e308 steps still fit)
   local ticks = {}
   local k0, k1 = ceil(lo / step - 1e-9), floor(hi / step + 1e-9)
   for k = k0, k1 do
@@ -257,7 +298,9 @@ local function decade_label(k) return '10' .. tostring(k):gsub('.', SUP) end
 --- (lo > 0): decades labelled 10^k (every m-th decade when there are more than about n),
 --- minor ticks at 2..9 x 10^k; under two decades in view, 1-2-5 multiples are labelled.
 function M.log_ticks(lo, hi, n)
-  n = n or 5
+  local fname = 'diffuse.plot.log_ticks'
+  check_range(lo, hi, fname)
+  n = check_count(n, 5, fname, 'n', 1000)
   local majors, labels, minors = {}, {}, {}
   if not (finite(lo) and finite(hi)) or lo <= 0 or hi <= lo then return majors, labels, minors end
   local a, b = ceil(log10(lo) - 1e-9), floor(log10(hi) + 1e-9)
@@ -349,17 +392,6 @@ local function check_opts(opts, allowed, fname)
   return opts
 end
 
-local function check_count(v, default, fname, what, limit)
-  limit = limit or 100
-  if v == nil then return default end
-  if math.type(v) ~= 'integer' and not (type(v) == 'number' and v == floor(v)) then
-    error(fmt('%s: %s must be a whole number (got %s)', fname, what, tostring(v)), 3)
-  end
-  if v < 1 or v > limit then
-    error(fmt('%s: %s must be between 1 and %d (got %s)', fname, what, limit, tostring(v)), 3)
-  end
-  return floor(v)
-end
 
 local function new_panel(fig, index, r, c)
   return setmetatable({
@@ -378,7 +410,9 @@ function M.figure(opts)
   local rows = check_count(opts.rows, 1, fname, 'rows')
   local cols = check_count(opts.cols, 1, fname, 'cols')
   local fs = opts.font_size or 11
-  if not finite(fs) or fs <= 0 then error(fname .. ': font_size must be a positive number', 2) end
+  if not finite(fs) or fs <= 0 or fs > 1000 then
+    error(fmt('%s: font_size must be a positive number up to 1000 (got %s)', fname, tostring(fs)), 2)
+  end
   for _, k in ipairs({ 'width', 'height' }) do
     local v = opts[k]
     if v ~= nil and (not finite(v) or v < 50 or v > 20000) then
@@ -414,6 +448,7 @@ Figure.__name = 'diffuse.plot.figure'
 
 --- fig:panel(row, col) --> panel
 function Figure.panel(fig, r, c)
+  r, c = math.tointeger(r) or r, math.tointeger(c) or c -- (2.0 is row 2)
   if math.type(r) ~= 'integer' or math.type(c) ~= 'integer' or r < 1 or c < 1
      or r > fig.rows or c > fig.cols then
     error(fmt('diffuse.plot.panel: no panel (%s, %s) in a %dx%d figure', tostring(r), tostring(c),
@@ -472,8 +507,8 @@ function Panel:legend(opts)
   if opts.loc ~= nil and not LEGEND_LOCS[opts.loc] then
     error(fmt("diffuse.plot.legend: unknown loc '%s'", tostring(opts.loc)), 2)
   end
-  if opts.font_size ~= nil and (not finite(opts.font_size) or opts.font_size <= 0) then
-    error('diffuse.plot.legend: font_size must be a positive number', 2)
+  if opts.font_size ~= nil and (not finite(opts.font_size) or opts.font_size <= 0 or opts.font_size > 1000) then
+    error('diffuse.plot.legend: font_size must be a positive number up to 1000', 2)
   end
   self._legend = { show = true, loc = opts.loc or 'best', font_size = opts.font_size }
   return self
@@ -1353,9 +1388,10 @@ local TERM_OPTS = { bins = true, width = true, height = true, range = true, dens
 
 --- diffuse.plot.terminal(x, {bins = width, width = 60, height = 12, range = {lo, hi},
 ---                           density = (curve given), curve = function(x) --> density,
----                           title, print = true}) --> the text
+---                           title, print = true}) --> nothing, or the text with print = false
 --- A Unicode histogram: bars of eighth blocks, the curve (if given) as '•' over them, the
---- count or density scale on the left, the range below. Printed to stdout unless print = false.
+--- count or density scale on the left, the range below. Printed to stdout unless print = false,
+--- which returns it instead.
 --- Lines: 1 header + height + axis + range labels; none wider than the header's width.
 function M.terminal(x, opts)
   local fname = 'diffuse.plot.terminal'
@@ -1447,8 +1483,8 @@ function M.terminal(x, opts)
     if utf8.len(lines[#lines]) > full then lines[#lines] = string.rep(' ', gut) .. l .. ' ' .. rlab end
     text = concat(lines, '\n') .. '\n'
   end
-  if opts.print ~= false then io.write(text); io.flush() end
-  return text
+  if opts.print == false then return text end
+  io.write(text); io.flush() -- and nothing returned, so the REPL does not echo it a second time
 end
 
 return M

@@ -58,7 +58,9 @@ function M.new(opts)
     else tty = false end
   end
   local width = opts.width or 30
-  if type(width) ~= 'number' or width < 1 or width > 500 then error(fname .. ': width must be 1..500', 2) end
+  if type(width) ~= 'number' or not (width >= 1 and width <= 500) then
+    error(fname .. ': width must be 1..500', 2)
+  end
   local mi = opts.min_interval or 0.1
   if type(mi) ~= 'number' or mi ~= mi or mi < 0 then error(fname .. ': min_interval must be >= 0', 2) end
   local every = opts.check_every or 'auto'
@@ -66,14 +68,27 @@ function M.new(opts)
     error(fname .. ": check_every must be a number >= 1 or 'auto'", 2)
   end
   if opts.formats ~= nil and type(opts.formats) ~= 'table' then error(fname .. ': formats must be a table', 2) end
-  local now = clock()
+  for k, v in pairs(opts.formats or {}) do
+    if type(v) ~= 'string' then error(fmt('%s: formats.%s must be a string', fname, tostring(k)), 2) end
+  end
+  local columns = opts.columns or tonumber(os.getenv('COLUMNS') or '')
+  if columns ~= nil and (type(columns) ~= 'number' or not (columns >= 1 and columns < huge)) then
+    error(fname .. ': columns must be a positive number', 2)
+  end
   local initial = opts.initial or 0
+  if type(initial) ~= 'number' or not (initial >= 0 and initial < huge) then
+    error(fname .. ': initial must be a finite number >= 0', 2)
+  end
+  local now = clock()
+  if type(now) ~= 'number' or now ~= now then
+    error(fname .. ': clock() must return a number (got ' .. type(now) .. ')', 2)
+  end
   return setmetatable({
     total = total, label = opts.label and tostring(opts.label) or nil, stream = stream,
     clock = clock, tty = not not tty, width = floor(width), min_interval = mi,
     auto_every = every == 'auto', every = every == 'auto' and 1 or floor(every),
     formats = opts.formats or {},
-    columns = opts.columns or tonumber(os.getenv('COLUMNS') or ''),
+    columns = columns,
     t0 = now, initial = initial, step = initial, fields = {}, done = false,
     calls = 0, next_check = 1, check_calls = 0, check_time = now,
     last_draw = -huge, last_len = 0, final_drawn = false,
@@ -85,12 +100,16 @@ end
 
 local function fmt_time(s)
   if not s or s ~= s or s == huge or s < 0 then return '?' end
+  if s >= 3.6e8 then return fmt('%.3gh', s / 3600) end -- (past 100000 hours: no h:mm:ss)
   s = floor(s + 0.5)
   local h, m = s // 3600, (s // 60) % 60
   if h > 0 then return fmt('%d:%02d:%02d', h, m, s % 60) end
   return fmt('%02d:%02d', m, s % 60)
 end
-M.format_time = fmt_time
+function M.format_time(s)
+  if type(s) ~= 'number' then error('diffuse.progress.format_time: s must be a number (got ' .. type(s) .. ')', 2) end
+  return fmt_time(s)
+end
 
 local function fmt_rate(r)
   if not r or r ~= r or r == huge then return '? it/s' end
@@ -99,12 +118,25 @@ local function fmt_rate(r)
   if r >= 9.995 then return fmt('%.1f it/s', r) end   -- 99.99 prints as 100, not 100.0
   return fmt('%.2f it/s', r)
 end
-M.format_rate = fmt_rate
+function M.format_rate(r)
+  if type(r) ~= 'number' then error('diffuse.progress.format_rate: r must be a number (got ' .. type(r) .. ')', 2) end
+  return fmt_rate(r)
+end
+
+-- a step count: an integer when it is one, else in %g (a float past 2^63 has no %d)
+local function fmt_count(v)
+  v = floor(v)
+  if math.type(v) == 'integer' then return fmt('%d', v) end
+  return fmt('%.4g', v)
+end
 
 -- a field's value: integers as they are; floats with 4 significant digits in [0.1, 1e4),
 -- else as 3.1e-02; anything else through tostring
 local function fmt_value(v, pattern)
-  if pattern then return fmt(pattern, v) end
+  if pattern then
+    local ok, s = pcall(fmt, pattern, v)
+    if ok then return s end -- (else, a value the pattern does not take: as if none were given)
+  end
   if math.type(v) == 'integer' then return tostring(v) end
   if type(v) == 'number' then
     local a = math.abs(v)
@@ -137,12 +169,12 @@ function Bar:_text(now, with_bar)
       end
       parts[#parts + 1] = '|' .. bar .. '|'
     end
-    parts[#parts + 1] = fmt(' %d/%d', floor(self.step), floor(total))
+    parts[#parts + 1] = ' ' .. fmt_count(self.step) .. '/' .. fmt_count(total)
     if rate and rate > 0 then eta = max(0, total - self.step) / rate
     elseif self.step >= total then eta = 0 end
     parts[#parts + 1] = fmt(' [%s<%s, %s', fmt_time(elapsed), fmt_time(eta), fmt_rate(rate))
   else
-    parts[#parts + 1] = fmt('%d it [%s, %s', floor(self.step), fmt_time(elapsed), fmt_rate(rate))
+    parts[#parts + 1] = fmt('%s it [%s, %s', fmt_count(self.step), fmt_time(elapsed), fmt_rate(rate))
   end
   local keys = {}
   for k in pairs(self.fields) do keys[#keys + 1] = tostring(k) end
@@ -197,8 +229,8 @@ end
 function Bar:update(step, fields)
   if self.done then return self end
   if step == nil then step = self.step + 1
-  elseif type(step) ~= 'number' or step ~= step then
-    error('diffuse.progress.update: step must be a number', 2)
+  elseif type(step) ~= 'number' or step ~= step or step == huge or step == -huge then
+    error('diffuse.progress.update: step must be a finite number', 2)
   end
   self.step = step
   local changed = merge(self.fields, fields)
@@ -263,7 +295,9 @@ end
 --- Runs fn(i) for i = 1..n under a progress bar (opts as for new, total = n); when fn returns
 --- a table, its entries are shown as fields (e.g. return {loss = l}).
 function M.wrap(n, fn, opts)
-  if type(n) ~= 'number' or n < 0 then error('diffuse.progress.wrap: n must be a non-negative number', 2) end
+  if type(n) ~= 'number' or not (n >= 0 and n < huge) then
+    error('diffuse.progress.wrap: n must be a finite non-negative number', 2)
+  end
   if type(fn) ~= 'function' then error('diffuse.progress.wrap: fn must be a function', 2) end
   local o = {}
   for k, v in pairs(opts or {}) do o[k] = v end
@@ -281,7 +315,9 @@ end
 --- Counts step i as done when the loop asks for the next one; finishes after the last.
 --- (Leaving the loop early with break leaves the bar unfinished: call bar:finish().)
 function M.range(n, opts)
-  if type(n) ~= 'number' or n < 0 then error('diffuse.progress.range: n must be a non-negative number', 2) end
+  if type(n) ~= 'number' or not (n >= 0 and n < huge) then
+    error('diffuse.progress.range: n must be a finite non-negative number', 2)
+  end
   local o = {}
   for k, v in pairs(opts or {}) do o[k] = v end
   o.total = n
