@@ -99,14 +99,14 @@ static int d_philox(lua_State *L)
   uint32_t ctr[4], key[2], out[4];
   if (!lua_istable(L, 1)) l_error(L, fname, "counter must be a table of 4 words (got %s)", luaL_typename(L, 1));
   if (!lua_istable(L, 2)) l_error(L, fname, "key must be a table of 2 words (got %s)", luaL_typename(L, 2));
-  for (int i = 0; i < 4; i++) {
-    lua_rawgeti(L, 1, i + 1);
-    ctr[i] = (uint32_t)l_checkint(L, -1, fname, "counter word");
-    lua_pop(L, 1);
-  }
-  for (int i = 0; i < 2; i++) {
-    lua_rawgeti(L, 2, i + 1);
-    key[i] = (uint32_t)l_checkint(L, -1, fname, "key word");
+  for (int i = 0; i < 6; i++) { /* 32-bit words: anything else would wrap silently */
+    lua_rawgeti(L, i < 4 ? 1 : 2, i < 4 ? i + 1 : i - 3);
+    int64_t v = l_checkint(L, -1, fname, i < 4 ? "counter word" : "key word");
+    if (v < 0 || v > 0xffffffffLL)
+      l_error(L, fname, "%s %d must be in 0..2^32-1 (got %lld)", i < 4 ? "counter word" : "key word",
+              i < 4 ? i + 1 : i - 3, (long long)v);
+    if (i < 4) ctr[i] = (uint32_t)v;
+    else key[i - 4] = (uint32_t)v;
     lua_pop(L, 1);
   }
   df_philox4x32_10(ctr, key, out);

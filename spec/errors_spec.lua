@@ -309,6 +309,10 @@ describe('errors', function()
       { '^diffuse%.core%.philox: key word must be an integer %(got 0%.5%)$', diffuse.core.philox,
         { 1, 2, 3, 4 }, { 1, 0.5 } },
       { '^diffuse%.core%.philox: .*table', diffuse.core.philox, 1, 2 },
+      { '^diffuse%.core%.philox: counter word 3 must be in 0%.%.2%^32%-1 %(got %-1%)$', diffuse.core.philox,
+        { 1, 2, -1, 4 }, { 1, 2 } },
+      { '^diffuse%.core%.philox: key word 2 must be in 0%.%.2%^32%-1 %(got 4294967296%)$', diffuse.core.philox,
+        { 1, 2, 3, 4 }, { 1, 2 ^ 32 } },
       { '^diffuse%.core%.philox: .*table', diffuse.core.philox },
     }
   end)
