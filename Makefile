@@ -109,7 +109,8 @@ test: all
 
 # The sanitizer build loads into a plain lua5.4, so libasan is preloaded. Leak checking stays on.
 ASAN_LIB  = $(shell $(CC) -print-file-name=libasan.so)
-ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow \
+             -fno-sanitize-recover=undefined,float-cast-overflow
 build-asan/diffuse/core.so: $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(ASAN_FLAGS) $(DF_CFLAGS) $(LIBFLAG) -o $@ $(CORE_SRC) $(LDLIBS)

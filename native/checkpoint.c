@@ -360,12 +360,15 @@ int df_load(const char *path, df_net *n, df_adam *o, int *has_opt, uint64_t *see
       st = df_fail(DF_EIO, "'%s': unreadable optimizer description", path);
     } else if (!(st = df_adam_create(o, n, strtod(lr, NULL), strtod(b1, NULL), strtod(b2, NULL),
                                      strtod(eps, NULL), strtod(wd, NULL)))) {
-      o->t = atoll(t);
-      if ((st = get_tensor(&r, "adam.m", o->n, be, dev, o->m, path)) ||
-          (st = get_tensor(&r, "adam.v", o->n, be, dev, o->v, path)))
-        df_adam_release(o);
-      else
-        *has_opt = 1;
+      char *end;
+      long long steps = strtoll(t, &end, 10);
+      o->t = steps;
+      if (end == t || steps < 0 || steps > DF_MAX_STEPS) /* (the counter must not overflow) */
+        st = df_fail(DF_EIO, "'%s': the optimizer's step count is out of range", path);
+      else if (!(st = get_tensor(&r, "adam.m", o->n, be, dev, o->m, path)))
+        st = get_tensor(&r, "adam.v", o->n, be, dev, o->v, path);
+      if (st) df_adam_release(o);
+      else *has_opt = 1;
     }
     if (st) {
       df_net_release(n);

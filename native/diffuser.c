@@ -126,6 +126,7 @@ int df_diffuse(df_tensor *out, const df_diffuser *D, const df_tensor *x0, const 
 {
   int st;
   int64_t rows = x0->shape[0], cols = x0->numel / (rows > 0 ? rows : 1);
+  if ((st = df_need_live(x0)) || (st = df_need_live(t))) return st;
   if (t) {
     if (!df_same_device(x0, t)) return df_fail(DF_EARG, "x0 and t are on different devices");
     if ((st = check_row_times(t, rows))) return st;
@@ -172,6 +173,8 @@ static int width_ok(double w) { return w * w >= FLT_MIN && w * w <= FLT_MAX; }
 /* x as [rows, d] (a 1-d x is [rows, 1]); the width one number or one per row */
 static int heat_args(const df_tensor *x, const df_tensor *w, double w0, int64_t *rows, int64_t *d)
 {
+  int st0;
+  if ((st0 = df_need_live(x)) || (st0 = df_need_live(w))) return st0;
   if (x->ndim > 2) {
     char b[96];
     return df_fail(DF_EARG, "x must be [B, d] or [B], got %s",
@@ -265,6 +268,7 @@ int df_heat_sample(df_tensor *out, int64_t n, int64_t d, const df_tensor *w, dou
   const df_backend *be;
   int dev, st;
   int64_t shape[2] = { n, d };
+  if ((st = df_need_live(w))) return st;
   if (w) {
     if (w->numel != n || w->ndim > 2 || (w->ndim == 2 && w->shape[1] != 1))
       return df_fail(DF_EARG, "width must be a number or hold one width per sample (%lld)",

@@ -85,7 +85,7 @@ DF_FN float df_exp_poly(float r)
 
 DF_FN float df_expf(float x)
 {
-  float xc = x > 89.0f ? 89.0f : (x < -104.0f ? -104.0f : x);
+  float xc = x > 89.0f ? 89.0f : (x >= -104.0f ? x : -104.0f); /* (NaN too: (int)NaN is UB) */
   float kf = df_fmaf(xc, DF_LOG2E, DF_ROUND) - DF_ROUND;
   float r = df_fmaf(-kf, DF_LN2_LO, df_fmaf(-kf, DF_LN2_HI, xc));
   float p = df_exp_poly(r);
@@ -173,7 +173,8 @@ DF_FN void df_sincosf(float x, float *sinx, float *cosx)
 {
   const double TWO_OVER_PI = 0.6366197723675814, PIO2_HI = 1.570796325802803,
                PIO2_MID = 9.920935791635221e-10, PIO2_LO = 5.170182981794105e-19;
-  double xd = (double)x;
+  int bad = x != x || x == INFINITY || x == -INFINITY;
+  double xd = bad ? 0.0 : (double)x; /* (NaN would reach the int conversion below: UB) */
   double kd = floor(xd * TWO_OVER_PI + 0.5);
   double rd = ((xd - kd * PIO2_HI) - kd * PIO2_MID) - kd * PIO2_LO;
   float r = (float)rd;
@@ -181,7 +182,6 @@ DF_FN void df_sincosf(float x, float *sinx, float *cosx)
   int q = (int)(kd - 4.0 * floor(kd * 0.25)); /* k mod 4, also for huge k */
   float sv, cv;
   df_sincos_quadrant((uint32_t)q, r, &sv, &cv);
-  int bad = x != x || x == INFINITY || x == -INFINITY;
   *sinx = bad ? NAN : sv;
   *cosx = bad ? NAN : cv;
 }
@@ -541,20 +541,21 @@ DF_FN float df_act_bwd(int act, float z, float aux)
 
 /* sin and cos of x reduced in float with pi/2 in three parts (products exact for |k| < 2^12):
    within 1.5 ulp for |x| < 6e4, 1.8 below 1e5, 10 below 1e6 (sampled), which the Fourier
-   features' arguments stay far below; twice as fast as df_sincosf's reduction in double. Past
-   2^22 pi/2 ~ 6.6e6, where x's own ulp is a twelfth of the period, k is rounded coarsely and
-   the error grows to thousands of ulps; r is not clamped (a clamp costs the features 7%), so
-   there |values| may exceed 1 by 4e-6. Past |x| = 1e9 (ulp over ten periods): NaN. */
+   features' arguments stay far below; twice as fast as df_sincosf's reduction in double.
+   Past 2^22 pi/2 ~ 6.6e6 k = x 2/pi no longer rounds exactly (the error was thousands of ulps
+   there): NaN from 6.5e6 on, and for NaN and infinite x. r is not clamped (a clamp costs the
+   features 7%); below 6.5e6 |r| <= pi/4 plus rounding. */
 DF_FN void df_sincosf_short(float x, float *sinx, float *cosx)
 {
   const float C1 = 1.5703125f, C2 = 4.837512969970703e-4f, C3 = 7.549790126404332e-8f;
-  /* k = x 2/pi rounded to an integer by adding and taking away ROUND (no floor); q = k mod 4
-     from k as an int (|k| < 2^30 for every |x| <= 1e9; larger x give NaN below) */
-  float kf = df_fmaf(x, 0.636619772367581343f, DF_ROUND) - DF_ROUND;
+  /* k = x 2/pi rounded to an integer by adding ROUND (1.5 2^23): for |k| < 2^22 the sum's low
+     mantissa bits are k + 2^22, so they give q = k mod 4 without a conversion to int (which
+     NaN or a float past the int range would make undefined in C) */
+  float kr = df_fmaf(x, 0.636619772367581343f, DF_ROUND), kf = kr - DF_ROUND;
   float r = df_fmaf(-kf, C3, df_fmaf(-kf, C2, df_fmaf(-kf, C1, x)));
   float sv, cv;
-  df_sincos_quadrant((uint32_t)(int32_t)kf, r, &sv, &cv);
-  int bad = !(fabsf(x) <= 1e9f); /* NaN, infinite, or so large that 2 pi is under 1/10 ulp */
+  df_sincos_quadrant(df_to_bits(kr), r, &sv, &cv);
+  int bad = !(fabsf(x) < 6.5e6f);
   *sinx = bad ? NAN : sv;
   *cosx = bad ? NAN : cv;
 }

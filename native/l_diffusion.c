@@ -513,6 +513,9 @@ static int sampler_run(lua_State *L)
   df_tensor *x = l_newtensor(L);
   l_check(L, df_tensor_like(x, x1), fname);
   l_check(L, df_copy(x, x1), fname);
+  /* the options and the allocations above may have run Lua (an __index, a finaliser) that
+     released the score source: its context would be freed memory */
+  if (src != &cb) src = &l_checkscore(L, 3, fname, "score")->src;
   l_check(L, df_sampler_run(s, src, x, nrec, rec_k, rec), fname);
   /* results: x0, then the path table */
   lua_createtable(L, 0, nrec);

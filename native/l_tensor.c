@@ -473,6 +473,15 @@ static int t_totable(lua_State *L)
 {
   const char *fname = "diffuse.tensor.totable";
   df_tensor *a = l_checktensor(L, 1, fname, "argument 1");
+  /* the Lua tables to build: an empty 2^40 x 0 tensor holds no value but would need 2^40 of
+     them (Lua tables hold at most 2^31 entries anyway) */
+  double tables = 0.0, level = 1.0;
+  for (int d = 0; d + 1 < a->ndim; d++) tables += (level *= (double)a->shape[d]);
+  if (tables + (double)a->numel > 2147483647.0) {
+    char shp[96];
+    l_error(L, fname, "a tensor of %s is too large for Lua tables",
+            df_shape_str(a->ndim, a->shape, shp, sizeof shp));
+  }
   float *buf = l_hostbuf(L, a->numel, fname);
   l_check(L, df_download(a, buf), fname);
   int64_t pos = 0;

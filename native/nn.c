@@ -128,6 +128,8 @@ void df_net_release(df_net *n)
   free_buf(n->be, n->dev, &n->in_x);
   free_buf(n->be, n->dev, &n->in_t);
   free_buf(n->be, n->dev, &n->loss);
+  n->ws_floats = n->in_cap = 0; /* (a released net must not look as if it had a workspace) */
+  n->cached_rows = -1;
   n->live = 0;
 }
 
@@ -140,6 +142,7 @@ static int alloc_net(df_net *n, const df_backend *be, int dev)
   /* no workspace yet: a net copied for df_net_to must not keep (and later free, through this
      backend) the old device's buffers */
   n->ws = n->in_x = n->in_t = NULL;
+  n->params = n->grads = n->fixed = n->loss = NULL; /* (a failure half-way frees only these) */
   n->ws_floats = n->in_cap = 0;
   n->cached_rows = -1;
   if ((st = alloc_buf(be, dev, n->d.nparams, &n->params)) ||
@@ -225,9 +228,17 @@ static int ensure_ws(df_net *n, int64_t rows)
 }
 
 /* x as [rows, dim] (a 1-d x for dim 1) */
+static int need_net(const df_net *n)
+{
+  return n->live ? DF_OK : df_fail(DF_ESTATE, "attempt to use a released network");
+}
+
+/* rows of x [B, dim] for n; both checked live (see df_need_live) */
 static int net_rows(const df_net *n, const df_tensor *x, int64_t *rows)
 {
   char b[96];
+  int st;
+  if ((st = need_net(n)) || (st = df_need_live(x))) return st;
   int64_t d = x->ndim == 2 ? x->shape[1] : 1;
   if (x->ndim > 2 || d != n->d.dim || (x->ndim == 1 && n->d.dim != 1))
     return df_fail(DF_EARG, "x must be [B, %d], got %s", n->d.dim,
@@ -245,7 +256,7 @@ static int net_rows(const df_net *n, const df_tensor *x, int64_t *rows)
 static int forward_into(df_net *n, float *out, const df_tensor *x, const df_tensor *t, double t0,
                         int keep)
 {
-  int64_t rows;
+  int64_t rows = 0;
   int st;
   if ((st = net_rows(n, x, &rows))) return st;
   if (t) {
@@ -280,7 +291,7 @@ static int forward_into(df_net *n, float *out, const df_tensor *x, const df_tens
 int df_net_forward(df_net *n, df_tensor *out, const df_tensor *x, const df_tensor *t, double t0,
                    int keep)
 {
-  int64_t rows;
+  int64_t rows = 0;
   int st = net_rows(n, x, &rows);
   if (st) return st;
   int64_t shape[2] = { rows, n->d.dim };
@@ -290,7 +301,7 @@ int df_net_forward(df_net *n, df_tensor *out, const df_tensor *x, const df_tenso
 
 int df_net_backward(df_net *n, const df_tensor *dout)
 {
-  int64_t rows;
+  int64_t rows = 0;
   int st;
   if (n->cached_rows < 0)
     return df_fail(DF_ESTATE, "backward needs a forward first (and nothing else using the "
@@ -305,11 +316,16 @@ int df_net_backward(df_net *n, const df_tensor *dout)
                              n->grads, n->ws);
 }
 
-int df_net_zero_grad(df_net *n) { return n->be->fill(n->dev, n->grads, n->d.nparams, 0.0f); }
+int df_net_zero_grad(df_net *n)
+{
+  int st = need_net(n);
+  return st ? st : n->be->fill(n->dev, n->grads, n->d.nparams, 0.0f);
+}
 
 int df_net_to(df_net *n, const df_backend *be, int dev)
 {
   int st;
+  if ((st = need_net(n))) return st;
   if (n->be == be && n->dev == dev) return DF_OK;
   if ((st = need_nn(be))) return st;
   df_net m = *n;
@@ -329,14 +345,17 @@ int df_net_get(const df_net *n, int which, df_tensor *out)
 {
   int64_t len = which == DF_FIXED ? n->d.nfixed : n->d.nparams;
   const float *src = which == DF_PARAMS ? n->params : which == DF_GRADS ? n->grads : n->fixed;
-  int st = df_tensor_alloc(out, n->be, n->dev, 1, &len);
-  return st ? st : copy_buf(n->be, n->dev, df_data(out), n->be, n->dev, src, len);
+  int st = need_net(n);
+  if (st || (st = df_tensor_alloc(out, n->be, n->dev, 1, &len))) return st;
+  return copy_buf(n->be, n->dev, df_data(out), n->be, n->dev, src, len);
 }
 
 int df_net_set(df_net *n, int which, const df_tensor *src)
 {
   int64_t len = which == DF_FIXED ? n->d.nfixed : n->d.nparams;
   float *dst = which == DF_PARAMS ? n->params : which == DF_GRADS ? n->grads : n->fixed;
+  int st;
+  if ((st = need_net(n)) || (st = df_need_live(src))) return st;
   if (src->numel != len)
     return df_fail(DF_EARG, "expected %lld values, got %lld", (long long)len, (long long)src->numel);
   return copy_buf(n->be, n->dev, dst, src->be, src->dev, df_data(src), len);
@@ -475,6 +494,8 @@ int df_adam_create(df_adam *o, const df_net *n, double lr, double b1, double b2,
 static int adam_follow(df_adam *o, const df_net *n)
 {
   int st;
+  if ((st = need_net(n))) return st;
+  if (!o->live) return df_fail(DF_ESTATE, "attempt to use a released optimizer");
   if (o->n != n->d.nparams)
     return df_fail(DF_EARG, "the optimizer was made for %lld parameters, the network has %lld",
                    (long long)o->n, (long long)n->d.nparams);
@@ -511,6 +532,7 @@ int df_adam_step(df_adam *o, df_net *n)
 {
   int st = adam_follow(o, n);
   if (st) return st;
+  if (o->t >= DF_MAX_STEPS) return df_fail(DF_EARG, "the optimizer has taken 2^53 steps");
   o->t++;
   df_adam_hp hp = adam_constants(o);
   return n->be->adam(n->dev, n->params, n->grads, o->m, o->v, o->n, &hp);
@@ -588,8 +610,13 @@ int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
   int st;
   if ((st = check_tol(tol)) || (st = net_rows(n, data, &rows))) return st;
   if (rows < 1) return df_fail(DF_EARG, "data has no rows");
-  if (steps < 0) return df_fail(DF_EARG, "steps must be >= 0 (got %lld)", (long long)steps);
-  if (batch < 1) return df_fail(DF_EARG, "batch must be >= 1 (got %lld)", (long long)batch);
+  if (steps < 0 || steps > DF_MAX_STEPS)
+    return df_fail(DF_EARG, "steps must be in 0..2^53 (got %lld)", (long long)steps);
+  if (batch < 1 || batch > DF_MAX_NUMEL)
+    return df_fail(DF_EARG, "batch must be in 1..2^40 (got %lld)", (long long)batch);
+  if (o->t > DF_MAX_STEPS - steps)
+    return df_fail(DF_EARG, "the optimizer has taken %lld steps: %lld more would pass 2^53",
+                   (long long)o->t, (long long)steps);
   if ((st = adam_follow(o, n)) || (st = ensure_ws(n, batch))) return st;
   if ((st = df_tensor_alloc(losses, n->be, n->dev, 1, &steps))) return st;
   n->cached_rows = -1;
@@ -639,6 +666,9 @@ int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
       float l;
       if ((st = n->be->download(n->dev, &l, df_data(losses) + k - 1, 1))) return st;
       if ((st = progress(ctx, k, steps, (double)l))) return st;
+      /* the progress function may have used the net (a forward of another size reallocates its
+         workspace, and a failed allocation leaves none) */
+      if ((st = ensure_ws(n, batch))) return st;
       last = wall();
     }
   }

@@ -66,6 +66,7 @@ typedef struct df_adam {
 int df_adam_create(df_adam *o, const df_net *n, double lr, double b1, double b2, double eps,
                    double wd);
 int df_adam_check_lr(double lr); /* DF_OK, or why lr cannot be used */
+#define DF_MAX_STEPS ((int64_t)1 << 53) /* Adam steps (and training steps) at most */
 int df_adam_step(df_adam *o, df_net *n);
 void df_adam_release(df_adam *o);
 

@@ -49,6 +49,7 @@ int df_score_eval(df_tensor *out, const df_score_src *src, const df_tensor *x,
   int d = 0, st;
   float s0 = 0.0f;
   df_tensor sig2 = { 0 };
+  if ((st = df_need_live(x)) || (st = df_need_live(t))) return st;
   if (src->kind == DF_SCORE_CALLBACK) {
     if (!t) {
       if ((st = df_tensor_like(out, x))) return st;
@@ -84,6 +85,7 @@ int df_mixture_log_density(df_tensor *out, const df_score_src *src, const df_ten
   int d = 0, st;
   float s0 = 0.0f;
   df_tensor sig2 = { 0 };
+  if ((st = df_need_live(x)) || (st = df_need_live(t))) return st;
   if (!x->be->mixture_logpdf)
     return df_fail(DF_EDEVICE, "mixtures are not implemented on %s", x->be->name);
   if ((st = score_shape(src, x, &rows, &d))) return st;
@@ -204,6 +206,7 @@ int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nre
   int64_t rows = 0;
   int d = 0, st;
   uint64_t seed, unused;
+  if ((st = df_need_live(x))) return st;
   if (src->kind != DF_SCORE_CALLBACK && (st = score_shape(src, x, &rows, &d))) return st;
   for (int r = 0; r < nrec; r++) {
     if (rec_k[r] < 0 || rec_k[r] > s->steps)

@@ -1,5 +1,7 @@
 /* tensor.c: shapes, broadcasting, allocation, the current device, the random-stream state, and
  * the tensor operations, each checked here and carried out by the tensor's backend table. */
+#include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include "status.h"
@@ -108,6 +110,14 @@ float *df_data(const df_tensor *t)
 
 int df_is_live(const df_tensor *t) { return df_data(t) != NULL; }
 
+/* Every entry below checks what it reads: between a binding's checks and its call here Lua code
+   may have run (a finaliser during an allocation, an options table's __index) and freed it */
+int df_need_live(const df_tensor *t)
+{
+  if (t && !df_data(t)) return df_fail(DF_ESTATE, "attempt to use a released tensor");
+  return DF_OK;
+}
+
 int df_tensor_alloc(df_tensor *t, const df_backend *be, int dev, int ndim, const int64_t *shape)
 {
   int64_t n;
@@ -174,29 +184,37 @@ static int mixed_devices(const df_tensor *a, const df_tensor *b)
 
 /* ---- elementwise ------------------------------------------------------------------------- */
 
-int df_fill(df_tensor *t, float v) { return t->be->fill(t->dev, df_data(t), t->numel, v); }
+int df_fill(df_tensor *t, float v)
+{
+  int st = df_need_live(t);
+  return st ? st : t->be->fill(t->dev, df_data(t), t->numel, v);
+}
 
 int df_random(df_tensor *t, int dist)
 {
+  int st = df_need_live(t);
+  if (st) return st;
   return t->be->random(t->dev, dist, df_data(t), t->numel, rng_seed, df_rng_next_stream());
 }
 
 int df_ramp(df_tensor *t, double start, double step, double last)
 {
+  int st = df_need_live(t);
+  if (st) return st;
   return t->be->ramp(t->dev, df_data(t), t->numel, start, step, last);
 }
 
 int df_unary(df_tensor *out, int op, const df_tensor *a)
 {
-  int st = df_tensor_like(out, a);
-  if (st) return st;
+  int st = df_need_live(a);
+  if (st || (st = df_tensor_like(out, a))) return st;
   return a->be->unary(a->dev, op, df_data(out), df_data(a), a->numel);
 }
 
 int df_binary_scalar(df_tensor *out, int op, const df_tensor *a, float s, int scalar_left)
 {
-  int st = df_tensor_like(out, a);
-  if (st) return st;
+  int st = df_need_live(a);
+  if (st || (st = df_tensor_like(out, a))) return st;
   return a->be->binary_scalar(a->dev, op, df_data(out), df_data(a), s, scalar_left, a->numel);
 }
 
@@ -225,6 +243,8 @@ static void collapse(df_bcast *bc)
 
 int df_binary(df_tensor *out, int op, const df_tensor *a, const df_tensor *b)
 {
+  int st0;
+  if ((st0 = df_need_live(a)) || (st0 = df_need_live(b))) return st0;
   if (!df_same_device(a, b)) return mixed_devices(a, b);
   /* numpy rules: align from the right; sizes must match or be 1 */
   int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
@@ -262,6 +282,7 @@ int df_reduce_all(const df_tensor *a, int op, double *res)
   const float *p = df_data(a);
   int64_t n = a->numel;
   int st;
+  if ((st = df_need_live(a))) return st;
   if (n == 0) {
     if (op == DF_RSUM) { *res = 0.0; return DF_OK; }
     if (op == DF_RMIN || op == DF_RMAX) return df_fail(DF_EARG, "the tensor is empty");
@@ -290,6 +311,8 @@ int df_reduce_all(const df_tensor *a, int op, double *res)
 
 int df_reduce_dim(df_tensor *out, df_tensor *idx, const df_tensor *a, int op, int dim, int keepdim)
 {
+  int st0 = df_need_live(a);
+  if (st0) return st0;
   if (dim < 1 || dim > a->ndim)
     return df_fail(DF_EARG, "dimension %d out of range for a %d-dimensional tensor", dim, a->ndim);
   int64_t outer = 1, inner = 1, len = a->shape[dim - 1];
@@ -315,6 +338,8 @@ int df_reduce_dim(df_tensor *out, df_tensor *idx, const df_tensor *a, int op, in
 
 int df_matmul(df_tensor *out, const df_tensor *a, const df_tensor *b)
 {
+  int st0;
+  if ((st0 = df_need_live(a)) || (st0 = df_need_live(b))) return st0;
   if (!df_same_device(a, b)) return mixed_devices(a, b);
   char s1[96], s2[96];
   if (a->ndim > 3 || b->ndim > 3)
@@ -343,6 +368,7 @@ int df_matmul(df_tensor *out, const df_tensor *a, const df_tensor *b)
   int st = df_tensor_alloc(out, a->be, a->dev, nd, sh);
   if (st) return st;
   if (out->numel == 0) return DF_OK; /* (no backend is asked for a product of nothing) */
+  if (k == 0) return df_fill(out, 0.0f); /* sums of nothing (the kernels would leave them unset) */
   return a->be->matmul(a->dev, df_data(out), df_data(a), df_data(b), batch, m, k, n,
                        ba == 1 ? 0 : m * k, bb == 1 ? 0 : k * n);
 }
@@ -357,6 +383,8 @@ int df_cat(df_tensor *out, int n, const df_tensor *const *ts, int dim)
   int64_t sh[DF_MAXDIM], total = 0;
   for (int i = 0; i < n; i++) {
     const df_tensor *t = ts[i];
+    int st0 = df_need_live(t);
+    if (st0) return st0;
     if (!df_same_device(a, t)) return mixed_devices(a, t);
     int ok = t->ndim == a->ndim;
     for (int d = 0; ok && d < a->ndim; d++) ok = d == dim - 1 || t->shape[d] == a->shape[d];
@@ -393,6 +421,8 @@ int df_copy(df_tensor *dst, const df_tensor *src)
   float *d = df_data(dst);
   const float *s = df_data(src);
   int64_t n = src->numel;
+  int st0;
+  if ((st0 = df_need_live(dst)) || (st0 = df_need_live(src))) return st0;
   if (dst->numel != n) return df_fail(DF_EARG, "sizes differ (%lld and %lld elements)",
                                       (long long)dst->numel, (long long)src->numel);
   if (n == 0) return DF_OK;
@@ -411,28 +441,39 @@ int df_copy(df_tensor *dst, const df_tensor *src)
 
 int df_to_device(df_tensor *out, const df_tensor *a, const df_backend *be, int dev)
 {
-  int st = df_tensor_alloc(out, be, dev, a->ndim, a->shape);
-  if (st) return st;
+  int st = df_need_live(a);
+  if (st || (st = df_tensor_alloc(out, be, dev, a->ndim, a->shape))) return st;
   return df_copy(out, a);
 }
 
 int df_download(const df_tensor *a, float *host)
 {
+  int st = df_need_live(a);
+  if (st) return st;
   if (a->numel == 0) return DF_OK;
   return a->be->download(a->dev, host, df_data(a), a->numel);
 }
 
 int df_upload(df_tensor *t, const float *host)
 {
+  int st = df_need_live(t);
+  if (st) return st;
   if (t->numel == 0) return DF_OK;
   return t->be->upload(t->dev, df_data(t), host, t->numel);
 }
 
 int df_histogram(const df_tensor *a, int64_t bins, double lo, double hi, int64_t *counts)
 {
+  int st = df_need_live(a);
+  if (st) return st;
   if (bins < 1) return df_fail(DF_EARG, "bins must be at least 1 (got %lld)", (long long)bins);
   if (!isfinite(lo) || !isfinite(hi))
     return df_fail(DF_EARG, "min and max must be finite numbers");
   if (!(lo < hi)) return df_fail(DF_EARG, "min must be below max (got %g and %g)", lo, hi);
+  /* the backends bin by (v - lo) bins / (hi - lo): that must be finite (edges are float32) */
+  if (fabs(lo) > FLT_MAX || fabs(hi) > FLT_MAX)
+    return df_fail(DF_EARG, "min and max must be finite in float32 (|v| <= 3.4e38)");
+  if (!isfinite((double)bins / (hi - lo)))
+    return df_fail(DF_EARG, "the range %g to %g is too narrow for %lld bins", lo, hi, (long long)bins);
   return a->be->histogram(a->dev, df_data(a), a->numel, bins, lo, hi, counts);
 }

@@ -26,6 +26,7 @@ typedef struct df_tensor {
 /* device data of t, or NULL if t (or the owner of a view) has been released */
 float *df_data(const df_tensor *t);
 int df_is_live(const df_tensor *t);
+int df_need_live(const df_tensor *t); /* DF_OK, or "attempt to use a released tensor" (t may be NULL) */
 
 /* validate a shape: dims in [0, DF_MAX_NUMEL], product too; sets *numel */
 int df_shape_check(int ndim, const int64_t *shape, int64_t *numel);

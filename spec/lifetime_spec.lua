@@ -223,3 +223,51 @@ describe('lifetime', function()
     assert.is_true(ok == true, ('child exited by %s %s'):format(tostring(how), tostring(status)))
   end)
 end)
+
+-- Lua code can run between a binding's checks and the work (an options table's __index, a
+-- finaliser during an allocation, a callback): what it releases is an error, never freed memory
+describe('objects released by Lua code running inside a call', function()
+  local ve = diffuse.ve(1.1)
+  local function frees(f) return setmetatable({}, { __index = function() f() end }) end
+
+  it('an options table whose __index frees the operand', function()
+    local x = tensor.ones(1000)
+    released_error(x.histogram, x, frees(function() x:free() end))
+    local net = diffuse.nn.mlp{ dim = 1 }
+    assert.error_matches(function() diffuse.loss.dsm(net, ve, tensor.zeros(8, 1), frees(function() net:free() end)) end,
+      'diffuse.loss.dsm: attempt to use a released network')
+    local s = diffuse.sampler{ diffuser = ve, steps = 3 }
+    local score = diffuse.score.net(diffuse.nn.mlp{ dim = 1 }, ve)
+    assert.error_matches(function() s:run(tensor.ones(4, 1), score, frees(function() getmetatable(score).__gc(score) end)) end,
+      'diffuse.sampler.run: attempt to use a released score source')
+    local x1 = tensor.ones(4, 1)
+    released_error(s.run, s, x1, diffuse.score.exact(ve), frees(function() x1:free() end))
+  end)
+
+  it('finalisers that free operands while an operation allocates', function()
+    local a = tensor.ones(1 << 16)
+    local ok, err = pcall(function()
+      collectgarbage('incremental', 1, 1000) -- collect as often as possible
+      for _ = 1, 20 do setmetatable({}, { __gc = function() if not a:is_released() then a:free() end end }) end
+      for _ = 1, 100 do a:clone(); a:exp(); a:matmul(tensor.ones(1 << 16, 1)) end
+    end)
+    collectgarbage('incremental', 200, 100)
+    collectgarbage('generational')
+    collectgarbage('incremental')
+    assert.is_false(ok)
+    assert.is_truthy(tostring(err):find(RELEASED, 1, true), err)
+  end)
+
+  it('a progress function whose forward cannot get a workspace leaves training able to go on', function()
+    local net = diffuse.nn.mlp{ dim = 1, hidden = { 4096 } }
+    local opt = diffuse.optim.adam(net)
+    local huge = tensor.zeros(10000000, 1) -- a workspace of about 500 GB: refused
+    local failed = 0
+    local losses = diffuse.core.train(net, opt, ve, tensor.randn(64, 1), 3, nil, 1e-5, function()
+      if not pcall(net.forward, net, huge, 0.5) then failed = failed + 1 end
+    end, 0)
+    assert.is_true(failed >= 1)
+    assert.are.equal(3, losses:numel())
+    for _, l in ipairs(losses:totable()) do assert.is_true(l == l and l < math.huge) end
+  end)
+end)

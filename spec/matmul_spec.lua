@@ -129,8 +129,15 @@ describe('matmul', function()
       assert.are.same(case[3], c:shape())
       assert.are.equal(0, c:numel())
     end
-    -- and inner size 0: a sum of nothing, zeros
+    -- and inner size 0: sums of nothing, zeros (shapes large enough for the register tiles,
+    -- batched and broadcast, after a dirty allocation of the same size)
     assert.are.same({ { 0, 0 }, { 0, 0 } }, tensor.ones(2, 0):matmul(tensor.ones(0, 2)):totable())
+    for _, case in ipairs { { { 8, 0 }, { 0, 64 } }, { { 3, 8, 0 }, { 0, 64 } }, { { 8, 0 }, { 2, 0, 40 } } } do
+      local junk = tensor.full({ 3 * 8 * 64 }, 7.5)
+      junk:free()
+      local c = tensor.zeros(table.unpack(case[1])):matmul(tensor.zeros(table.unpack(case[2])))
+      assert.are.equal(0, c:abs():sum())
+    end
   end)
 
   it('batched with a vector operand: [k] x [B,k,n] -> [B,n], [B,m,k] x [k] -> [B,m]', function()

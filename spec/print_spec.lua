@@ -62,6 +62,10 @@ describe('printing', function()
     -- many empty rows are abridged as many values are (not a string of 2^31 brackets)
     assert.are.equal('[[]\n []\n []\n ...\n []\n []\n []]' .. footer('2147483648x0'),
                      tostring(tensor.zeros(2 ^ 31, 0)))
+    -- and totable says no at once instead of building 2^40 empty tables
+    assert.has_error(function() tensor.zeros(2 ^ 40, 0):totable() end,
+      'diffuse.tensor.totable: a tensor of 1099511627776x0 is too large for Lua tables')
+    assert.are.same({ {}, {}, {} }, tensor.zeros(3, 0):totable())
   end)
 
   it('views print their own values and shape', function()
