@@ -142,9 +142,9 @@ static df_tensor *heat_width(lua_State *L, int idx, const char *fname, double *w
     *w0 = lua_tonumber(L, idx);
     return NULL;
   }
-  if (!l_totensor(L, idx))
+  if (!l_totensor(L, idx, fname))
     l_error(L, fname, "width must be a number or a tensor (got %s)", luaL_typename(L, idx));
-  return l_totensor(L, idx);
+  return l_totensor(L, idx, fname);
 }
 
 static int heat_fn(lua_State *L, int (*fn)(df_tensor *, const df_tensor *, const df_tensor *, double),

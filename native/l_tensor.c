@@ -196,7 +196,7 @@ static int t_new(lua_State *L)
 
 static int arith(lua_State *L, int op, const char *fname)
 {
-  df_tensor *a = l_totensor(L, 1), *b = l_totensor(L, 2);
+  df_tensor *a = l_totensor(L, 1, fname), *b = l_totensor(L, 2, fname);
   if (a && b) {
     df_tensor *out = l_newtensor(L);
     l_check(L, df_binary(out, op, a, b), fname);
@@ -802,7 +802,7 @@ static int t_newindex(lua_State *L)
     l_check(L, t->be->fill(t->dev, df_data(t) + j * row, row, v), fname);
     return 0;
   }
-  df_tensor *src = l_totensor(L, 3);
+  df_tensor *src = l_totensor(L, 3, fname);
   if (!src) l_error(L, fname, "value must be a number or a tensor (got %s)", luaL_typename(L, 3));
   if (src->numel != row)
     l_error(L, fname, "value has %lld elements, the row has %lld", (long long)src->numel,

@@ -144,10 +144,10 @@ df_tensor *l_newtensor(lua_State *L)
   return t;
 }
 
-df_tensor *l_totensor(lua_State *L, int idx)
+df_tensor *l_totensor(lua_State *L, int idx, const char *fname)
 {
   df_tensor *t = (df_tensor *)luaL_testudata(L, idx, DF_TENSOR_MT);
-  if (t && !df_is_live(t)) luaL_error(L, "attempt to use a released tensor");
+  if (t && !df_is_live(t)) l_error(L, fname, "attempt to use a released tensor (argument %d)", idx);
   return t;
 }
 

@@ -36,7 +36,7 @@ int l_getopt(lua_State *L, int idx, const char *key);
 /* tensors */
 df_tensor *l_newtensor(lua_State *L);          /* push a released tensor userdata */
 void l_gc_pressure(lua_State *L, int64_t bytes); /* account for memory Lua cannot see */
-df_tensor *l_totensor(lua_State *L, int idx);  /* NULL if not a tensor; raises if released */
+df_tensor *l_totensor(lua_State *L, int idx, const char *fname); /* NULL if not a tensor; raises if released */
 df_tensor *l_checktensor(lua_State *L, int idx, const char *fname, const char *what);
 /* a float32 host buffer owned by a userdata pushed on the stack (freed by the GC on errors) */
 float *l_hostbuf(lua_State *L, int64_t n, const char *fname);
