@@ -492,7 +492,7 @@ int df_cuda_blas(int dev, cublasHandle_t *h)
     if (s == CUBLAS_STATUS_SUCCESS) s = cublasSetAtomicsMode(nh, CUBLAS_ATOMICS_NOT_ALLOWED);
     if (s != CUBLAS_STATUS_SUCCESS) {
       cublasDestroy(nh);
-      return blas_error("cublasSetMathMode", s);
+      return blas_error("cublasSetMathMode/cublasSetAtomicsMode", s);
     }
     blas_handles[dev] = nh;
   }

@@ -1383,6 +1383,10 @@ int cuda_net_sample(int dev, const df_netdesc *nd, const float *params, const fl
   const int widest = nd->kind == DF_NET_MLP ? nd->maxw
                                             : (nd->out[0] > nd->dim ? nd->out[0] : nd->dim);
   if (widest > SAMPLE_MAXW) return DF_OK; /* stepped through net_forward instead */
+  /* a time-embedded net too big for the fused forward (a large embed) runs its time layer
+     through cuBLAS, in cuBLAS's order: stepping through net_forward keeps this run bitwise that
+     of the step-by-step one (backend.h), where this kernel would sum in the CPU's order */
+  if (nd->kind == DF_NET_TEMB && !plan_of(nd).fused) return DF_OK;
   if (p->method != DF_EULER && p->method != DF_EULER_MARUYAMA && p->method != DF_HEUN)
     return df_cuda_fail(DF_EARG, "cuda %s: unknown method %d", op, p->method);
   if (p->steps < 1 || nrec < 0) return df_cuda_fail(DF_EARG, "cuda %s: bad plan", op);

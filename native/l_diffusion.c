@@ -431,6 +431,14 @@ typedef struct {
   int fn;
 } lua_score_ctx;
 
+static int same_shape(const df_tensor *a, const df_tensor *b)
+{
+  if (a->ndim != b->ndim) return 0;
+  for (int i = 0; i < a->ndim; i++)
+    if (a->shape[i] != b->shape[i]) return 0;
+  return 1;
+}
+
 static int lua_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t)
 {
   lua_score_ctx *c = (lua_score_ctx *)ctx;
@@ -454,7 +462,7 @@ static int lua_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t
   if (!r || !df_is_live(r)) {
     st = df_fail(DF_EARG, "the score function must return a tensor (got %s)",
                  r ? "a released tensor" : luaL_typename(L, -1));
-  } else if (r->numel != x->numel || !df_same_device(r, x)) {
+  } else if (!same_shape(r, x) || !df_same_device(r, x)) {
     char b1[96], b2[96];
     st = df_fail(DF_EARG, "the score function returned %s for x of %s",
                  df_shape_str(r->ndim, r->shape, b1, sizeof b1), df_shape_str(x->ndim, x->shape, b2, sizeof b2));

@@ -358,6 +358,7 @@ int df_net_set(df_net *n, int which, const df_tensor *src)
   if ((st = need_net(n)) || (st = df_need_live(src))) return st;
   if (src->numel != len)
     return df_fail(DF_EARG, "expected %lld values, got %lld", (long long)len, (long long)src->numel);
+  if (which != DF_GRADS) n->cached_rows = -1; /* (as after an Adam step) */
   return copy_buf(n->be, n->dev, dst, src->be, src->dev, df_data(src), len);
 }
 
@@ -533,6 +534,8 @@ int df_adam_step(df_adam *o, df_net *n)
   int st = adam_follow(o, n);
   if (st) return st;
   if (o->t >= DF_MAX_STEPS) return df_fail(DF_EARG, "the optimizer has taken 2^53 steps");
+  n->cached_rows = -1; /* a backward after this would be at other parameters than its forward's
+                          (the CPU keeps the activations, CUDA's fused path recomputes them) */
   o->t++;
   df_adam_hp hp = adam_constants(o);
   return n->be->adam(n->dev, n->params, n->grads, o->m, o->v, o->n, &hp);
@@ -614,6 +617,9 @@ int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
     return df_fail(DF_EARG, "steps must be in 0..2^53 (got %lld)", (long long)steps);
   if (batch < 1 || batch > DF_MAX_NUMEL)
     return df_fail(DF_EARG, "batch must be in 1..2^40 (got %lld)", (long long)batch);
+  double lo, hi; /* NaN data would make the first step's loss NaN, applied before it is seen */
+  if ((st = df_reduce_all(data, DF_RMIN, &lo)) || (st = df_reduce_all(data, DF_RMAX, &hi))) return st;
+  if (!isfinite(lo) || !isfinite(hi)) return df_fail(DF_EARG, "data holds NaN or infinite values");
   if (o->t > DF_MAX_STEPS - steps)
     return df_fail(DF_EARG, "the optimizer has taken %lld steps: %lld more would pass 2^53",
                    (long long)o->t, (long long)steps);

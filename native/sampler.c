@@ -1,6 +1,7 @@
 /* sampler.c: score sources (exact heat-kernel score, Gaussian mixtures, callbacks) and the
  * reverse-time samplers. A run with a native score is one backend call (sample_fused); any
  * other score is evaluated step by step through its callback, with the same update rules. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,7 +208,17 @@ int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nre
   int d = 0, st;
   uint64_t seed, unused;
   if ((st = df_need_live(x))) return st;
+  if (x->ndim > 2) { /* (a Lua score function would take any shape; the docs say [B, d] or [B]) */
+    char b[96];
+    return df_fail(DF_EARG, "x must be [B, d] or [B], got %s", df_shape_str(x->ndim, x->shape, b, sizeof b));
+  }
   if (src->kind != DF_SCORE_CALLBACK && (st = score_shape(src, x, &rows, &d))) return st;
+  /* the grid's smallest t is 1 / steps: sigma^2 there must be a float32 the scores can divide by
+     (diffuse.power with a large alpha underflows, and every score would be NaN) */
+  double s2min = df_diffuser_sigma2_host(&s->diff, 1.0 / (double)s->steps);
+  if (!(s2min >= FLT_MIN))
+    return df_fail(DF_EARG, "sigma(t)^2 = %g at t = 1/%lld underflows float32: use fewer steps or "
+                   "a diffuser whose sigma(t) stays above 1.1e-19 there", s2min, (long long)s->steps);
   for (int r = 0; r < nrec; r++) {
     if (rec_k[r] < 0 || rec_k[r] > s->steps)
       return df_fail(DF_EARG, "record step %lld is outside 0..%lld", (long long)rec_k[r],

@@ -555,6 +555,17 @@ describe('samplers', function()
       'the score function failed: .*boom')
     assert.error_matches(function() s:run(tensor.ones(3, 1), function() error({}) end) end,
       'the score function failed: %(error object is a table value%)')
+    -- a Lua score's result must have x's shape, not only its size; x is [B, d] or [B] for any score
+    assert.error_matches(function() s:run(tensor.ones(4, 2), function() return tensor.ones(2, 4) end) end,
+      'the score function returned 2x4 for x of 4x2')
+    assert.error_matches(function() s:run(tensor.ones(2, 2, 2), function(x) return x end) end,
+      'x must be %[B, d%] or %[B%], got 2x2x2')
+    -- a grid whose sigma(1/N)^2 underflows float32 would give NaN scores: refused
+    local q = diffuse.power(1, 50)
+    assert.error_matches(function()
+      diffuse.sampler{ diffuser = q, steps = 10 }:run(q:prior(3), diffuse.score.exact(q))
+    end, 'sigma%(t%)%^2 = .* at t = 1/10 underflows float32')
+    assert.error_matches(function() diffuse.power(1e-30, 1) end, 'kappa must be a number from 1e%-15 to 1e15')
     local mix = diffuse.score.mixture(ve, { weights = { 1 }, means = { { 0, 1 } }, stds = { 1 } })
     assert.error_matches(function() s:run(tensor.ones(3, 1), mix) end, 'mixture lives in R%^2')
     assert.error_matches(function() s:run(tensor.ones(2, 2, 2), exact) end, 'x must be %[B, d%] or %[B%]')

@@ -409,13 +409,15 @@ describe('DSM loss and Adam', function()
     end
   end)
 
-  it('a NaN loss stops training with an error naming the step', function()
+  it('a non-finite loss stops training with an error naming the step; NaN data is refused first', function()
     diffuse.seed(10)
     local net = diffuse.nn.mlp{ dim = 1, hidden = { 4 } }
     local data = tensor.zeros(64, 1)
+    assert.error_matches(function() diffuse.train{ net = net, diffuser = ve, data = data, steps = 50, lr = 1e30 } end,
+      'diffuse.train: training diverged at step %d+: loss = ')
     data[3] = 0 / 0
     assert.error_matches(function() diffuse.train{ net = net, diffuser = ve, data = data, steps = 5 } end,
-      'diffuse.train: training diverged at step 1: loss = %-?nan')
+      'diffuse.train: data holds NaN or infinite values')
   end)
 
   it('rows are drawn at random when the data is larger than the batch', function()
@@ -581,6 +583,17 @@ describe('the network score source and bad input', function()
     local dead = diffuse.nn.mlp{ dim = 2, hidden = { 3 } }
     dead:free()
     train_error({ net = dead, diffuser = ve, data = x4 }, 'attempt to use a released network')
+    -- data with NaN would be a NaN loss applied to the net before it is seen: refused up front
+    local before = net:parameters():totable()
+    train_error({ net = net, diffuser = ve, data = tensor.new { { 0, 0 }, { 0 / 0, 0 } } }, 'data holds NaN or infinite values')
+    assert.are.same(before, net:parameters():totable())
+    train_error({ net = net, diffuser = ve, data = x4, optimizer = diffuse.optim.adam(net), lr = 0 },
+      'lr must be positive and finite in float32 %(got 0%)')
+    -- a backward after an Adam step would be at parameters its forward did not see
+    net:forward(x4, 0.5)
+    local o2 = diffuse.optim.adam(net)
+    o2:step()
+    assert.error_matches(function() net:backward(tensor.ones(4, 2)) end, 'backward needs a forward first')
     -- and the position is the caller's line, not the library's
     local ok, err = pcall(function() diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(4, 3) } end)
     assert.is_false(ok)

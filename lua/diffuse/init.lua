@@ -78,6 +78,9 @@ function diffuse.train(o)
   elseif kind_of(opt) ~= 'diffuse.optim' then
     error(fname .. 'optimizer must be an optimizer from diffuse.optim (got ' .. kind_of(opt) .. ')', 2)
   elseif o.lr ~= nil then
+    if type(o.lr) ~= 'number' or not (o.lr > 0 and o.lr <= 3.4e38) then
+      error(fname .. 'lr must be positive and finite in float32 (got ' .. tostring(o.lr) .. ')', 2)
+    end
     opt.lr = o.lr
   end
   local fn, bar

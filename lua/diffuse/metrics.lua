@@ -531,6 +531,8 @@ function M.score_error(net, diffuser, score, opts)
     x0 = d.tensor.zeros(n, net.dim)
   elseif rows ~= n then
     error(fname .. 'data must be a tensor of n rows', 2)
+  elseif #x0:shape() == 1 then
+    x0 = x0:reshape(n, 1) -- ([n] is n rows of one coordinate: x, scores and net all [n, 1])
   end
   local tol = opts.tol or 1e-5
   if type(tol) ~= 'number' or not (tol >= 0 and tol < 1) then error(fname .. 'tol must be in [0, 1)', 2) end
@@ -538,9 +540,13 @@ function M.score_error(net, diffuser, score, opts)
   local x = diffuser:diffuse(x0, t)
   local sigma = diffuser:sigma(t):reshape(n, 1)
   local s_net = net:forward(x, t) / sigma
-  local s_ref = score(x, t)
+  local s_ref = score(x, t) -- (t: a tensor of one time per row, as score sources take)
   if not is_tensor(s_ref) then
     error(fname .. 'the score returned ' .. type(s_ref) .. ' (expected a tensor shaped as x)', 2)
+  end
+  local sx, sr = s_net:shape(), s_ref:shape()
+  if table.concat(sx, 'x') ~= table.concat(sr, 'x') then -- (else it would broadcast to [n, n])
+    error(fmt('%sthe score returned %s for x of %s', fname, table.concat(sr, 'x'), table.concat(sx, 'x')), 2)
   end
   local diff = (s_net - s_ref) * sigma
   local per_row = (diff * diff):sum(2) -- [n]: sigma^2 |s_net - s|^2
