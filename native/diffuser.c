@@ -87,7 +87,7 @@ int df_check_times(const df_tensor *t)
   double lo, hi;
   int st;
   if (t->numel == 0) return DF_OK;
-  if ((st = df_reduce_all(t, DF_RMIN, &lo)) || (st = df_reduce_all(t, DF_RMAX, &hi))) return st;
+  if ((st = df_minmax(t, &lo, &hi))) return st;
   if (lo != lo || hi != hi) /* (a NaN anywhere makes both NaN) */
     return df_fail(DF_EARG, "times must be finite and non-negative (found NaN)");
   if (!(lo >= 0.0) || !isfinite(hi))
@@ -194,7 +194,7 @@ static int heat_args(const df_tensor *x, const df_tensor *w, double w0, int64_t 
   }
   double lo, hi;
   int st;
-  if (w->numel > 0 && ((st = df_reduce_all(w, DF_RMIN, &lo)) || (st = df_reduce_all(w, DF_RMAX, &hi))))
+  if (w->numel > 0 && (st = df_minmax(w, &lo, &hi)))
     return st;
   if (w->numel > 0 && (!(lo > 0.0) || !width_ok(lo) || !width_ok(hi)))
     return df_fail(DF_EARG, "widths must be " WIDTH_RANGE " (found %g to %g)", lo, hi);

@@ -264,7 +264,7 @@ static int forward_into(df_net *n, float *out, const df_tensor *x, const df_tens
     if (t->numel != rows || t->ndim > 2 || (t->ndim == 2 && t->shape[1] != 1))
       return df_fail(DF_EARG, "t must be a number or hold one time per row (%lld)", (long long)rows);
     double lo, hi; /* finite, as a number t must be (any sign: a network takes any time) */
-    if (rows > 0 && ((st = df_reduce_all(t, DF_RMIN, &lo)) || (st = df_reduce_all(t, DF_RMAX, &hi))))
+    if (rows > 0 && (st = df_minmax(t, &lo, &hi)))
       return st;
     if (rows > 0 && (lo != lo || hi != hi)) return df_fail(DF_EARG, "t must be finite (found NaN)");
     if (rows > 0 && (!isfinite(lo) || !isfinite(hi)))
@@ -618,7 +618,7 @@ int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
   if (batch < 1 || batch > DF_MAX_NUMEL)
     return df_fail(DF_EARG, "batch must be in 1..2^40 (got %lld)", (long long)batch);
   double lo, hi; /* NaN data would make the first step's loss NaN, applied before it is seen */
-  if ((st = df_reduce_all(data, DF_RMIN, &lo)) || (st = df_reduce_all(data, DF_RMAX, &hi))) return st;
+  if ((st = df_minmax(data, &lo, &hi))) return st;
   if (!isfinite(lo) || !isfinite(hi)) return df_fail(DF_EARG, "data holds NaN or infinite values");
   if (o->t > DF_MAX_STEPS - steps)
     return df_fail(DF_EARG, "the optimizer has taken %lld steps: %lld more would pass 2^53",

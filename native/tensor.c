@@ -309,6 +309,14 @@ int df_reduce_all(const df_tensor *a, int op, double *res)
   }
 }
 
+int df_minmax(const df_tensor *a, double *lo, double *hi)
+{
+  int st;
+  if (a->numel == 0) { *lo = INFINITY; *hi = -INFINITY; return df_need_live(a); }
+  if ((st = df_reduce_all(a, DF_RMIN, lo))) return st;
+  return df_reduce_all(a, DF_RMAX, hi);
+}
+
 int df_reduce_dim(df_tensor *out, df_tensor *idx, const df_tensor *a, int op, int dim, int keepdim)
 {
   int st0 = df_need_live(a);

@@ -58,6 +58,8 @@ int df_unary(df_tensor *out, int op, const df_tensor *a);
 int df_binary(df_tensor *out, int op, const df_tensor *a, const df_tensor *b);
 int df_binary_scalar(df_tensor *out, int op, const df_tensor *a, float s, int scalar_left);
 int df_reduce_all(const df_tensor *a, int op, double *res);
+/* the least and the greatest value (NaN if any is NaN; inf and -inf for no values) */
+int df_minmax(const df_tensor *a, double *lo, double *hi);
 int df_reduce_dim(df_tensor *out, df_tensor *idx, const df_tensor *a, int op, int dim, int keepdim);
 int df_matmul(df_tensor *out, const df_tensor *a, const df_tensor *b);
 int df_cat(df_tensor *out, int n, const df_tensor *const *ts, int dim);
