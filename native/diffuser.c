@@ -56,8 +56,9 @@ int df_diffuser_ve(df_diffuser *D, double kappa)
 
 int df_diffuser_power(df_diffuser *D, double kappa, double alpha)
 {
-  if (!isfinite(kappa) || kappa < 1e-15 || kappa > 1e15) /* (kappa^2 a normal float32) */
-    return df_fail(DF_EARG, "kappa must be a number from 1e-15 to 1e15 (got %g)", kappa);
+  if (!isfinite(kappa) || !(kappa * kappa >= FLT_MIN) || kappa > 1e15) /* (kappa^2 normal) */
+    return df_fail(DF_EARG, "kappa must be a number from about 1.1e-19 (its square a normal "
+                   "float32) to 1e15 (got %g)", kappa);
   if (!isfinite(alpha) || alpha <= -0.5 || alpha > 50.0)
     return df_fail(DF_EARG, "alpha must be in (-0.5, 50] so that sigma(t) is finite (got %g)",
                    alpha);

@@ -431,10 +431,15 @@ typedef struct {
   int fn;
 } lua_score_ctx;
 
+/* the same shape up to trailing sizes of 1 ([B] and [B, 1] are one column): a net's [B, 1]
+   output for a 1-D x is a score of x; [2, 4] for [4, 2] is not */
 static int same_shape(const df_tensor *a, const df_tensor *b)
 {
-  if (a->ndim != b->ndim) return 0;
-  for (int i = 0; i < a->ndim; i++)
+  int na = a->ndim, nb = b->ndim;
+  while (na > 0 && a->shape[na - 1] == 1) na--;
+  while (nb > 0 && b->shape[nb - 1] == 1) nb--;
+  if (na != nb) return 0;
+  for (int i = 0; i < na; i++)
     if (a->shape[i] != b->shape[i]) return 0;
   return 1;
 }

@@ -542,7 +542,7 @@ typedef struct {
   const df_net *n;
   const df_adam *o;
   const df_tensor *data;
-  const float *params, *m, *x;
+  const float *params, *x; /* (the optimizer's state moves to the net's device inside df_train) */
   const df_backend *be;
   int dev;
   int64_t rows;
@@ -565,7 +565,7 @@ static int progress_cb(void *ctx, int64_t step, int64_t total, double loss)
   if (!c->n->live || !c->o->live || !df_is_live(c->data))
     return df_fail(DF_ESTATE, "the progress function released the %s",
                    !c->n->live ? "network" : !c->o->live ? "optimizer" : "data");
-  if (c->n->params != c->params || c->n->be != c->be || c->n->dev != c->dev || c->o->m != c->m ||
+  if (c->n->params != c->params || c->n->be != c->be || c->n->dev != c->dev ||
       df_data(c->data) != c->x || c->data->shape[0] != c->rows)
     return df_fail(DF_ESTATE, "the progress function moved or replaced the network's, the "
                    "optimizer's or the data's memory");
@@ -588,7 +588,7 @@ static int core_train(lua_State *L)
   lua_getiuservalue(L, 2, 1);
   if (lua_touserdata(L, -1) != (void *)n) l_error(L, fname, "the optimizer belongs to another network");
   lua_pop(L, 1);
-  progress_ctx ctx = { L, 8, n, o, data, n->params, o->m, df_data(data), n->be, n->dev,
+  progress_ctx ctx = { L, 8, n, o, data, n->params, df_data(data), n->be, n->dev,
                        data->ndim > 0 ? data->shape[0] : 0 };
   int has_fn = lua_isfunction(L, 8);
   lua_settop(L, 9);

@@ -124,7 +124,7 @@ static int t_arange(lua_State *L)
   if (count < 0) count = 0;
   if (count > (double)DF_MAX_NUMEL) l_error(L, fname, "%.17g elements are too many", count);
   double last = count > 0 ? a + (count - 1) * step : a;
-  if (fabs(a) > FLT_MAX || fabs(last) > FLT_MAX)
+  if (count > 0 && (fabs(a) > FLT_MAX || fabs(last) > FLT_MAX))
     l_error(L, fname, "the values must be finite in float32 (|v| <= 3.4e38), up to %g here", last);
   int64_t shape[1] = { (int64_t)count };
   df_tensor *t = new_on_current(L, 1, shape, fname);

@@ -565,7 +565,11 @@ describe('samplers', function()
     assert.error_matches(function()
       diffuse.sampler{ diffuser = q, steps = 10 }:run(q:prior(3), diffuse.score.exact(q))
     end, 'sigma%(t%)%^2 = .* at t = 1/10 underflows float32')
-    assert.error_matches(function() diffuse.power(1e-30, 1) end, 'kappa must be a number from 1e%-15 to 1e15')
+    assert.error_matches(function() diffuse.power(1e-30, 1) end, 'kappa must be a number from about 1%.1e%-19')
+    assert.are.equal('power', diffuse.power(1e-16, 0.5).kind) -- (its square is still normal)
+    -- a Lua score may return [B, 1] for x of [B] (a net's output), not a transposed shape
+    local n2 = diffuse.nn.mlp{ dim = 1 }
+    assert.are.same({ 8 }, s:run(tensor.ones(8), function(x, t) return n2(x, t) end):shape())
     local mix = diffuse.score.mixture(ve, { weights = { 1 }, means = { { 0, 1 } }, stds = { 1 } })
     assert.error_matches(function() s:run(tensor.ones(3, 1), mix) end, 'mixture lives in R%^2')
     assert.error_matches(function() s:run(tensor.ones(2, 2, 2), exact) end, 'x must be %[B, d%] or %[B%]')

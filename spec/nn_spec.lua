@@ -589,6 +589,11 @@ describe('the network score source and bad input', function()
     assert.are.same(before, net:parameters():totable())
     train_error({ net = net, diffuser = ve, data = x4, optimizer = diffuse.optim.adam(net), lr = 0 },
       'lr must be positive and finite in float32 %(got 0%)')
+    local freed = diffuse.optim.adam(net)
+    freed:free()
+    train_error({ net = net, diffuser = ve, data = x4, optimizer = freed, lr = 1 }, 'attempt to use a released optimizer')
+    assert.error_matches(function() diffuse.loss.dsm(net, ve, tensor.new { { 0, 1 / 0 } }) end,
+      'diffuse.loss.dsm: x0 holds NaN or infinite values')
     -- a backward after an Adam step would be at parameters its forward did not see
     net:forward(x4, 0.5)
     local o2 = diffuse.optim.adam(net)

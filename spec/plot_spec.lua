@@ -118,10 +118,12 @@ describe('diffuse.plot.ticks', function()
     end
     assert.are.same({}, (plot.ticks(5e-324, 1e-323)))  -- subnormals: no nice steps, no ticks
     assert.has_error(function() plot.ticks(0, 1, 1e9) end,
-      'diffuse.plot.ticks: n must be between 1 and 1000 (got 1000000000.0)')
-    assert.has_error(function() plot.ticks(0, 1, 2.5) end, 'diffuse.plot.ticks: n must be a whole number (got 2.5)')
+      'diffuse.plot.ticks: n must be a number up to 1000 (got 1000000000.0)')
+    assert.has_error(function() plot.ticks(0, 1, 0 / 0) end)
+    assert.are.same(plot.ticks(0, 1, 2), plot.ticks(0, 1, 2.5)) -- "about n": fractions as before
+    assert.are.same(plot.ticks(0, 1, 1), plot.ticks(0, 1, 0))
     assert.has_error(function() plot.ticks(0, 'x') end, 'diffuse.plot.ticks: hi must be a number (got string)')
-    assert.has_error(function() plot.log_ticks(1, 10, 0) end)
+    assert.has_error(function() plot.log_ticks(1, 10, 'x') end)
     -- and a figure of such data draws (finite coordinates are checked by every save below)
     local fig = plot.figure()
     fig[1]:scatter({ 5e-324, 1e-323 }, { 0, 1 })

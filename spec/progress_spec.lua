@@ -220,6 +220,17 @@ describe('diffuse.progress helpers and checks', function()
     assert.has_error(function() progress.format_rate('x') end, 'diffuse.progress.format_rate: r must be a number (got string)')
   end)
 
+  it('ignores a $COLUMNS that is no usable width', function()
+    for _, c in ipairs { '0', '-1', '1e999', 'wide' } do
+      local p = io.popen(('COLUMNS=%s lua5.4 -e "package.path = \'lua/?.lua;\' .. package.path; '
+        .. 'local b = require(\'diffuse.progress\').new{ total = 2, tty = true, clock = os.clock, '
+        .. 'stream = { write = function() end } }; b:update(2); print(b.columns)" 2>&1'):format(c))
+      local out = p:read('a')
+      p:close()
+      assert.are.equal('nil\n', out, 'COLUMNS=' .. c)
+    end
+  end)
+
   it('formats counts past 2^63, absurd times and mismatched field formats', function()
     local s = fake_stream()
     local bar = progress.new { stream = s, tty = false, total = 2 ^ 63, formats = { loss = '%d' } }

@@ -78,10 +78,8 @@ function diffuse.train(o)
   elseif kind_of(opt) ~= 'diffuse.optim' then
     error(fname .. 'optimizer must be an optimizer from diffuse.optim (got ' .. kind_of(opt) .. ')', 2)
   elseif o.lr ~= nil then
-    if type(o.lr) ~= 'number' or not (o.lr > 0 and o.lr <= 3.4e38) then
-      error(fname .. 'lr must be positive and finite in float32 (got ' .. tostring(o.lr) .. ')', 2)
-    end
-    opt.lr = o.lr
+    local ok, err = pcall(function() opt.lr = o.lr end)
+    if not ok then error(fname .. tostring(err):gsub('^.-diffuse%.optim: ', ''), 2) end
   end
   local fn, bar
   if o.progress == true then
@@ -95,7 +93,7 @@ function diffuse.train(o)
   local ok, losses = pcall(core.train, o.net, opt, o.diffuser, o.data, steps, o.batch,
                            o.tol or 1e-5, fn)
   if not ok then
-    if bar then io.stderr:write('\n') end -- (the bar's line stays as it was)
+    if bar and bar.tty and bar.last_len > 0 then io.stderr:write('\n') end -- (leave its line)
     -- (raised under pcall, the native messages have no position: they get the caller's)
     if type(losses) == 'string' and losses:find('^diffuse%.train: ') then error(losses, 2) end
     error(losses, 0)

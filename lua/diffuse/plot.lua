@@ -255,6 +255,15 @@ local function check_count(v, default, fname, what, limit)
   return floor(v)
 end
 
+-- "about n" ticks: any number up to 1000 (fractions and 0 as before: at least one step)
+local function check_about(n, fname)
+  if n == nil then return 5 end
+  if type(n) ~= 'number' or not (n <= 1000) then
+    error(fmt('%s: n must be a number up to 1000 (got %s)', fname, tostring(n)), 3)
+  end
+  return max(1, floor(n))
+end
+
 local function check_range(lo, hi, fname)
   for i, v in ipairs { lo, hi } do
     if type(v) ~= 'number' then
@@ -269,7 +278,7 @@ end
 function M.ticks(lo, hi, n)
   local fname = 'diffuse.plot.ticks'
   check_range(lo, hi, fname)
-  n = check_count(n, 5, fname, 'n', 1000)
+  n = check_about(n, fname)
   if not (finite(lo) and finite(hi)) or hi <= lo then return {}, {}, 0 end
   local raw = (hi - lo) / n
   if raw == math.huge then raw = hi / n - lo / n end -- (a span past 1.8e308)
@@ -300,7 +309,7 @@ local function decade_label(k) return '10' .. tostring(k):gsub('.', SUP) end
 function M.log_ticks(lo, hi, n)
   local fname = 'diffuse.plot.log_ticks'
   check_range(lo, hi, fname)
-  n = check_count(n, 5, fname, 'n', 1000)
+  n = check_about(n, fname)
   local majors, labels, minors = {}, {}, {}
   if not (finite(lo) and finite(hi)) or lo <= 0 or hi <= lo then return majors, labels, minors end
   local a, b = ceil(log10(lo) - 1e-9), floor(log10(hi) + 1e-9)

@@ -71,9 +71,13 @@ function M.new(opts)
   for k, v in pairs(opts.formats or {}) do
     if type(v) ~= 'string' then error(fmt('%s: formats.%s must be a string', fname, tostring(k)), 2) end
   end
-  local columns = opts.columns or tonumber(os.getenv('COLUMNS') or '')
+  local columns = opts.columns
   if columns ~= nil and (type(columns) ~= 'number' or not (columns >= 1 and columns < huge)) then
     error(fname .. ': columns must be a positive number', 2)
+  end
+  if columns == nil then -- $COLUMNS when it is a usable width; anything else in it is ignored
+    local env = tonumber(os.getenv('COLUMNS') or '')
+    if env and env > 1 and env < huge then columns = env end
   end
   local initial = opts.initial or 0
   if type(initial) ~= 'number' or not (initial >= 0 and initial < huge) then
