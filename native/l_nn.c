@@ -208,7 +208,8 @@ static int net_save(lua_State *L)
   df_adam *o = lua_isnoneornil(L, 3) ? NULL : check_optim(L, 3, fname, "optimizer");
   if (o) { /* (an optimizer of another net of the same size would load as this one's) */
     lua_getiuservalue(L, 3, 1);
-    if (lua_touserdata(L, -1) != (void *)n) l_error(L, fname, "the optimizer does not belong to this network");
+    if (lua_touserdata(L, -1) != (void *)n)
+      l_error(L, fname, "the optimizer does not belong to this network");
     lua_pop(L, 1);
   }
   uint64_t seed, stream;
@@ -582,14 +583,13 @@ static int core_train(lua_State *L)
   df_diffuser *D = l_checkdiffuser(L, 3, fname, "diffuser");
   df_tensor *data = l_checktensor(L, 4, fname, "data");
   int64_t steps = l_checkint(L, 5, fname, "steps");
-  int64_t batch = lua_isnil(L, 6) ? (data->ndim > 0 ? data->shape[0] : 0) /* all rows */
-                                  : l_checkint(L, 6, fname, "batch");
+  int64_t rows = data->ndim > 0 ? data->shape[0] : 0;
+  int64_t batch = lua_isnil(L, 6) ? rows /* all rows */ : l_checkint(L, 6, fname, "batch");
   double tol = l_checknum(L, 7, fname, "tol"), every = l_optnum(L, 9, 0.1, fname, "every");
   lua_getiuservalue(L, 2, 1);
   if (lua_touserdata(L, -1) != (void *)n) l_error(L, fname, "the optimizer belongs to another network");
   lua_pop(L, 1);
-  progress_ctx ctx = { L, 8, n, o, data, n->params, df_data(data), n->be, n->dev,
-                       data->ndim > 0 ? data->shape[0] : 0 };
+  progress_ctx ctx = { L, 8, n, o, data, n->params, df_data(data), n->be, n->dev, rows };
   int has_fn = lua_isfunction(L, 8);
   lua_settop(L, 9);
   df_tensor *losses = l_newtensor(L);

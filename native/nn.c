@@ -264,12 +264,10 @@ static int forward_into(df_net *n, float *out, const df_tensor *x, const df_tens
     if (!df_same_device(x, t)) return df_fail(DF_EARG, "x and t are on different devices");
     if (t->numel != rows || t->ndim > 2 || (t->ndim == 2 && t->shape[1] != 1))
       return df_fail(DF_EARG, "t must be a number or hold one time per row (%lld)", (long long)rows);
-    double lo, hi; /* finite, as a number t must be (any sign: a network takes any time) */
-    if (rows > 0 && (st = df_minmax(t, &lo, &hi)))
-      return st;
-    if (rows > 0 && (lo != lo || hi != hi)) return df_fail(DF_EARG, "t must be finite (found NaN)");
-    if (rows > 0 && (!isfinite(lo) || !isfinite(hi)))
-      return df_fail(DF_EARG, "t must be finite (found %g to %g)", lo, hi);
+    double lo = 0.0, hi = 0.0; /* finite, as a number t must be (any sign: a net takes any time) */
+    if (rows > 0 && (st = df_minmax(t, &lo, &hi))) return st;
+    if (lo != lo || hi != hi) return df_fail(DF_EARG, "t must be finite (found NaN)");
+    if (!isfinite(lo) || !isfinite(hi)) return df_fail(DF_EARG, "t must be finite (found %g to %g)", lo, hi);
   } else if (!isfinite(t0)) {
     return df_fail(DF_EARG, "t must be finite (got %g)", t0);
   }

@@ -11,11 +11,13 @@ local M = {}
 local abs, floor, exp, sqrt, huge, pi = math.abs, math.floor, math.exp, math.sqrt, math.huge, math.pi
 local max, min, fmt = math.max, math.min, string.format
 
-local function is_tensor(x)
-  if type(x) ~= 'userdata' then return false end
-  local mt = getmetatable(x)
-  return type(mt) == 'table' and mt.__name == 'diffuse.tensor'
+-- a userdata's class ('diffuse.tensor', 'diffuse.net', ...), else nil
+local function class_of(v)
+  local mt = type(v) == 'userdata' and getmetatable(v)
+  return type(mt) == 'table' and mt.__name or nil
 end
+
+local function is_tensor(x) return class_of(x) == 'diffuse.tensor' end
 
 -- a tensor's shape, or an error in fname's name (a released tensor would name tensor.shape)
 local function shape_of(x, fname, what, level)
@@ -507,17 +509,13 @@ function M.score_error(net, diffuser, score, opts)
       error(fname .. "unknown option '" .. tostring(k) .. "'", 2)
     end
   end
-  local function class(v)
-    local mt = type(v) == 'userdata' and getmetatable(v)
-    return type(mt) == 'table' and mt.__name
-  end
-  if class(net) ~= 'diffuse.net' then
+  if class_of(net) ~= 'diffuse.net' then
     error(fname .. 'net must be a network (diffuse.nn.mlp or .time_embedded)', 2)
   end
-  if class(diffuser) ~= 'diffuse.diffuser' then
+  if class_of(diffuser) ~= 'diffuse.diffuser' then
     error(fname .. 'diffuser must be a diffuser (diffuse.ve or diffuse.power), got ' .. type(diffuser), 2)
   end
-  if type(score) ~= 'function' and class(score) ~= 'diffuse.score' then
+  if type(score) ~= 'function' and class_of(score) ~= 'diffuse.score' then
     error(fname .. 'score must be a score source or a function(x, t)', 2)
   end
   local x0 = opts.data
