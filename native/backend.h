@@ -47,9 +47,12 @@ typedef struct df_plan {
 #define DF_MAXLIN 16
 #define DF_NET_MAXDIM 64 /* widest data a network takes */
 #define DF_NET_MAXEMBED 8192 /* most Fourier features of the time-embedded net */
-enum { DF_NET_MLP, DF_NET_TEMB };
+enum { DF_NET_MLP, DF_NET_TEMB, DF_NET_GRAPH };
+struct df_graph;
 typedef struct df_netdesc {
   int kind, dim, act;        /* DF_NET_*, data dimension, DF_ACT_* */
+  const struct df_graph *graph; /* DF_NET_GRAPH: the traced graph (graph.h); the rest of this
+                                   description then holds only dim, nparams, nfixed and maxw */
   int nlin;                  /* MLP: hidden layers + 1; TEMB: 3 (time, x, output) */
   int in[DF_MAXLIN], out[DF_MAXLIN];
   int64_t woff[DF_MAXLIN], boff[DF_MAXLIN];

@@ -43,4 +43,19 @@ int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float
 int cpu_adam(int dev, float *p, const float *g, float *m, float *v, int64_t n,
              const df_adam_hp *hp);
 
+/* cpu_graph.c: one tile of a traced network (graph.h), its buffers in the frame fr
+   [g->frame][TILE] (x and t loaded into nodes 1 and 2 by the caller). The forward keeps what the
+   backward needs when `keep`; with `tabled` the nodes of t alone are skipped, their frontier
+   filled by cpu_graph_fill from a row of cpu_graph_time_table. The backward adds the parameter
+   gradients for dout [dim][T] into grads; scratch holds maxw features. */
+struct df_graph;
+void cpu_graph_forward(const struct df_graph *g, const float *params, const float *fixed,
+                       float *fr, int keep, int tabled);
+void cpu_graph_backward(const struct df_graph *g, const float *params, const float *fixed,
+                        float *fr, const float *dout, float *grads, float *scratch);
+/* tab [n][g->tab] = the frontier's values at times[0 .. n), computed in the frame fr */
+void cpu_graph_time_table(const struct df_graph *g, const float *params, const float *fixed,
+                          const float *times, int64_t n, float *tab, float *fr);
+void cpu_graph_fill(const struct df_graph *g, float *fr, const float *row);
+
 #endif

@@ -8,6 +8,7 @@
 #include "l_diffusion.h"
 #include "status.h"
 #include "nn.h"
+#include "graph.h"
 
 #define DF_NET_MT "diffuse.net"
 #define DF_OPTIM_MT "diffuse.optim"
@@ -51,13 +52,25 @@ static int opt_int(lua_State *L, int opts, const char *key, int64_t def, const c
   return (int)v;
 }
 
-static void place_net(lua_State *L, const df_netdesc *d, double scale, const char *fname)
+/* output = 'scaled' | 'score' | 'noise' | 'denoiser' of an options table */
+static int opt_output(lua_State *L, int opts, const char *fname)
+{
+  l_getopt(L, opts, "output");
+  const char *o = lua_isnil(L, -1) ? "scaled" : l_checkstr(L, -1, fname, "output");
+  lua_pop(L, 1);
+  for (int i = 0; df_output_names[i]; i++)
+    if (strcmp(o, df_output_names[i]) == 0) return i;
+  return l_error(L, fname, "output must be 'scaled', 'score', 'noise' or 'denoiser' (got '%s')", o);
+}
+
+static void place_net(lua_State *L, const df_netdesc *d, double scale, int output, const char *fname)
 {
   const df_backend *be;
   int dev;
   df_current_device(&be, &dev);
   df_net *n = new_net(L);
   l_check(L, df_net_create(n, d, scale, be, dev), fname);
+  n->output = output;
 }
 
 /* diffuse.nn.mlp{dim = 1, hidden = {8, 8, 8}, activation = "silu"}: Linear(dim+1, h1) act ...
@@ -65,7 +78,7 @@ static void place_net(lua_State *L, const df_netdesc *d, double scale, const cha
 static int nn_mlp(lua_State *L)
 {
   const char *fname = "diffuse.nn.mlp";
-  static const char *const opts[] = { "dim", "hidden", "activation", NULL };
+  static const char *const opts[] = { "dim", "hidden", "activation", "output", NULL };
   if (!lua_istable(L, 1)) l_error(L, fname, "expected {dim = ..., hidden = {...}, activation = ...}");
   l_checkopts(L, 1, fname, opts);
   int dim = opt_int(L, 1, "dim", 1, fname), act = opt_act(L, 1, fname);
@@ -88,8 +101,9 @@ static int nn_mlp(lua_State *L)
   }
   lua_pop(L, 1);
   df_netdesc d;
+  int output = opt_output(L, 1, fname);
   l_check(L, df_netdesc_mlp(&d, dim, nh, hidden, act), fname);
-  place_net(L, &d, 1.0, fname);
+  place_net(L, &d, 1.0, output, fname);
   return 1;
 }
 
@@ -97,7 +111,8 @@ static int nn_mlp(lua_State *L)
 static int nn_temb(lua_State *L)
 {
   const char *fname = "diffuse.nn.time_embedded";
-  static const char *const opts[] = { "dim", "hidden", "embed", "scale", "activation", NULL };
+  static const char *const opts[] = { "dim", "hidden", "embed", "scale", "activation", "output",
+                                      NULL };
   if (!lua_istable(L, 1)) l_error(L, fname, "expected {dim = ..., hidden = ..., embed = ..., scale = ...}");
   l_checkopts(L, 1, fname, opts);
   int dim = opt_int(L, 1, "dim", 1, fname), hidden = opt_int(L, 1, "hidden", 8, fname),
@@ -106,8 +121,33 @@ static int nn_temb(lua_State *L)
   double scale = l_optnum(L, -1, 30.0, fname, "scale");
   lua_pop(L, 1);
   df_netdesc d;
+  int output = opt_output(L, 1, fname);
   l_check(L, df_netdesc_temb(&d, dim, hidden, embed, act), fname);
-  place_net(L, &d, scale, fname);
+  place_net(L, &d, scale, output, fname);
+  return 1;
+}
+
+/* diffuse.nn._graph(text [, {output = ...}]): a network from a traced graph's text (what the
+   builder, diffuse.nn.net in lua/diffuse/graph.lua, hands over; checked completely here) */
+static int nn_graph(lua_State *L)
+{
+  const char *fname = "diffuse.nn.net";
+  static const char *const opts[] = { "output", NULL };
+  const char *text = l_checkstr(L, 1, fname, "graph");
+  l_checkopts(L, 2, fname, opts);
+  int output = opt_output(L, 2, fname);
+  const df_backend *be;
+  int dev;
+  df_current_device(&be, &dev);
+  df_net *n = new_net(L); /* (first: a failure below leaks nothing) */
+  df_graph *g = NULL;
+  l_check(L, df_graph_parse(text, &g), fname);
+  df_netdesc d;
+  df_netdesc_graph(&d, g);
+  int st = df_net_create(n, &d, 1.0, be, dev);
+  df_graph_release(g); /* the net holds its own reference */
+  l_check(L, st, fname);
+  n->output = output;
   return 1;
 }
 
@@ -640,6 +680,7 @@ void l_open_nn(lua_State *L)
   l_class(L, DF_OPTIM_MT, optim_meta, optim_methods, optim_index);
   sub(L, "nn", "mlp", nn_mlp);
   sub(L, "nn", "time_embedded", nn_temb);
+  sub(L, "nn", "_graph", nn_graph);
   sub(L, "nn", "load", nn_load);
   sub(L, "optim", "adam", optim_adam);
   sub(L, "optim", "load", optim_load);

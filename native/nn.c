@@ -8,6 +8,9 @@
 #include <time.h>
 #include "status.h"
 #include "nn.h"
+#include "graph.h"
+
+const char *const df_output_names[DF_NOUT + 1] = { "scaled", "score", "noise", "denoiser", NULL };
 
 /* ---- descriptions -------------------------------------------------------------------------- */
 
@@ -81,6 +84,20 @@ int df_netdesc_temb(df_netdesc *d, int dim, int hidden, int embed, int act)
   return DF_OK;
 }
 
+/* a traced graph (graph.h, parsed): the description holds it (the net takes its own reference) */
+int df_netdesc_graph(df_netdesc *d, const df_graph *g)
+{
+  memset(d, 0, sizeof *d);
+  d->kind = DF_NET_GRAPH;
+  d->graph = g;
+  d->dim = g->dim;
+  d->act = DF_ACT_SILU;
+  d->nparams = g->nparams;
+  d->nfixed = g->nfixed;
+  d->maxw = g->maxw;
+  return DF_OK;
+}
+
 /* ---- buffers ------------------------------------------------------------------------------- */
 
 static int alloc_buf(const df_backend *be, int dev, int64_t n, float **p)
@@ -131,6 +148,8 @@ void df_net_release(df_net *n)
   n->ws_floats = n->in_cap = 0; /* (a released net must not look as if it had a workspace) */
   n->cached_rows = -1;
   n->live = 0;
+  if (n->d.graph) df_graph_release((df_graph *)n->d.graph);
+  n->d.graph = NULL;
 }
 
 static int alloc_net(df_net *n, const df_backend *be, int dev)
@@ -139,6 +158,7 @@ static int alloc_net(df_net *n, const df_backend *be, int dev)
   n->be = be;
   n->dev = dev;
   n->live = 1;
+  if (n->d.graph) df_graph_retain((df_graph *)n->d.graph); /* (its own, dropped by release) */
   /* no workspace yet: a net copied for df_net_to must not keep (and later free, through this
      backend) the old device's buffers */
   n->ws = n->in_x = n->in_t = NULL;
@@ -169,6 +189,37 @@ int df_net_alloc(df_net *n, const df_netdesc *d, double scale, const df_backend 
   return alloc_net(n, be, dev);
 }
 
+/* a graph's initial values, by the rule of the fixed nets: the drawn Fourier frequencies first,
+   from one normal stream, in node order; then every Linear's weight and bias from one uniform
+   stream over the flat buffer (element i of the stream is parameter i), torch's nn.Linear bounds
+   +-1/sqrt(in); given frequencies are copied */
+static void graph_init(const df_graph *g, uint64_t seed, float *params, float *fixed)
+{
+  if (g->ndrawn > 0) {
+    uint64_t sw = df_rng_next_stream();
+    int64_t j = 0;
+    for (int i = 0; i < g->nnodes; i++) {
+      const df_gnode *n = &g->nodes[i];
+      if (n->op != DF_G_FOURIER) continue;
+      for (int k = 0; k < n->nfreq; k++)
+        fixed[n->foff + k] = n->gauss ? (float)n->scale * df_randn_at(seed, sw, (uint64_t)j++)
+                                      : g->freqs[n->foff + k];
+    }
+  } else if (g->nfixed > 0) {
+    memcpy(fixed, g->freqs, (size_t)g->nfixed * sizeof(float));
+  }
+  uint64_t sp = df_rng_next_stream();
+  for (int l = 0; l < g->nlayers; l++) {
+    const df_glayer *L = &g->layers[l];
+    float bound = (float)(1.0 / sqrt((double)L->in));
+    int64_t cnt = (int64_t)L->in * L->out + (L->bias ? L->out : 0);
+    for (int64_t i = 0; i < cnt; i++) {
+      int64_t at = L->woff + i; /* the bias follows its weight */
+      params[at] = (2.0f * df_rand_at(seed, sp, (uint64_t)at) - 1.0f) * bound;
+    }
+  }
+}
+
 int df_net_create(df_net *n, const df_netdesc *d, double scale, const df_backend *be, int dev)
 {
   int st;
@@ -183,11 +234,13 @@ int df_net_create(df_net *n, const df_netdesc *d, double scale, const df_backend
     return df_fail(DF_ENOMEM, "out of memory for %lld parameters", (long long)np);
   }
   df_rng_state(&seed, &unused);
-  if (nf > 0) {
+  if (d->kind == DF_NET_GRAPH) {
+    graph_init(d->graph, seed, host, host + np);
+  } else if (nf > 0) {
     uint64_t sw = df_rng_next_stream();
     for (int64_t j = 0; j < nf; j++) host[np + j] = (float)scale * df_randn_at(seed, sw, (uint64_t)j);
   }
-  uint64_t sp = df_rng_next_stream();
+  uint64_t sp = d->kind == DF_NET_GRAPH ? 0 : df_rng_next_stream();
   for (int l = 0; l < d->nlin; l++) {
     float bound = (float)(1.0 / sqrt((double)d->in[l]));
     int64_t cnt = (int64_t)d->in[l] * d->out[l] + d->out[l];

@@ -7,8 +7,14 @@
 #include "tensor.h"
 #include "diffusion.h"
 
+/* what a network's output means (net.output): the score is out / sigma(t) ('scaled', the
+   seed's), out ('score'), -out / sigma ('noise') or (out - x) / sigma^2 ('denoiser') */
+enum { DF_OUT_SCALED, DF_OUT_SCORE, DF_OUT_NOISE, DF_OUT_DENOISER, DF_NOUT };
+extern const char *const df_output_names[DF_NOUT + 1];
+
 typedef struct df_net {
   df_netdesc d;
+  int output;               /* DF_OUT_* */
   double scale;             /* TEMB: std of the Fourier frequencies */
   const df_backend *be;
   int dev;
@@ -26,6 +32,8 @@ typedef struct df_net {
 /* descriptions: validate the sizes and lay out the parameters */
 int df_netdesc_mlp(df_netdesc *d, int dim, int nhidden, const int64_t *hidden, int act);
 int df_netdesc_temb(df_netdesc *d, int dim, int hidden, int embed, int act);
+struct df_graph;
+int df_netdesc_graph(df_netdesc *d, const struct df_graph *g);
 /* allocate on a device and initialise as torch's nn.Linear (uniform +-1/sqrt(fan_in)) from the
    current random streams; TEMB frequencies ~ N(0, scale^2) */
 int df_net_create(df_net *n, const df_netdesc *d, double scale, const df_backend *be, int dev);

@@ -8,6 +8,17 @@ for k, v in pairs(core) do diffuse[k] = v end
 diffuse.core = core
 diffuse.version = '0.1.0'
 
+-- networks users compose: the builder traces a Lua forward into a graph the core runs
+local graph = require 'diffuse.graph'
+local core_graph = core.nn._graph
+diffuse.nn._graph = nil
+--- diffuse.nn.net{dim = 1, forward = function(x, t) ... end [, output = 'scaled']}
+function diffuse.nn.net(o)
+  local net = graph.net(o, core_graph) -- (not a tail call: its errors name the caller's line)
+  return net
+end
+diffuse.nn.linear, diffuse.nn.cat, diffuse.nn.fourier = graph.linear, graph.cat, graph.fourier
+
 -- The CUDA backend is its own shared object; it registers itself with the core when it loads.
 -- It is loaded on first need (diffuse.cuda, cuda_available, or a 'cuda' device named anywhere:
 -- the core calls the loader registered below), since cuBLAS and the CUDA runtime take a tenth of
