@@ -38,8 +38,11 @@ typedef struct df_plan {
   const float *sig2;   /* sigma(t_k)^2 for k = 0..steps, t_k = 1 - k / steps */
   const float *c1, *c2; /* per step k < steps: the coefficients of dmath.h's df_step_* rules */
   /* a network score only (net_sample), k = 0..steps: the time of step k's evaluation, as the
-     step-by-step path passes it, and 1 / sigma(t_k) rounded to float (0 where unused) */
+     step-by-step path passes it, and the factor a_k of the score (out - [x]) a_k, rounded to
+     float (0 where unused): 1 / sigma(t_k) for the seed's output convention; `denoise`: the
+     output is a denoiser, x is subtracted first (df_net_score_eval defines both) */
   const float *t, *inv_sigma;
+  int denoise;
 } df_plan;
 
 /* a score network as plain numbers: the Linear layers' sizes and where their weights [out, in]
@@ -68,6 +71,7 @@ typedef struct df_dsm {
   const float *data;
   int64_t data_rows, batch;
   int sample;
+  int output, weighting;        /* DF_OUT_*, DF_W_* (dmath.h): the loss df_dsm_residual defines */
   float tol;
   uint64_t seed, st_idx, st_t, st_eta;
 } df_dsm;
@@ -86,6 +90,9 @@ typedef struct df_train_job {
   int64_t steps;
   const float *step_size, *sqrt_bc2;
   float b1, b2, eps, wd;
+  float clip;            /* > 0: gradients scaled by min(1, clip / (norm + 1e-6)) before Adam */
+  float *ema;            /* not NULL: ema = ema d + params (1 - d) after each Adam step */
+  float ema_decay;
 } df_train_job;
 
 typedef struct df_backend {
@@ -165,6 +172,8 @@ typedef struct df_backend {
   /* p, m, v updated from g in one pass */
   int (*adam)(int dev, float *p, const float *g, float *m, float *v, int64_t n,
               const df_adam_hp *hp);
+  /* e = e decay + p (1 - decay) (dmath.h's df_ema_update), the weights' moving average */
+  int (*ema)(int dev, float *e, const float *p, int64_t n, float decay);
   /* optional (NULL: the core loops over dsm_step and adam): job->steps training steps in one
      call, each zero_grad, dsm_step, adam, with the losses into losses[0 .. steps) (device) --
      the CUDA backend replays a captured graph here so a tiny net is not launch-bound */

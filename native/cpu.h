@@ -42,6 +42,7 @@ int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float
                  float *grads, const df_dsm *job, float *loss, float *ws);
 int cpu_adam(int dev, float *p, const float *g, float *m, float *v, int64_t n,
              const df_adam_hp *hp);
+int cpu_ema(int dev, float *e, const float *p, int64_t n, float decay);
 
 /* cpu_graph.c: one tile of a traced network (graph.h), its buffers in the frame fr
    [g->frame][TILE] (x and t loaded into nodes 1 and 2 by the caller). The forward keeps what the

@@ -486,4 +486,5 @@ const df_backend df_cpu_backend = {
   .net_sample = cpu_net_sample,
   .dsm_step = cpu_dsm_step,
   .adam = cpu_adam,
+  .ema = cpu_ema,
 };

@@ -433,7 +433,8 @@ int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float
     float *g = sc + 2 * (int64_t)nd->maxw * TILE;
     frame f = frame_at(nd, ws + p * ff);
     float *xs = frame_x(nd, &f), *ts = frame_t(nd, &f);
-    float u[TILE], sig[TILE], eta[TILE * DF_NET_MAXDIM], dout[TILE * DF_NET_MAXDIM];
+    float u[TILE], sig[TILE], w[TILE], eta[TILE * DF_NET_MAXDIM], dout[TILE * DF_NET_MAXDIM];
+    float x0s[TILE * DF_NET_MAXDIM]; /* the data rows [dim][T] (a denoiser's target) */
     int64_t src[TILE];
     const df_diffuser D = job->diff; /* a local copy: its fields are loop invariants */
     double part = 0.0;
@@ -455,28 +456,51 @@ int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float
       } else {
         for (int r = 0; r < TILE; r++) sig[r] = sqrtf(df_diffuser_sigma2(&D, ts[r]));
       }
+      for (int r = 0; r < TILE; r++) w[r] = 1.0f; /* the seed's weighting */
+      if (job->weighting != DF_W_SIGMA2)
+        for (int r = 0; r < m; r++)
+        {
+          const float gr = job->weighting == DF_W_LIKELIHOOD ? df_diffuser_g(&D, ts[r]) : 1.0f;
+          w[r] = df_dsm_weight(job->weighting, sig[r] * sig[r], gr * gr);
+        }
       if (job->sample) {
         for (int r = 0; r < m; r++)
           src[r] = df_rand_index(job->seed, job->st_idx, (uint64_t)(r0 + r), job->data_rows);
         for (int c = 0; c < d; c++)
           for (int r = 0; r < m; r++) xs[c * TILE + r] = job->data[src[r] * d + c] + sig[r] * eta[r * d + c];
+        if (job->output == DF_OUT_DENOISER)
+          for (int c = 0; c < d; c++)
+            for (int r = 0; r < m; r++) x0s[c * TILE + r] = job->data[src[r] * d + c];
       } else { /* the data is the batch: rows in order, no index (loops gcc vectorises) */
         const float *x0 = job->data + r0 * d;
         for (int c = 0; c < d; c++)
           for (int r = 0; r < m; r++) xs[c * TILE + r] = x0[r * d + c] + sig[r] * eta[r * d + c];
+        if (job->output == DF_OUT_DENOISER)
+          for (int c = 0; c < d; c++)
+            for (int r = 0; r < m; r++) x0s[c * TILE + r] = x0[r * d + c];
       }
       for (int c = 0; c < d; c++)
         for (int r = m; r < TILE; r++) xs[c * TILE + r] = 0.0f;
       tile_forward(nd, params, fixed, &f);
-      /* the loss in 8 double lanes per tile, added in a fixed order */
+      /* the loss, sum of w r^2, in 8 double lanes per tile, added in a fixed order; its gradient
+         scale w r dr/dout (for the seed's loss w = dr/dout = 1: bitwise scale r) */
       double acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+      const int out_kind = job->output;
       for (int c = 0; c < d; c++) {
         float *res = dout + c * TILE; /* the residuals, then scaled in place */
-        for (int r = 0; r < m; r++) res[r] = f.out[c * TILE + r] + eta[r * d + c];
+        if (out_kind == DF_OUT_SCALED) { /* (the seed's: the loop as it always was) */
+          for (int r = 0; r < m; r++) res[r] = f.out[c * TILE + r] + eta[r * d + c];
+        } else {
+          for (int r = 0; r < m; r++)
+            res[r] = df_dsm_residual(out_kind, f.out[c * TILE + r], eta[r * d + c], sig[r], x0s[c * TILE + r]);
+        }
         for (int r = m; r < TILE; r++) res[r] = 0.0f; /* adds 0 to the sums below */
         for (int r = 0; r < TILE; r += 8)
-          for (int j = 0; j < 8; j++) acc[j] += (double)res[r + j] * (double)res[r + j];
-        for (int r = 0; r < TILE; r++) res[r] = scale * res[r];
+          for (int j = 0; j < 8; j++) acc[j] += (double)w[r + j] * ((double)res[r + j] * (double)res[r + j]);
+        if (out_kind == DF_OUT_SCALED)
+          for (int r = 0; r < TILE; r++) res[r] = scale * (w[r] * res[r]);
+        else /* (rows past m stay 0: sigma is 0 there) */
+          for (int r = 0; r < m; r++) res[r] = scale * (w[r] * (df_dsm_dres(out_kind, sig[r]) * res[r]));
       }
       part += ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
       tile_backward(nd, params, fixed, &f, dout, g, d1, d2);
@@ -496,5 +520,12 @@ int cpu_adam(int dev, float *p, const float *g, float *m, float *v, int64_t n,
   for (int64_t i = 0; i < n; i++)
     p[i] = df_adam_update(p[i], g[i], &m[i], &v[i], hp->b1, hp->b2, hp->step, hp->sqrt_bc2,
                           hp->eps, hp->wd);
+  return DF_OK;
+}
+
+int cpu_ema(int dev, float *e, const float *p, int64_t n, float decay)
+{
+  (void)dev;
+  for (int64_t i = 0; i < n; i++) e[i] = df_ema_update(e[i], p[i], decay);
   return DF_OK;
 }

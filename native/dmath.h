@@ -579,6 +579,40 @@ DF_FN float df_adam_update(float p, float g, float *m, float *v, float b1, float
   return p + (-step) * (*m / (sqrtf(*v) / sqrt_bc2 + eps));
 }
 
+/* what a network's output means (net.output): the score is out / sigma(t) ('scaled', the
+   seed's), out ('score'), -out / sigma ('noise') or (out - x) / sigma^2 ('denoiser') */
+enum { DF_OUT_SCALED, DF_OUT_SCORE, DF_OUT_NOISE, DF_OUT_DENOISER, DF_NOUT };
+/* the DSM loss's weighting lambda(t) of |s_net - s_target|^2: sigma^2 (the seed's), g^2
+   ('likelihood', score_sde's likelihood weighting), 1 ('none') */
+enum { DF_W_SIGMA2, DF_W_LIKELIHOOD, DF_W_NONE, DF_NWEIGHT };
+
+/* The DSM loss of one element, x_t = x0 + sigma eta, s_target = -eta / sigma, is
+   lambda |s_net - s_target|^2 = w r^2 with the residual r = sigma (s_net - s_target) and
+   w = lambda / sigma^2. Per output convention, r and dr / d out: */
+DF_FN float df_dsm_residual(int output, float out, float eta, float sigma, float x0)
+{
+  switch (output) {
+  case DF_OUT_SCORE: return sigma * out + eta;
+  case DF_OUT_NOISE: return eta - out;
+  case DF_OUT_DENOISER: return (out - x0) / sigma; /* sigma s_net + eta = (out - x0) / sigma */
+  default: return out + eta;                      /* the seed's (sigma s_net = out) */
+  }
+}
+DF_FN float df_dsm_dres(int output, float sigma)
+{
+  return output == DF_OUT_SCORE ? sigma : output == DF_OUT_NOISE ? -1.0f
+       : output == DF_OUT_DENOISER ? 1.0f / sigma : 1.0f;
+}
+/* w = lambda / sigma^2 from sigma^2 and g^2 at the row's time (1 for the seed's weighting, so
+   its loss and gradient are bitwise those of the unweighted residuals) */
+DF_FN float df_dsm_weight(int weighting, float sig2, float g2)
+{
+  return weighting == DF_W_LIKELIHOOD ? g2 / sig2 : weighting == DF_W_NONE ? 1.0f / sig2 : 1.0f;
+}
+
+/* one step of the weights' exponential moving average */
+DF_FN float df_ema_update(float e, float p, float decay) { return e * decay + p * (1.0f - decay); }
+
 /* a DSM time from a uniform u of the time stream: t = tol + (1 - tol) u */
 DF_FN float df_dsm_time(float u, float tol) { return tol + (1.0f - tol) * u; }
 

@@ -223,8 +223,10 @@ static int net_gradients(lua_State *L) { return net_get(L, DF_GRADS, "diffuse.ne
 static int net_frequencies(lua_State *L)
 {
   const char *fname = "diffuse.net.frequencies";
-  if (check_net(L, 1, fname, "self")->d.kind != DF_NET_TEMB)
-    l_error(L, fname, "only the time-embedded network has Fourier frequencies");
+  const df_net *n = check_net(L, 1, fname, "self");
+  if (n->d.nfixed == 0)
+    l_error(L, fname, "this network has no Fourier frequencies (nn.time_embedded, or nn.fourier in "
+            "an nn.net)");
   return net_get(L, DF_FIXED, fname);
 }
 
@@ -238,6 +240,7 @@ static int net_set_parameters(lua_State *L)
 }
 
 static df_adam *check_optim(lua_State *L, int idx, const char *fname, const char *what);
+static df_net *optim_ema(lua_State *L, int idx);
 
 /* net:save(path [, optimizer]): the network, its optimizer's state, and the random streams */
 static int net_save(lua_State *L)
@@ -254,7 +257,7 @@ static int net_save(lua_State *L)
   }
   uint64_t seed, stream;
   df_rng_state(&seed, &stream);
-  l_check(L, df_save(path, n, o, seed, stream), fname);
+  l_check(L, df_save(path, n, o, o ? optim_ema(L, 3) : NULL, seed, stream), fname);
   return 0;
 }
 
@@ -269,7 +272,9 @@ static void push_arch(lua_State *L, const df_net *n, char *buf, size_t len)
 {
   const df_netdesc *d = &n->d;
   int pos;
-  if (d->kind == DF_NET_MLP) {
+  if (d->kind == DF_NET_GRAPH) {
+    snprintf(buf, len, "diffuse.nn.net{dim = %d, output = '%s'}", d->dim, df_output_names[n->output]);
+  } else if (d->kind == DF_NET_MLP) {
     pos = snprintf(buf, len, "diffuse.nn.mlp{dim = %d, hidden = {", d->dim);
     for (int l = 0; l + 1 < d->nlin && pos < (int)len; l++)
       pos += snprintf(buf + pos, len - (size_t)pos, l ? ", %d" : "%d", d->out[l]);
@@ -279,6 +284,63 @@ static void push_arch(lua_State *L, const df_net *n, char *buf, size_t len)
              "activation = \"%s\"}", d->dim, d->out[0], d->embed, n->scale, act_names[d->act]);
   }
   lua_pushstring(L, buf);
+}
+
+/* a graph's nodes, one line each: what it computes from which nodes, its shape, its parameters */
+static void graph_lines(luaL_Buffer *b, const df_graph *g)
+{
+  char what[160], line[256];
+  unsigned char seen[DF_GRAPH_MAXNODES]; /* layers applied so far (a second application shares) */
+  memset(seen, 0, sizeof seen);
+  for (int i = 0; i < g->nnodes; i++) {
+    const df_gnode *n = &g->nodes[i];
+    const char *op = df_graph_op_names[n->op];
+    int64_t np = 0;
+    switch (n->op) {
+    case DF_G_X: case DF_G_T: snprintf(what, sizeof what, "%s", op); break;
+    case DF_G_LINEAR: {
+      const df_glayer *Ly = &g->layers[n->layer];
+      int again = seen[n->layer];
+      seen[n->layer] = 1;
+      if (!again) np = (int64_t)Ly->in * Ly->out + (Ly->bias ? Ly->out : 0);
+      snprintf(what, sizeof what, "linear %d (%d): %d -> %d%s%s", n->layer + 1, n->a + 1, Ly->in,
+               Ly->out, Ly->bias ? "" : ", no bias", again ? ", shared" : "");
+      break;
+    }
+    case DF_G_CAT: {
+      int pos = snprintf(what, sizeof what, "cat(");
+      for (int k = 0; k < n->ncat && pos < (int)sizeof what - 8; k++)
+        pos += snprintf(what + pos, sizeof what - (size_t)pos, k ? ", %d" : "%d", g->cat[n->cat0 + k] + 1);
+      snprintf(what + pos, sizeof what - (size_t)pos, ")");
+      break;
+    }
+    case DF_G_ADD: case DF_G_SUB: case DF_G_MUL:
+      snprintf(what, sizeof what, "(%d) %s (%d)", n->a + 1,
+               n->op == DF_G_ADD ? "+" : n->op == DF_G_SUB ? "-" : "*", n->b + 1);
+      break;
+    case DF_G_ADDC: snprintf(what, sizeof what, "(%d) + %.9g", n->a + 1, (double)n->c); break;
+    case DF_G_MULC: snprintf(what, sizeof what, "(%d) * %.9g", n->a + 1, (double)n->c); break;
+    case DF_G_RSUBC: snprintf(what, sizeof what, "%.9g - (%d)", (double)n->c, n->a + 1); break;
+    case DF_G_DIVC: snprintf(what, sizeof what, "(%d) / %.9g", n->a + 1, (double)n->c); break;
+    case DF_G_FOURIER:
+      if (n->gauss)
+        snprintf(what, sizeof what, "fourier(%d): [sin, cos](2 pi u W), %d W ~ N(0, %g^2), fixed",
+                 n->a + 1, n->nfreq, n->scale);
+      else
+        snprintf(what, sizeof what, "fourier(%d): [sin, cos](w u), %d given w", n->a + 1, n->nfreq);
+      break;
+    default: snprintf(what, sizeof what, "%s(%d)", op, n->a + 1); break;
+    }
+    char id[16], shape[32], params[48] = "";
+    snprintf(id, sizeof id, "(%d)", i + 1);
+    snprintf(shape, sizeof shape, "[B, %d]", n->width);
+    if (np) snprintf(params, sizeof params, "%lld parameters", (long long)np);
+    const char *note = i == g->out ? "output" : !n->live && i > 1 ? "(unused)" : "";
+    int len = snprintf(line, sizeof line, "  %6s %-46s %-9s %-8s %s", id, what, shape, note, params);
+    while (len > 0 && line[len - 1] == ' ') line[--len] = '\0'; /* (no trailing blanks) */
+    luaL_addstring(b, line);
+    luaL_addstring(b, "\n");
+  }
 }
 
 /* print(net): layers, shapes, parameter count */
@@ -299,7 +361,9 @@ static int net_tostring(lua_State *L)
   luaL_addvalue(&b);
   const char *act = act_names[d->act];
   char line[256];
-  if (d->kind == DF_NET_MLP) {
+  if (d->kind == DF_NET_GRAPH) {
+    graph_lines(&b, d->graph);
+  } else if (d->kind == DF_NET_MLP) {
     snprintf(line, sizeof line, "  (0) concat[x, t]                [B, %d] -> [B, %d]\n", d->dim, d->dim + 1);
     luaL_addstring(&b, line);
     for (int l = 0; l < d->nlin; l++) {
@@ -335,9 +399,12 @@ static int net_index(lua_State *L)
   df_net *n = check_net(L, 1, "diffuse.net", "self");
   const char *k = lua_tostring(L, 2);
   char dev[32];
-  if (k && strcmp(k, "kind") == 0) lua_pushstring(L, n->d.kind == DF_NET_MLP ? "mlp" : "time_embedded");
+  if (k && strcmp(k, "kind") == 0)
+    lua_pushstring(L, n->d.kind == DF_NET_MLP ? "mlp" : n->d.kind == DF_NET_TEMB ? "time_embedded" : "net");
   else if (k && strcmp(k, "dim") == 0) lua_pushinteger(L, n->d.dim);
-  else if (k && strcmp(k, "activation") == 0) lua_pushstring(L, act_names[n->d.act]);
+  else if (k && strcmp(k, "output") == 0) lua_pushstring(L, df_output_names[n->output]);
+  else if (k && strcmp(k, "graph") == 0 && n->d.kind == DF_NET_GRAPH) lua_pushstring(L, n->d.graph->text);
+  else if (k && strcmp(k, "activation") == 0 && n->d.kind != DF_NET_GRAPH) lua_pushstring(L, act_names[n->d.act]);
   else if (k && strcmp(k, "device") == 0) lua_pushstring(L, df_device_str(n->be, n->dev, dev, sizeof dev));
   else {
     lua_pushvalue(L, 2);
@@ -357,9 +424,10 @@ static df_adam *check_optim(lua_State *L, int idx, const char *fname, const char
   return o;
 }
 
+/* the optimizer userdata: user value 1 is its network, 2 the EMA of the weights (if any) */
 static df_adam *new_optim(lua_State *L, int net_idx)
 {
-  df_adam *o = (df_adam *)lua_newuserdatauv(L, sizeof *o, 1);
+  df_adam *o = (df_adam *)lua_newuserdatauv(L, sizeof *o, 2);
   memset(o, 0, sizeof *o);
   luaL_setmetatable(L, DF_OPTIM_MT);
   lua_pushvalue(L, net_idx);
@@ -398,6 +466,15 @@ static int optim_adam(lua_State *L)
   return 1;
 }
 
+/* the optimizer's EMA network (user value 2), live, or NULL */
+static df_net *optim_ema(lua_State *L, int idx)
+{
+  lua_getiuservalue(L, idx, 2);
+  df_net *e = (df_net *)luaL_testudata(L, -1, DF_NET_MT);
+  lua_pop(L, 1); /* (still referenced by the optimizer) */
+  return e && e->live ? e : NULL;
+}
+
 static df_net *optim_net(lua_State *L, int idx, const char *fname)
 {
   lua_getiuservalue(L, idx, 1);
@@ -410,7 +487,13 @@ static int optim_step(lua_State *L)
 {
   const char *fname = "diffuse.optim.step";
   df_adam *o = check_optim(L, 1, fname, "self");
-  l_check(L, df_adam_step(o, optim_net(L, 1, fname)), fname);
+  df_net *n = optim_net(L, 1, fname), *e = optim_ema(L, 1);
+  l_check(L, df_adam_step(o, n), fname);
+  if (e && o->ema > 0.0) { /* the EMA follows every step, as in diffuse.train */
+    if (e->be != n->be || e->dev != n->dev) l_check(L, df_net_to(e, n->be, n->dev), fname);
+    l_check(L, n->be->ema(n->dev, e->params, n->params, n->d.nparams, (float)o->ema), fname);
+    e->cached_rows = -1;
+  }
   return 0;
 }
 
@@ -431,8 +514,58 @@ static int optim_save(lua_State *L)
   const char *path = l_checkstr(L, 2, fname, "path");
   uint64_t seed, stream;
   df_rng_state(&seed, &stream);
-  l_check(L, df_save(path, n, o, seed, stream), fname);
+  l_check(L, df_save(path, n, o, optim_ema(L, 1), seed, stream), fname);
   return 0;
+}
+
+static const char *const decay_names[] = { "none", "cosine", "linear", NULL };
+
+/* opt:set_schedule{warmup = 0, decay = 'none', min_lr = 0, steps = ...}: the lr schedule over
+   the optimizer's steps (steps: where the decay ends, required with a decay) */
+static int optim_set_schedule(lua_State *L)
+{
+  const char *fname = "diffuse.optim.set_schedule";
+  static const char *const opts[] = { "warmup", "decay", "min_lr", "steps", NULL };
+  df_adam *o = check_optim(L, 1, fname, "self");
+  if (!lua_istable(L, 2)) l_error(L, fname, "schedule must be a table {warmup = ..., decay = ..., min_lr = ...}");
+  l_checkopts(L, 2, fname, opts);
+  df_schedule sc;
+  memset(&sc, 0, sizeof sc);
+  l_getopt(L, 2, "warmup");
+  sc.warmup = l_optint(L, -1, 0, fname, "schedule.warmup");
+  l_getopt(L, 2, "steps");
+  sc.total = l_optint(L, -1, 0, fname, "schedule.steps");
+  l_getopt(L, 2, "min_lr");
+  sc.min_lr = l_optnum(L, -1, 0.0, fname, "schedule.min_lr");
+  l_getopt(L, 2, "decay");
+  const char *dn = lua_isnil(L, -1) ? "none" : l_checkstr(L, -1, fname, "schedule.decay");
+  sc.decay = -1;
+  for (int i = 0; decay_names[i]; i++)
+    if (strcmp(dn, decay_names[i]) == 0) sc.decay = i;
+  if (sc.decay < 0) l_error(L, fname, "schedule.decay must be 'cosine', 'linear' or 'none' (got '%s')", dn);
+  l_check(L, df_adam_set_schedule(o, &sc), fname);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* opt:set_ema(decay) --> the EMA network: the weights' moving average that diffuse.train keeps
+   with this optimizer from now on (started from the network's current weights; an existing EMA
+   keeps its weights and takes the new decay) */
+static int optim_set_ema(lua_State *L)
+{
+  const char *fname = "diffuse.optim.set_ema";
+  df_adam *o = check_optim(L, 1, fname, "self");
+  double decay = l_checknum(L, 2, fname, "ema");
+  if (!(decay > 0.0 && decay < 1.0)) l_error(L, fname, "ema must be a decay in (0, 1) (got %g)", decay);
+  df_net *n = optim_net(L, 1, fname);
+  if (!optim_ema(L, 1)) {
+    df_net *e = new_net(L);
+    l_check(L, df_net_clone(e, n), fname);
+    lua_setiuservalue(L, 1, 2);
+  }
+  o->ema = decay;
+  lua_getiuservalue(L, 1, 2);
+  return 1;
 }
 
 static int optim_release(lua_State *L)
@@ -457,6 +590,31 @@ static int optim_index(lua_State *L)
     lua_rawseti(L, -2, 2);
   } else if (k && strcmp(k, "net") == 0) {
     lua_getiuservalue(L, 1, 1);
+  } else if (k && strcmp(k, "ema") == 0) {
+    if (optim_ema(L, 1)) lua_getiuservalue(L, 1, 2);
+    else lua_pushnil(L);
+  } else if (k && strcmp(k, "ema_decay") == 0) {
+    if (o->ema > 0.0) lua_pushnumber(L, o->ema);
+    else lua_pushnil(L);
+  } else if (k && strcmp(k, "schedule") == 0) {
+    const df_schedule *sc = &o->sched;
+    if (sc->warmup == 0 && sc->decay == DF_DECAY_NONE) {
+      lua_pushnil(L);
+    } else {
+      lua_createtable(L, 0, 4);
+      lua_pushinteger(L, (lua_Integer)sc->warmup);
+      lua_setfield(L, -2, "warmup");
+      lua_pushstring(L, decay_names[sc->decay]);
+      lua_setfield(L, -2, "decay");
+      lua_pushnumber(L, sc->min_lr);
+      lua_setfield(L, -2, "min_lr");
+      if (sc->decay != DF_DECAY_NONE) {
+        lua_pushinteger(L, (lua_Integer)sc->total);
+        lua_setfield(L, -2, "steps");
+      }
+    }
+  } else if (k && strcmp(k, "current_lr") == 0) { /* the lr of the next step */
+    lua_pushnumber(L, df_adam_lr(o, o->t + 1));
   } else {
     lua_pushvalue(L, 2);
     lua_rawget(L, lua_upvalueindex(1));
@@ -499,20 +657,31 @@ static int load_as(lua_State *L, const char *fname)
   df_current_device(&be, &dev);
   lua_settop(L, 1);
   df_net *n = new_net(L); /* index 2 */
+  df_net *e = new_net(L); /* index 3: the EMA, if the file holds one */
   df_adam tmp;
+  int has_ema;
   memset(&tmp, 0, sizeof tmp);
-  l_check(L, df_load(path, n, &tmp, &has_opt, &seed, &stream, be, dev), fname);
+  l_check(L, df_load(path, n, &tmp, &has_opt, e, &has_ema, &seed, &stream, be, dev), fname);
   if (has_opt) {
     df_adam *o = new_optim(L, 2);
     *o = tmp; /* the userdata owns the state from now on */
+    if (has_ema) {
+      lua_pushvalue(L, 3);
+      lua_setiuservalue(L, -2, 2);
+    }
   } else {
     lua_pushnil(L);
   }
-  lua_createtable(L, 0, 2);
+  lua_createtable(L, 0, 3);
   lua_pushinteger(L, (lua_Integer)seed);
   lua_setfield(L, -2, "seed");
   lua_pushinteger(L, (lua_Integer)stream);
   lua_setfield(L, -2, "stream");
+  if (has_ema) {
+    lua_pushvalue(L, 3);
+    lua_setfield(L, -2, "ema");
+  }
+  lua_remove(L, 3);
   return 3;
 }
 
@@ -532,17 +701,31 @@ static int optim_load(lua_State *L)
 
 /* ---- DSM loss, the network score, the training loop ------------------------------------------ */
 
-/* diffuse.loss.dsm(net, diffuser, x0 [, {tol = 1e-5}]) --> loss; gradients accumulate */
+static const char *const weighting_names[] = { "sigma2", "likelihood", "none", NULL };
+
+static int opt_weighting(lua_State *L, int opts, const char *fname)
+{
+  l_getopt(L, opts, "weighting");
+  const char *w = lua_isnil(L, -1) ? "sigma2" : l_checkstr(L, -1, fname, "weighting");
+  lua_pop(L, 1);
+  for (int i = 0; weighting_names[i]; i++)
+    if (strcmp(w, weighting_names[i]) == 0) return i;
+  return l_error(L, fname, "weighting must be 'sigma2', 'likelihood' or 'none' (got '%s')", w);
+}
+
+/* diffuse.loss.dsm(net, diffuser, x0 [, {tol = 1e-5, weighting = 'sigma2'}]) --> loss; gradients
+   accumulate */
 static int loss_dsm(lua_State *L)
 {
   const char *fname = "diffuse.loss.dsm";
-  static const char *const opts[] = { "tol", NULL };
+  static const char *const opts[] = { "tol", "weighting", NULL };
   df_net *n = check_net(L, 1, fname, "net");
   df_diffuser *D = l_checkdiffuser(L, 2, fname, "diffuser");
   df_tensor *x0 = l_checktensor(L, 3, fname, "x0");
   l_checkopts(L, 4, fname, opts);
   double tol = opt_num(L, 4, "tol", 1e-5, fname), loss;
-  l_check(L, df_dsm_loss(n, D, x0, tol, &loss), fname);
+  int weighting = opt_weighting(L, 4, fname);
+  l_check(L, df_dsm_loss(n, D, x0, tol, weighting, &loss), fname);
   lua_pushnumber(L, loss);
   return 1;
 }
@@ -613,8 +796,9 @@ static int progress_cb(void *ctx, int64_t step, int64_t total, double loss)
   return DF_OK;
 }
 
-/* core.train(net, optimizer, diffuser, data, steps, batch|nil, tol [, progress_fn, every]) -->
-   losses: the whole loop in one native call (diffuse.train in init.lua wraps it) */
+/* core.train(net, optimizer, diffuser, data, steps, batch|nil, tol [, progress_fn, every
+   [, {weighting = ..., clip = ...}]]) --> losses: the whole loop in one native call (diffuse.train
+   in init.lua wraps it); the optimizer's EMA, if it has one, is kept up to date */
 static int core_train(lua_State *L)
 {
   const char *fname = "diffuse.train";
@@ -626,15 +810,30 @@ static int core_train(lua_State *L)
   int64_t rows = data->ndim > 0 ? data->shape[0] : 0;
   int64_t batch = lua_isnil(L, 6) ? rows /* all rows */ : l_checkint(L, 6, fname, "batch");
   double tol = l_checknum(L, 7, fname, "tol"), every = l_optnum(L, 9, 0.1, fname, "every");
+  static const char *const opts[] = { "weighting", "clip", NULL };
+  l_checkopts(L, 10, fname, opts);
+  int weighting = opt_weighting(L, 10, fname);
+  double clip = opt_num(L, 10, "clip", 0.0, fname);
+  if (!(clip >= 0.0)) l_error(L, fname, "clip must be a positive number (got %g)", clip);
   lua_getiuservalue(L, 2, 1);
   if (lua_touserdata(L, -1) != (void *)n) l_error(L, fname, "the optimizer belongs to another network");
   lua_pop(L, 1);
   progress_ctx ctx = { L, 8, n, o, data, n->params, df_data(data), n->be, n->dev, rows };
   int has_fn = lua_isfunction(L, 8);
-  lua_settop(L, 9);
+  lua_settop(L, 10);
+  df_train_opts to;
+  memset(&to, 0, sizeof to);
+  to.steps = steps;
+  to.batch = batch;
+  to.tol = tol;
+  to.clip = clip;
+  to.weighting = weighting;
+  to.ema = optim_ema(L, 2);
+  to.progress = has_fn ? progress_cb : NULL;
+  to.ctx = &ctx;
+  to.every = every;
   df_tensor *losses = l_newtensor(L);
-  l_check(L, df_train(n, o, D, data, steps, batch, tol, losses, has_fn ? progress_cb : NULL, &ctx,
-                      every), fname);
+  l_check(L, df_train(n, o, D, data, &to, losses), fname);
   return 1;
 }
 
@@ -653,6 +852,7 @@ static const luaL_Reg net_meta[] = {
 };
 static const luaL_Reg optim_methods[] = {
   { "step", optim_step }, { "zero_grad", optim_zero_grad }, { "save", optim_save },
+  { "set_schedule", optim_set_schedule }, { "set_ema", optim_set_ema },
   { "free", optim_release }, { NULL, NULL }
 };
 static const luaL_Reg optim_meta[] = {

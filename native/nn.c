@@ -130,7 +130,8 @@ static int copy_buf(const df_backend *bd, int dd, float *dst, const df_backend *
 
 static int need_nn(const df_backend *be)
 {
-  if (be->net_forward && be->net_backward && be->net_workspace && be->dsm_step && be->adam)
+  if (be->net_forward && be->net_backward && be->net_workspace && be->dsm_step && be->adam &&
+      be->ema)
     return DF_OK;
   return df_fail(DF_EDEVICE, "networks are not implemented on %s", be->name);
 }
@@ -287,23 +288,28 @@ static int need_net(const df_net *n)
   return n->live ? DF_OK : df_fail(DF_ESTATE, "attempt to use a released network");
 }
 
-/* rows of x [B, dim] for n; both checked live (see df_need_live) */
-static int net_rows(const df_net *n, const df_tensor *x, int64_t *rows)
+/* rows of x [B, dim] for n (`what`: x's name in messages); both checked live (df_need_live) */
+static int net_rows_of(const df_net *n, const df_tensor *x, const char *what, int64_t *rows)
 {
   char b[96];
   int st;
   if ((st = need_net(n)) || (st = df_need_live(x))) return st;
   int64_t d = x->ndim == 2 ? x->shape[1] : 1;
   if (x->ndim > 2 || d != n->d.dim || (x->ndim == 1 && n->d.dim != 1))
-    return df_fail(DF_EARG, "x must be [B, %d], got %s", n->d.dim,
+    return df_fail(DF_EARG, "%s must be [B, %d], got %s", what, n->d.dim,
                    df_shape_str(x->ndim, x->shape, b, sizeof b));
   if (x->be != n->be || x->dev != n->dev) {
     char s1[32], s2[32];
-    return df_fail(DF_EARG, "x is on %s but the network is on %s",
+    return df_fail(DF_EARG, "%s is on %s but the network is on %s", what,
                    df_device_str(x->be, x->dev, s1, sizeof s1), df_device_str(n->be, n->dev, s2, sizeof s2));
   }
   *rows = x->shape[0];
   return DF_OK;
+}
+
+static int net_rows(const df_net *n, const df_tensor *x, int64_t *rows)
+{
+  return net_rows_of(n, x, "x", rows);
 }
 
 /* the forward into `out` (rows x dim floats on the net's device) */
@@ -436,7 +442,7 @@ int df_net_score_run(void *ctx, const df_plan *p, df_tensor *x, int nrec, const 
 {
   df_net_score *ns = (df_net_score *)ctx;
   df_net *n = ns->net;
-  int64_t rows, steps = p->steps;
+  int64_t rows = 0, steps = p->steps;
   int st;
   *done = 0;
   if (!n->live) return df_fail(DF_ESTATE, "attempt to use a released network");
@@ -568,6 +574,34 @@ static int adam_follow(df_adam *o, const df_net *n)
   return DF_OK;
 }
 
+int df_adam_set_schedule(df_adam *o, const df_schedule *s)
+{
+  if (s->warmup < 0 || s->warmup > DF_MAX_STEPS)
+    return df_fail(DF_EARG, "schedule.warmup must be a whole number from 0 to 2^53 (got %lld)",
+                   (long long)s->warmup);
+  if (s->decay < DF_DECAY_NONE || s->decay > DF_DECAY_LINEAR)
+    return df_fail(DF_EARG, "schedule.decay must be 'cosine', 'linear' or 'none'");
+  if (s->decay != DF_DECAY_NONE && (s->total <= s->warmup || s->total > DF_MAX_STEPS))
+    return df_fail(DF_EARG, "schedule.steps (%lld) must be more than schedule.warmup (%lld)",
+                   (long long)s->total, (long long)s->warmup);
+  if (!(s->min_lr >= 0.0) || !(s->min_lr <= o->lr))
+    return df_fail(DF_EARG, "schedule.min_lr must be from 0 to lr (%g) (got %g)", o->lr, s->min_lr);
+  o->sched = *s;
+  return DF_OK;
+}
+
+/* the lr of step t (1-based): a linear warmup, then the decay to min_lr at sched.total */
+double df_adam_lr(const df_adam *o, int64_t t)
+{
+  const df_schedule *s = &o->sched;
+  if (s->warmup > 0 && t <= s->warmup) return o->lr * (double)t / (double)s->warmup;
+  if (s->decay == DF_DECAY_NONE) return o->lr;
+  double p = (double)(t - s->warmup) / (double)(s->total - s->warmup);
+  if (p > 1.0) p = 1.0;
+  double f = s->decay == DF_DECAY_COSINE ? 0.5 * (1.0 + cos(3.14159265358979323846 * p)) : 1.0 - p;
+  return s->min_lr + (o->lr - s->min_lr) * f;
+}
+
 static df_adam_hp adam_constants(const df_adam *o)
 {
   df_adam_hp hp;
@@ -576,7 +610,7 @@ static df_adam_hp adam_constants(const df_adam *o)
   hp.b2 = (float)o->b2;
   hp.eps = (float)o->eps;
   hp.wd = (float)o->wd;
-  hp.step = (float)(o->lr / (1.0 - pow(o->b1, t)));
+  hp.step = (float)(df_adam_lr(o, o->t) / (1.0 - pow(o->b1, t)));
   hp.sqrt_bc2 = (float)sqrt(1.0 - pow(o->b2, t));
   return hp;
 }
@@ -602,12 +636,14 @@ static int check_tol(double tol)
 }
 
 /* a DSM job over `batch` rows of data, from the next streams (index stream only if sampling) */
-static void dsm_job(df_dsm *job, const df_diffuser *D, const df_tensor *data, int64_t batch,
-                    double tol)
+static void dsm_job(df_dsm *job, const df_net *n, const df_diffuser *D, const df_tensor *data,
+                    int64_t batch, double tol, int weighting)
 {
   uint64_t unused;
   memset(job, 0, sizeof *job);
   job->diff = *D;
+  job->output = n->output;
+  job->weighting = weighting;
   job->data = df_data(data);
   job->data_rows = data->shape[0];
   job->batch = batch;
@@ -629,17 +665,32 @@ static int check_data(const df_tensor *x, const char *what)
   return DF_OK;
 }
 
-int df_dsm_loss(df_net *n, const df_diffuser *D, const df_tensor *x0, double tol, double *loss)
+/* the weightings and output conventions that divide by sigma need t > 0: tol > 0 */
+int df_check_weighting(int weighting, int output, double tol)
+{
+  if (weighting < 0 || weighting >= DF_NWEIGHT)
+    return df_fail(DF_EARG, "weighting must be 'sigma2', 'likelihood' or 'none'");
+  if (!(tol > 0.0) && (weighting != DF_W_SIGMA2 || output == DF_OUT_DENOISER))
+    return df_fail(DF_EARG, "tol must be positive for %s (its loss divides by sigma(t))",
+                   weighting == DF_W_LIKELIHOOD ? "weighting 'likelihood'"
+                   : weighting == DF_W_NONE ? "weighting 'none'" : "a denoiser's output");
+  return DF_OK;
+}
+
+int df_dsm_loss(df_net *n, const df_diffuser *D, const df_tensor *x0, double tol, int weighting,
+                double *loss)
 {
   int64_t rows = 0;
   int st;
   df_dsm job;
-  if ((st = check_tol(tol)) || (st = net_rows(n, x0, &rows))) return st;
+  if ((st = check_tol(tol)) || (st = net_rows_of(n, x0, "x0", &rows)) ||
+      (st = df_check_weighting(weighting, n->output, tol)))
+    return st;
   if (rows < 1) return df_fail(DF_EARG, "x0 has no rows");
   if ((st = check_data(x0, "x0"))) return st;
   if ((st = ensure_ws(n, rows))) return st;
   n->cached_rows = -1;
-  dsm_job(&job, D, x0, rows, tol);
+  dsm_job(&job, n, D, x0, rows, tol, weighting);
   float l;
   if ((st = n->be->dsm_step(n->dev, &n->d, n->params, n->fixed, n->grads, &job, n->loss, n->ws)) ||
       (st = n->be->download(n->dev, &l, n->loss, 1)))
@@ -668,18 +719,50 @@ static int check_losses(const df_tensor *losses, int64_t from, int64_t to, float
   return DF_OK;
 }
 
-int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data, int64_t steps,
-             int64_t batch, double tol, df_tensor *losses, df_progress_fn progress, void *ctx,
-             double every)
+/* the global gradient norm clipped to at most clip, as torch.nn.utils.clip_grad_norm_:
+   grads *= clip / (norm + 1e-6) when that is below 1 */
+static int clip_grads(df_net *n, double clip)
 {
-  int64_t rows = 0;
+  double ss;
+  int st = n->be->reduce_all(n->dev, DF_RSSD, n->grads, n->d.nparams, 0.0, &ss);
+  if (st) return st;
+  double coef = clip / (sqrt(ss) + 1e-6);
+  if (!(coef < 1.0)) return DF_OK; /* (a NaN norm is left to the loss check) */
+  return n->be->binary_scalar(n->dev, DF_MUL, n->grads, n->grads, (float)coef, 0, n->d.nparams);
+}
+
+/* an EMA net must mirror the trained one */
+static int check_ema(const df_net *n, const df_net *e)
+{
+  if (!e) return DF_OK;
+  if (!e->live) return df_fail(DF_ESTATE, "attempt to use a released EMA network");
+  if (e->d.nparams != n->d.nparams || e->be != n->be || e->dev != n->dev)
+    return df_fail(DF_EARG, "the EMA network does not match the network (parameters or device)");
+  return DF_OK;
+}
+
+int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
+             const df_train_opts *opts, df_tensor *losses)
+{
+  int64_t rows = 0, steps = opts->steps, batch = opts->batch;
+  const double tol = opts->tol;
+  df_net *ema = opts->ema;
   int st;
-  if ((st = check_tol(tol)) || (st = net_rows(n, data, &rows))) return st;
+  if ((st = check_tol(tol)) || (st = net_rows_of(n, data, "data", &rows))) return st;
   if (rows < 1) return df_fail(DF_EARG, "data has no rows");
   if (steps < 0 || steps > DF_MAX_STEPS)
     return df_fail(DF_EARG, "steps must be in 0..2^53 (got %lld)", (long long)steps);
   if (batch < 1 || batch > DF_MAX_NUMEL)
     return df_fail(DF_EARG, "batch must be in 1..2^40 (got %lld)", (long long)batch);
+  if (!(opts->clip >= 0.0) || !(opts->clip <= FLT_MAX))
+    return df_fail(DF_EARG, "clip must be a positive number (got %g)", opts->clip);
+  if ((st = df_check_weighting(opts->weighting, n->output, tol))) return st;
+  if (ema && !(o->ema > 0.0 && o->ema < 1.0))
+    return df_fail(DF_EARG, "ema must be a decay in (0, 1) (got %g)", o->ema);
+  if (ema && ema->live && (ema->be != n->be || ema->dev != n->dev) &&
+      (st = df_net_to(ema, n->be, n->dev))) /* (the EMA follows its net, as Adam's state) */
+    return st;
+  if ((st = check_ema(n, ema))) return st;
   if ((st = check_data(data, "data"))) return st;
   if (o->t > DF_MAX_STEPS - steps)
     return df_fail(DF_EARG, "the optimizer has taken %lld steps: %lld more would pass 2^53",
@@ -697,7 +780,7 @@ int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
     if (n->be->train_steps) { /* the device runs the whole chunk */
       df_train_job tj;
       memset(&tj, 0, sizeof tj);
-      dsm_job(&tj.dsm, D, data, batch, tol);
+      dsm_job(&tj.dsm, n, D, data, batch, tol, opts->weighting);
       tj.nstreams = tj.dsm.sample ? 3 : 2;
       for (int64_t j = tj.nstreams; j < len * tj.nstreams; j++) df_rng_next_stream(); /* the chunk's */
       for (int64_t j = 0; j < len; j++) {
@@ -710,35 +793,55 @@ int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
       tj.step_size = step_size;
       tj.sqrt_bc2 = sqrt_bc2;
       tj.b1 = (float)o->b1; tj.b2 = (float)o->b2; tj.eps = (float)o->eps; tj.wd = (float)o->wd;
+      tj.clip = (float)opts->clip;
+      tj.ema = ema ? ema->params : NULL;
+      tj.ema_decay = (float)o->ema;
       if ((st = n->be->train_steps(n->dev, &n->d, n->params, n->fixed, n->grads, o->m, o->v, &tj,
                                    df_data(losses) + k, n->ws)))
         return st;
     } else {
       for (int64_t j = k; j < k + len; j++) {
         df_dsm job;
-        dsm_job(&job, D, data, batch, tol);
+        dsm_job(&job, n, D, data, batch, tol, opts->weighting);
         if ((st = n->be->fill(n->dev, n->grads, n->d.nparams, 0.0f)) ||
             (st = n->be->dsm_step(n->dev, &n->d, n->params, n->fixed, n->grads, &job,
                                   df_data(losses) + j, n->ws)))
           return st;
+        if (opts->clip > 0.0 && (st = clip_grads(n, opts->clip))) return st;
         o->t++;
         df_adam_hp hp = adam_constants(o);
         if ((st = n->be->adam(n->dev, n->params, n->grads, o->m, o->v, o->n, &hp))) return st;
+        if (ema && (st = n->be->ema(n->dev, ema->params, n->params, n->d.nparams, (float)o->ema)))
+          return st;
       }
     }
     k += len;
     if ((st = check_losses(losses, checked, k, host))) return st;
     checked = k;
-    if (progress && (k == steps || wall() - last >= every)) {
+    if (opts->progress && (k == steps || wall() - last >= opts->every)) {
       float l;
       if ((st = n->be->download(n->dev, &l, df_data(losses) + k - 1, 1))) return st;
-      if ((st = progress(ctx, k, steps, (double)l))) return st;
+      if ((st = opts->progress(opts->ctx, k, steps, (double)l))) return st;
       /* the progress function may have used the net (a forward of another size reallocates its
          workspace, and a failed allocation leaves none) */
-      if ((st = ensure_ws(n, batch))) return st;
+      if ((st = ensure_ws(n, batch)) || (st = check_ema(n, ema))) return st;
       n->cached_rows = -1; /* (the steps reuse the workspace a forward there kept) */
+      if (ema) ema->cached_rows = -1;
       last = wall();
     }
   }
+  if (ema) ema->cached_rows = -1; /* (its parameters moved) */
   return DF_OK;
+}
+
+int df_net_clone(df_net *dst, const df_net *n)
+{
+  int st;
+  if ((st = need_net(n))) return st;
+  if ((st = df_net_alloc(dst, &n->d, n->scale, n->be, n->dev))) return st;
+  dst->output = n->output;
+  if ((st = copy_buf(n->be, n->dev, dst->params, n->be, n->dev, n->params, n->d.nparams)) ||
+      (st = copy_buf(n->be, n->dev, dst->fixed, n->be, n->dev, n->fixed, n->d.nfixed)))
+    df_net_release(dst);
+  return st;
 }

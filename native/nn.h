@@ -7,9 +7,7 @@
 #include "tensor.h"
 #include "diffusion.h"
 
-/* what a network's output means (net.output): the score is out / sigma(t) ('scaled', the
-   seed's), out ('score'), -out / sigma ('noise') or (out - x) / sigma^2 ('denoiser') */
-enum { DF_OUT_SCALED, DF_OUT_SCORE, DF_OUT_NOISE, DF_OUT_DENOISER, DF_NOUT };
+/* net.output: DF_OUT_* (dmath.h) */
 extern const char *const df_output_names[DF_NOUT + 1];
 
 typedef struct df_net {
@@ -62,8 +60,20 @@ typedef struct df_net_score {
   df_diffuser diff;
 } df_net_score;
 
+/* a learning-rate schedule over the optimizer's steps t = 1, 2, ...: lr t / warmup for
+   t <= warmup, then from lr down to min_lr at step `total` (cosine or linear), min_lr after;
+   DF_DECAY_NONE keeps lr after the warmup */
+enum { DF_DECAY_NONE, DF_DECAY_COSINE, DF_DECAY_LINEAR };
+typedef struct df_schedule {
+  int64_t warmup, total;
+  int decay;
+  double min_lr;
+} df_schedule;
+
 typedef struct df_adam {
   double lr, b1, b2, eps, wd;
+  df_schedule sched;        /* (all zero: the constant lr) */
+  double ema;               /* the decay of the weights' EMA kept with it (0: none) */
   int64_t t, n;             /* steps taken, parameters */
   const df_backend *be;
   int dev;
@@ -74,25 +84,44 @@ typedef struct df_adam {
 int df_adam_create(df_adam *o, const df_net *n, double lr, double b1, double b2, double eps,
                    double wd);
 int df_adam_check_lr(double lr); /* DF_OK, or why lr cannot be used */
+int df_adam_set_schedule(df_adam *o, const df_schedule *s); /* checked */
+double df_adam_lr(const df_adam *o, int64_t t); /* the scheduled lr of step t */
 #define DF_MAX_STEPS ((int64_t)1 << 53) /* Adam steps (and training steps) at most */
 int df_adam_step(df_adam *o, df_net *n);
 void df_adam_release(df_adam *o);
 
-/* one DSM step on x0 [B, dim] (all rows): draws from the current streams, grads += gradient */
-int df_dsm_loss(df_net *n, const df_diffuser *D, const df_tensor *x0, double tol, double *loss);
+/* one DSM step on x0 [B, dim] (all rows): draws from the current streams, grads += gradient;
+   the loss of the net's output convention under `weighting` (DF_W_*) */
+int df_dsm_loss(df_net *n, const df_diffuser *D, const df_tensor *x0, double tol, int weighting,
+                double *loss);
+int df_check_weighting(int weighting, int output, double tol);
 
 /* the whole loop: each step zero_grad, dsm (batch rows of data, drawn at random when data has
-   more rows), Adam; losses [steps] (released on entry). progress (if not NULL) is called about
-   every `every` seconds and at the end; a non-zero return stops with that status. */
+   more rows), the gradient clipped to a global norm of at most clip (clip > 0, as torch's
+   clip_grad_norm_), Adam at the optimizer's scheduled lr, then ema = d ema + (1 - d) params when
+   ema is not NULL (d = o->ema); losses [steps] (released on entry). progress (if not NULL) is
+   called about every `every` seconds and at the end; a non-zero return stops with that status. */
 typedef int (*df_progress_fn)(void *ctx, int64_t step, int64_t total, double loss);
-int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data, int64_t steps,
-             int64_t batch, double tol, df_tensor *losses, df_progress_fn progress, void *ctx,
-             double every);
+typedef struct df_train_opts {
+  int64_t steps, batch;
+  double tol, clip;
+  int weighting;
+  df_net *ema;
+  df_progress_fn progress;
+  void *ctx;
+  double every;
+} df_train_opts;
+int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
+             const df_train_opts *opts, df_tensor *losses);
+/* a copy of n (same description and device, the same parameters): an EMA's start */
+int df_net_clone(df_net *dst, const df_net *n);
 
 /* checkpoints (checkpoint.c): the net, optionally its optimizer, and the random-stream state */
-int df_save(const char *path, const df_net *n, const df_adam *o, uint64_t seed, uint64_t stream);
-/* reads onto (be, dev); *has_opt tells whether o was filled */
-int df_load(const char *path, df_net *n, df_adam *o, int *has_opt, uint64_t *seed,
-            uint64_t *stream, const df_backend *be, int dev);
+/* (ema: the weights' EMA of an optimizer with o->ema, saved with it; may be NULL) */
+int df_save(const char *path, const df_net *n, const df_adam *o, const df_net *ema, uint64_t seed,
+            uint64_t stream);
+/* reads onto (be, dev); *has_opt tells whether o was filled, *has_ema whether ema was */
+int df_load(const char *path, df_net *n, df_adam *o, int *has_opt, df_net *ema, int *has_ema,
+            uint64_t *seed, uint64_t *stream, const df_backend *be, int dev);
 
 #endif

@@ -558,7 +558,7 @@ describe('the network score source and bad input', function()
     assert.error_matches(function() opt.lr = 1e39 end, 'lr must be positive and finite in float32')
     assert.error_matches(function() diffuse.optim.adam(net, { betas = { 1, 0.9 } }) end, 'betas must be in')
     assert.error_matches(function() diffuse.optim.adam(net, { lr = 1, momentum = 0 }) end, "unknown option 'momentum'")
-    assert.error_matches(function() diffuse.loss.dsm(net, ve, tensor.zeros(4, 1)) end, 'x must be %[B, 2%]')
+    assert.error_matches(function() diffuse.loss.dsm(net, ve, tensor.zeros(4, 1)) end, 'diffuse.loss.dsm: x0 must be %[B, 2%], got 4x1')
     assert.error_matches(function() diffuse.loss.dsm(net, ve, tensor.zeros(4, 2), { tol = 1 }) end, 'tol must be in')
     assert.error_matches(function() diffuse.train{ net = net, diffuser = ve } end, 'diffuse.train: data is required')
     assert.error_matches(function() diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(4, 2), stesp = 3 } end,
@@ -602,7 +602,7 @@ describe('the network score source and bad input', function()
     -- and the position is the caller's line, not the library's
     local ok, err = pcall(function() diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(4, 3) } end)
     assert.is_false(ok)
-    assert.matches('^spec/nn_spec%.lua:%d+: diffuse%.train: x must be', err)
+    assert.matches('^spec/nn_spec%.lua:%d+: diffuse%.train: data must be %[B, 2%], got 4x3$', err)
     assert.error_matches(function() diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(4, 2), batch = 0 } end,
       'batch must be in 1%.%.2%^40')
     local other = diffuse.nn.mlp{ dim = 2, hidden = { 3 } }

@@ -50,11 +50,18 @@ function diffuse.cuda_available()
 end
 
 --- diffuse.train{net, diffuser, data, steps = 1000, lr = 1e-3, batch = #data, tol = 1e-5,
----                progress = false, optimizer = nil} --> losses [steps], optimizer
--- The whole loop (draw t and noise, forward, loss, backward, Adam) runs in one native call; Lua
--- only draws the progress bar a few times a second. With more data rows than batch, each step
--- draws batch rows at random; with as many, it uses them all (the seed's zeros). Pass the
--- optimizer returned by an earlier call (or loaded from a checkpoint) to resume.
+---                progress = false, optimizer = nil, weighting = 'sigma2', clip = nil,
+---                schedule = nil, ema = nil} --> losses [steps], optimizer, ema network
+-- The whole loop (draw t and noise, forward, loss, backward, clipping, Adam, the EMA) runs in one
+-- native call; Lua only draws the progress bar a few times a second. With more data rows than
+-- batch, each step draws batch rows at random; with as many, it uses them all (the seed's zeros).
+-- Pass the optimizer returned by an earlier call (or loaded from a checkpoint) to resume: its lr
+-- schedule and its EMA (opt.ema) come with it, so a resumed run is bitwise the uninterrupted one.
+-- weighting: lambda(t) of |s_net - s|^2: 'sigma2' (the seed's), 'likelihood' (g(t)^2), 'none'.
+-- clip: the gradients' global norm at most clip (before Adam). schedule: {warmup = n, decay =
+-- 'cosine' | 'linear' | 'none', min_lr = 0, steps = optimizer steps so far + steps}: the lr over
+-- the optimizer's steps. ema: a decay (0.999): the weights' moving average, a network that
+-- samples like any other (returned third; saved with net:save(path, opt)).
 -- a userdata's class ('diffuse.net', 'diffuse.tensor', ...), else the Lua type
 local function kind_of(v)
   local mt = getmetatable(v)
@@ -62,7 +69,8 @@ local function kind_of(v)
 end
 
 local train_options = { net = true, diffuser = true, data = true, steps = true, lr = true,
-                        batch = true, tol = true, progress = true, optimizer = true }
+                        batch = true, tol = true, progress = true, optimizer = true,
+                        weighting = true, clip = true, schedule = true, ema = true }
 function diffuse.train(o)
   local fname = 'diffuse.train: '
   if type(o) ~= 'table' then error(fname .. 'expected {net = ..., diffuser = ..., data = ...}', 2) end
@@ -81,16 +89,40 @@ function diffuse.train(o)
   if kind_of(o.net) ~= 'diffuse.net' then
     error(fname .. 'net must be a network (got ' .. kind_of(o.net) .. ')', 2)
   end
+  if o.clip ~= nil and (type(o.clip) ~= 'number' or not (o.clip > 0)) then
+    error(fname .. 'clip must be a positive number (got ' .. tostring(o.clip) .. ')', 2)
+  end
+  if o.ema ~= nil and (type(o.ema) ~= 'number' or not (o.ema > 0 and o.ema < 1)) then
+    error(fname .. 'ema must be a decay between 0 and 1, such as 0.999 (got ' .. tostring(o.ema) .. ')', 2)
+  end
+  if o.schedule ~= nil and type(o.schedule) ~= 'table' then
+    error(fname .. "schedule must be a table {warmup = ..., decay = 'cosine', min_lr = ...}", 2)
+  end
   local opt = o.optimizer
+  -- an error of a native piece under its own name, said as diffuse.train's
+  local function rethrow(err, from)
+    error(fname .. tostring(err):gsub('^' .. from:gsub('%.', '%%.') .. ': ', ''), 3)
+  end
   if opt == nil then
     local ok, made = pcall(diffuse.optim.adam, o.net, { lr = o.lr or 1e-3 })
-    if not ok then error(fname .. tostring(made):gsub('^diffuse%.optim%.adam: ', ''), 2) end
+    if not ok then rethrow(made, 'diffuse.optim.adam') end
     opt = made
   elseif kind_of(opt) ~= 'diffuse.optim' then
     error(fname .. 'optimizer must be an optimizer from diffuse.optim (got ' .. kind_of(opt) .. ')', 2)
   elseif o.lr ~= nil then
     local ok, err = pcall(function() opt.lr = o.lr end)
     if not ok then error(fname .. tostring(err):gsub('^.-diffuse%.optim: ', ''), 2) end
+  end
+  if o.schedule ~= nil then
+    local sc = {}
+    for k, v in pairs(o.schedule) do sc[k] = v end
+    if sc.steps == nil and sc.decay ~= nil and sc.decay ~= 'none' then sc.steps = opt.t + steps end
+    local ok, err = pcall(opt.set_schedule, opt, sc)
+    if not ok then rethrow(err, 'diffuse.optim.set_schedule') end
+  end
+  if o.ema ~= nil then
+    local ok, err = pcall(opt.set_ema, opt, o.ema)
+    if not ok then rethrow(err, 'diffuse.optim.set_ema') end
   end
   local fn, bar
   if o.progress == true then
@@ -102,7 +134,7 @@ function diffuse.train(o)
     error(fname .. 'progress must be true, false or a function(step, total, loss)', 2)
   end
   local ok, losses = pcall(core.train, o.net, opt, o.diffuser, o.data, steps, o.batch,
-                           o.tol or 1e-5, fn)
+                           o.tol or 1e-5, fn, nil, { weighting = o.weighting, clip = o.clip })
   if not ok then
     if bar and bar.tty and bar.last_len > 0 then io.stderr:write('\n') end -- (leave its line)
     -- (raised under pcall, the native messages have no position: they get the caller's)
@@ -110,7 +142,7 @@ function diffuse.train(o)
     error(losses, 0)
   end
   if bar then bar:finish() end
-  return losses, opt
+  return losses, opt, opt.ema
 end
 
 -- Lua submodules, loaded on first use: diffuse.plot, diffuse.metrics, ...
