@@ -272,10 +272,18 @@ static int parse_arch(const char *text, df_netdesc *d, double *scale, const char
     const char *gt = strchr(text, '\n');
     df_graph *g = NULL;
     if (!gt) return df_fail(DF_EIO, "'%s': the network's graph is missing", path);
-    if (df_graph_parse(gt + 1, &g))
-      return df_fail(DF_EIO, "'%s': the network's graph is damaged: %s", path, df_errmsg());
+    if (df_graph_parse(gt + 1, &g)) {
+      char why[512];
+      snprintf(why, sizeof why, "%s", df_errmsg()); /* (df_fail writes the buffer it reads) */
+      return df_fail(DF_EIO, "'%s': the network's graph is damaged: %s", path, why);
+    }
     df_netdesc_graph(d, g); /* (the caller's reference: released after the net takes its own) */
     return DF_OK;
+  }
+  if (kind && strncmp(kind, "mlp", 3) != 0 && strncmp(kind, "time_embedded", 13) != 0) {
+    int k = 0;
+    while (kind[k] && kind[k] != ' ' && kind[k] != '\n' && k < 40) k++;
+    return df_fail(DF_EIO, "'%s': unknown network kind '%.*s'", path, k, kind);
   }
   if (!kind || !dim || !act || !hid)
     return df_fail(DF_EIO, "'%s': the architecture description is incomplete", path);
@@ -436,8 +444,11 @@ int df_load(const char *path, df_net *n, df_adam *o, int *has_opt, df_net *ema, 
         st = df_fail(DF_EIO, "'%s': the optimizer's schedule is incomplete", path);
       if (!st && wu) {
         df_schedule sc = { atoll(wu), atoll(tot), atoi(dec), strtod(mlr, NULL) };
-        if ((st = df_adam_set_schedule(o, &sc)))
-          st = df_fail(DF_EIO, "'%s': the optimizer's schedule is damaged: %s", path, df_errmsg());
+        if ((st = df_adam_set_schedule(o, &sc))) {
+          char why[512];
+          snprintf(why, sizeof why, "%s", df_errmsg()); /* (df_fail writes the buffer it reads) */
+          st = df_fail(DF_EIO, "'%s': the optimizer's schedule is damaged: %s", path, why);
+        }
       }
       if (!st && em) {
         o->ema = strtod(em, NULL);

@@ -326,7 +326,10 @@ static void tile_score(const df_netdesc *nd, const float *params, const float *f
   if (etab) fill_time_branch(nd, f, etab + k * time_row_floats(nd));
   tile_forward_part(nd, params, fixed, f, etab != NULL, 0);
   const float inv = p->inv_sigma[k];
-  for (int i = 0; i < d * TILE; i++) sc[i] = f->out[i] * inv;
+  if (p->denoise) /* (out - x) / sigma^2, as df_net_score_eval */
+    for (int i = 0; i < d * TILE; i++) sc[i] = (f->out[i] - xin[i]) * inv;
+  else
+    for (int i = 0; i < d * TILE; i++) sc[i] = f->out[i] * inv;
 }
 
 /* Each tile of rows goes through all the steps with its activations in L1, the partitions of

@@ -134,7 +134,7 @@ static int op_of(const char *w)
 static int get_ref(rdr *r, int self, int *a)
 {
   long long v;
-  int st = get_int(r, "an input node", 1, self, &v);
+  int st = get_int(r, "an input node", 1, DF_GRAPH_MAXNODES, &v);
   if (st) return st;
   if (v >= self + 1) return bad(r, "node %d refers to node %lld, which comes later", self + 1, v);
   *a = (int)v - 1;

@@ -127,11 +127,12 @@ static int nn_temb(lua_State *L)
   return 1;
 }
 
-/* diffuse.nn._graph(text [, {output = ...}]): a network from a traced graph's text (what the
-   builder, diffuse.nn.net in lua/diffuse/graph.lua, hands over; checked completely here) */
-static int nn_graph(lua_State *L)
+/* diffuse.nn.from_graph(text [, {output = ...}]): a network from a graph's text (net.graph, or
+   what the builder behind diffuse.nn.net in lua/diffuse/graph.lua hands over), checked
+   completely here; new parameters from the current random streams */
+static int nn_from_graph(lua_State *L)
 {
-  const char *fname = "diffuse.nn.net";
+  const char *fname = "diffuse.nn.from_graph";
   static const char *const opts[] = { "output", NULL };
   const char *text = l_checkstr(L, 1, fname, "graph");
   l_checkopts(L, 2, fname, opts);
@@ -235,6 +236,16 @@ static int net_set_parameters(lua_State *L)
   const char *fname = "diffuse.net.set_parameters";
   df_net *n = check_net(L, 1, fname, "self");
   l_check(L, df_net_set(n, DF_PARAMS, l_checktensor(L, 2, fname, "values")), fname);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* net:set_gradients(values): the gradient buffer (custom losses, manual clipping) */
+static int net_set_gradients(lua_State *L)
+{
+  const char *fname = "diffuse.net.set_gradients";
+  df_net *n = check_net(L, 1, fname, "self");
+  l_check(L, df_net_set(n, DF_GRADS, l_checktensor(L, 2, fname, "values")), fname);
   lua_settop(L, 1);
   return 1;
 }
@@ -844,7 +855,8 @@ static const luaL_Reg net_methods[] = {
   { "num_parameters", net_num_parameters }, { "to", net_to }, { "save", net_save },
   { "parameters", net_parameters }, { "gradients", net_gradients },
   { "frequencies", net_frequencies },
-  { "set_parameters", net_set_parameters }, { "free", net_release }, { NULL, NULL }
+  { "set_parameters", net_set_parameters }, { "set_gradients", net_set_gradients },
+  { "free", net_release }, { NULL, NULL }
 };
 static const luaL_Reg net_meta[] = {
   { "__call", net_forward }, { "__tostring", net_tostring }, { "__gc", net_release },
@@ -880,7 +892,7 @@ void l_open_nn(lua_State *L)
   l_class(L, DF_OPTIM_MT, optim_meta, optim_methods, optim_index);
   sub(L, "nn", "mlp", nn_mlp);
   sub(L, "nn", "time_embedded", nn_temb);
-  sub(L, "nn", "_graph", nn_graph);
+  sub(L, "nn", "from_graph", nn_from_graph);
   sub(L, "nn", "load", nn_load);
   sub(L, "optim", "adam", optim_adam);
   sub(L, "optim", "load", optim_load);

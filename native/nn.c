@@ -422,16 +422,38 @@ int df_net_set(df_net *n, int which, const df_tensor *src)
 
 /* ---- the network as a score source --------------------------------------------------------- */
 
+/* the factor a of the score (out - [x]) a at sigma^2 = s2 for an output convention: 1 / sigma
+   (scaled), 1 (score), -1 / sigma (noise), 1 / sigma^2 (denoiser, x subtracted first); each
+   rounded to float once, so the fused runs (net_sample) apply the very same numbers */
+static int score_factor(int output, double s2, float *a)
+{
+  if (output == DF_OUT_SCORE) { *a = 1.0f; return DF_OK; }
+  if (!(s2 > 0.0)) return df_fail(DF_EARG, "the network score is singular at t = 0 (sigma(0) = 0)");
+  *a = output == DF_OUT_DENOISER ? (float)(1.0 / s2)
+     : output == DF_OUT_NOISE ? -(float)(1.0 / sqrt(s2)) : (float)(1.0 / sqrt(s2));
+  return DF_OK;
+}
+
 int df_net_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t)
 {
   df_net_score *ns = (df_net_score *)ctx;
-  if (!ns->net->live) return df_fail(DF_ESTATE, "attempt to use a released network");
-  double s2 = df_diffuser_sigma2_host(&ns->diff, (double)t);
-  if (!(s2 > 0.0)) return df_fail(DF_EARG, "the network score is singular at t = 0 (sigma(0) = 0)");
-  int st = forward_into(ns->net, df_data(out), x, NULL, (double)t, 0); /* out is like x */
-  if (st) return st;
-  return out->be->binary_scalar(out->dev, DF_MUL, df_data(out), df_data(out),
-                                (float)(1.0 / sqrt(s2)), 0, out->numel);
+  df_net *n = ns->net;
+  float a = 1.0f;
+  if (!n->live) return df_fail(DF_ESTATE, "attempt to use a released network");
+  int st = score_factor(n->output, df_diffuser_sigma2_host(&ns->diff, (double)t), &a);
+  if (st || (st = forward_into(n, df_data(out), x, NULL, (double)t, 0))) return st; /* out is like x */
+  if (n->output == DF_OUT_SCORE || out->numel == 0) return DF_OK;
+  if (n->output == DF_OUT_DENOISER) {
+    df_bcast bc; /* out - x, elementwise */
+    memset(&bc, 0, sizeof bc);
+    bc.shape[0] = bc.shape[1] = bc.shape[2] = 1;
+    bc.shape[3] = out->numel;
+    bc.sa[3] = bc.sb[3] = 1;
+    bc.n = out->numel;
+    if ((st = out->be->binary(out->dev, DF_SUB, df_data(out), df_data(out), df_data(x), &bc)))
+      return st;
+  }
+  return out->be->binary_scalar(out->dev, DF_MUL, df_data(out), df_data(out), a, 0, out->numel);
 }
 
 /* a whole sampler run in one backend call (net_sample), when the device has one: the times and
@@ -453,16 +475,17 @@ int df_net_score_run(void *ctx, const df_plan *p, df_tensor *x, int nrec, const 
   float *tk = tab, *inv = tab + steps + 1;
   for (int64_t k = 0; k <= steps; k++) { /* evaluations happen at t_0 .. t_(steps - 1) */
     tk[k] = (float)(1.0 - (double)k / (double)steps);
-    double s2 = df_diffuser_sigma2_host(&ns->diff, (double)tk[k]);
-    if (k < steps && !(s2 > 0.0)) {
+    inv[k] = 0.0f;
+    if (k < steps && (st = score_factor(n->output, df_diffuser_sigma2_host(&ns->diff, (double)tk[k]),
+                                        &inv[k]))) {
       free(tab);
-      return df_fail(DF_EARG, "the network score is singular at t = 0 (sigma(0) = 0)");
+      return st;
     }
-    inv[k] = k < steps ? (float)(1.0 / sqrt(s2)) : 0.0f;
   }
   df_plan q = *p;
   q.t = tk;
   q.inv_sigma = inv;
+  q.denoise = n->output == DF_OUT_DENOISER;
   if (!(st = ensure_ws(n, rows))) {
     n->cached_rows = -1; /* the workspace no longer holds a forward to go backward from */
     if (rows > 0)
@@ -486,11 +509,12 @@ int df_net_score_eval_rows(void *ctx, df_tensor *out, const df_tensor *x, const 
   if ((st = df_diffuser_eval(&sig, &ns->diff, DF_SIGMA, t))) goto done;
   double lo;
   if ((st = df_reduce_all(&sig, DF_RMIN, &lo))) goto done;
-  if (t->numel > 0 && !(lo > 0.0)) {
+  if (t->numel > 0 && !(lo > 0.0) && ns->net->output != DF_OUT_SCORE) {
     st = df_fail(DF_EARG, "the network score is singular at t = 0 (sigma(0) = 0)");
     goto done;
   }
-  df_bcast bc; /* out [rows, dim] / sigma [rows] per row */
+  const int output = ns->net->output;
+  df_bcast bc; /* out [rows, dim] / sigma [rows] per row (twice for a denoiser: / sigma^2) */
   memset(&bc, 0, sizeof bc);
   bc.shape[0] = bc.shape[1] = 1;
   bc.shape[2] = x->shape[0];
@@ -499,7 +523,17 @@ int df_net_score_eval_rows(void *ctx, df_tensor *out, const df_tensor *x, const 
   bc.sa[3] = 1;
   bc.sb[2] = 1;
   bc.n = out->numel;
-  if (bc.n > 0) st = out->be->binary(out->dev, DF_DIV, df_data(out), df_data(out), df_data(&sig), &bc);
+  if (bc.n == 0 || output == DF_OUT_SCORE) goto done;
+  if (output == DF_OUT_DENOISER) {
+    df_bcast be = bc; /* out - x, elementwise */
+    be.sb[2] = ns->net->d.dim;
+    be.sb[3] = 1;
+    if ((st = out->be->binary(out->dev, DF_SUB, df_data(out), df_data(out), df_data(x), &be))) goto done;
+    if ((st = out->be->binary(out->dev, DF_DIV, df_data(out), df_data(out), df_data(&sig), &bc))) goto done;
+  }
+  st = out->be->binary(out->dev, DF_DIV, df_data(out), df_data(out), df_data(&sig), &bc);
+  if (!st && output == DF_OUT_NOISE)
+    st = out->be->binary_scalar(out->dev, DF_MUL, df_data(out), df_data(out), -1.0f, 0, out->numel);
 done:
   df_tensor_release(&sig);
   return st;

@@ -357,7 +357,7 @@ function M.net(o, core_graph)
   if not dep[out].x then error(FNAME .. ': the output does not depend on x', 3) end
   if not dep[out].p then error(FNAME .. ': the output does not depend on any nn.linear layer', 3) end
   local ok, net = pcall(core_graph, text_of(tr, out), { output = o.output })
-  if not ok then error(net, 3) end
+  if not ok then error((tostring(net):gsub('^diffuse%.nn%.from_graph: ', FNAME .. ': ')), 3) end
   return net
 end
 

@@ -10,8 +10,7 @@ diffuse.version = '0.1.0'
 
 -- networks users compose: the builder traces a Lua forward into a graph the core runs
 local graph = require 'diffuse.graph'
-local core_graph = core.nn._graph
-diffuse.nn._graph = nil
+local core_graph = core.nn.from_graph
 --- diffuse.nn.net{dim = 1, forward = function(x, t) ... end [, output = 'scaled']}
 function diffuse.nn.net(o)
   local net = graph.net(o, core_graph) -- (not a tail call: its errors name the caller's line)

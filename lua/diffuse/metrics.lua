@@ -510,7 +510,7 @@ function M.score_error(net, diffuser, score, opts)
     end
   end
   if class_of(net) ~= 'diffuse.net' then
-    error(fname .. 'net must be a network (diffuse.nn.mlp or .time_embedded)', 2)
+    error(fname .. 'net must be a network (diffuse.nn.net, .mlp or .time_embedded)', 2)
   end
   if class_of(diffuser) ~= 'diffuse.diffuser' then
     error(fname .. 'diffuser must be a diffuser (diffuse.ve or diffuse.power), got ' .. type(diffuser), 2)
@@ -537,7 +537,7 @@ function M.score_error(net, diffuser, score, opts)
   local t = tol + (1 - tol) * d.tensor.rand(n)
   local x = diffuser:diffuse(x0, t)
   local sigma = diffuser:sigma(t):reshape(n, 1)
-  local s_net = net:forward(x, t) / sigma
+  local s_net = d.score.net(net, diffuser)(x, t) -- (the net's output convention: net.output)
   local s_ref = score(x, t) -- (t: a tensor of one time per row, as score sources take)
   if not is_tensor(s_ref) then
     error(fname .. 'the score returned ' .. type(s_ref) .. ' (expected a tensor shaped as x)', 2)
