@@ -855,6 +855,7 @@ static df_backend cuda_table(void)
   t.net_sample = cuda_net_sample;
   t.dsm_step = cuda_dsm_step;
   t.adam = cuda_adam;
+  t.ema = cuda_ema;
   t.train_steps = cuda_train_steps;
   return t;
 }

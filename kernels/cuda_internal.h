@@ -89,6 +89,31 @@ __device__ __forceinline__ int64_t df_gstride() { return (int64_t)gridDim.x * bl
 int df_cuda_blas(int dev, cublasHandle_t *h);
 int df_cuda_blas_error(const char *op, const char *what, cublasStatus_t s);
 
+/* the device's handle on stream st with a fixed workspace of its own, the same for plain and
+   captured runs (cuda_nn.cu); df_cuda_blas_off puts it back on the legacy stream */
+int df_cuda_blas_on(const char *op, int dev, cudaStream_t st, cublasHandle_t *h);
+void df_cuda_blas_off(cublasHandle_t h);
+
+/* ---- cuda_graph.cu: traced networks, a kernel per node over the batch ------------------------ */
+struct df_graph;
+/* float offsets into a graph pass's workspace: the loss partials (and a norm), eta, x0 and dout
+   [rows, dim] of a DSM step, the frame of node buffers (graph.h's offsets times rows) */
+typedef struct df_cuda_glayout {
+  int64_t lpart, eta, x0, dout, frame, total;
+} df_cuda_glayout;
+df_cuda_glayout df_cuda_graph_layout(const struct df_graph *g, int64_t rows);
+/* node i's value buffer [rows, width] (x: node 0, t: node 1, the output: g->out) */
+float *df_cuda_graph_val(const struct df_graph *g, float *ws, int64_t rows, int i);
+/* the forward from the x and t buffers (filled by the caller); *blas: the handle, made on first
+   need (NULL before) */
+int df_cuda_graph_forward(const char *op, int dev, cudaStream_t st, cublasHandle_t *blas,
+                          const struct df_graph *g, const float *params, const float *fixed,
+                          float *ws, int64_t rows);
+/* grads += d(sum dout * out) / d params, for the forward that filled ws */
+int df_cuda_graph_backward(const char *op, int dev, cudaStream_t st, cublasHandle_t *blas,
+                           const struct df_graph *g, const float *params, const float *fixed,
+                           float *ws, int64_t rows, const float *dout, float *grads);
+
 /* ---- the table members of cuda_diffusion.cu ------------------------------------------------- */
 int cuda_diffuser_eval(int dev, const df_diffuser *D, int what, float *out, const float *t,
                        int64_t n);
@@ -119,6 +144,7 @@ int cuda_dsm_step(int dev, const df_netdesc *nd, const float *params, const floa
                   float *grads, const df_dsm *job, float *loss, float *ws);
 int cuda_adam(int dev, float *p, const float *g, float *m, float *v, int64_t n,
               const df_adam_hp *hp);
+int cuda_ema(int dev, float *e, const float *p, int64_t n, float decay);
 int cuda_train_steps(int dev, const df_netdesc *nd, float *params, const float *fixed,
                      float *grads, float *m, float *v, const df_train_job *job, float *losses,
                      float *ws);

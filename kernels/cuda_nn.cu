@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cuda_internal.h"
+#include "graph.h"
 
 namespace {
 
@@ -437,19 +438,21 @@ __global__ void __launch_bounds__(FUSED_ROWS) k_temb_fused(const NetArgs a)
   if (MODE == M_DSM && r == 0) a.lpart[blockIdx.x] = lblock;
 }
 
-/* grads += the blocks' partials in block order (TRAIN: the grads were zeroed, so from 0), the
-   loss from the blocks' partials, and in a training step Adam on the fresh gradient */
-template <bool TRAIN>
+/* grads += the blocks' partials in block order (R_ACC), or = them (R_TRAIN, R_ZERO: a training
+   step, whose gradients start from 0), the loss from the blocks' partials, and with R_TRAIN Adam
+   on the fresh gradient (R_ZERO leaves Adam to k_adam, after the gradients are clipped) */
+enum { R_ACC, R_TRAIN, R_ZERO };
+template <int MODE>
 __global__ void k_net_reduce(int64_t np, int nb, const float *part, const double *lpart,
                              double denom, float *grads, float *params, float *m, float *v,
                              df_adam_hp hp, StepVals sv, const StepTab *tab, int slot)
 {
   const StepVals s = step_vals(sv, tab, slot);
   for (int64_t p = df_gtid(); p < np; p += df_gstride()) {
-    float acc = TRAIN ? 0.0f : grads[p];
+    float acc = MODE == R_ACC ? grads[p] : 0.0f;
     for (int b = 0; b < nb; b++) acc += part[(int64_t)b * np + p];
     grads[p] = acc;
-    if (TRAIN)
+    if (MODE == R_TRAIN)
       params[p] = df_adam_update(params[p], acc, &m[p], &v[p], hp.b1, hp.b2, s.step, s.sqrt_bc2,
                                  hp.eps, hp.wd);
   }
@@ -474,7 +477,7 @@ __global__ void k_mlp_in(float *in0, const float *x, const float *t, float t0, i
 
 /* the DSM draws of every row (see load_row): x_t into x (row stride ldx), t (stride ldt), eta */
 __global__ void k_dsm_draw(df_dsm job, StepVals sv, const StepTab *tab, int slot, int d, float *x,
-                           int64_t ldx, float *t, int64_t ldt, float *eta)
+                           int64_t ldx, float *t, int64_t ldt, float *eta, float *x0)
 {
   const StepVals s = step_vals(sv, tab, slot);
   const df_diffuser D = job.diff;
@@ -487,6 +490,7 @@ __global__ void k_dsm_draw(df_dsm job, StepVals sv, const StepTab *tab, int slot
       float e = df_randn_at(s.seed, s.st_eta, (uint64_t)(r * d + c));
       eta[r * d + c] = e;
       x[r * ldx + c] = job.data[src * d + c] + sigma * e;
+      if (x0) x0[r * d + c] = job.data[src * d + c]; /* (a denoiser's target) */
     }
   }
 }
@@ -613,6 +617,56 @@ __global__ void k_dsm_loss(const float *out, const float *eta, float *dout, int6
   if (threadIdx.x == 0) lpart[blockIdx.x] = sh[0];
 }
 
+/* k_dsm_loss for any output convention and weighting (dmath.h's df_dsm_residual, dres, weight):
+   the loss sum of w r^2, dout = scale w dr/dout r; t [rows] with stride ldt, x0 for a denoiser */
+__global__ void k_dsm_loss_g(const float *out, const float *eta, const float *x0, const float *t,
+                             int64_t ldt, df_diffuser D, int output, int weighting, float *dout,
+                             int64_t rows, int d, float scale, double *lpart)
+{
+  __shared__ double sh[THREADS];
+  double acc = 0.0;
+  for (int64_t r = df_gtid(); r < rows; r += df_gstride()) {
+    const float tr = t[r * ldt], sig = sqrtf(df_diffuser_sigma2(&D, tr));
+    const float gr = weighting == DF_W_LIKELIHOOD ? df_diffuser_g(&D, tr) : 1.0f;
+    const float w = df_dsm_weight(weighting, sig * sig, gr * gr), dr = df_dsm_dres(output, sig);
+    for (int c = 0; c < d; c++) {
+      const int64_t i = r * d + c;
+      float res = df_dsm_residual(output, out[i], eta[i], sig, x0 ? x0[i] : 0.0f);
+      acc += (double)w * ((double)res * (double)res);
+      dout[i] = scale * (w * (dr * res));
+    }
+  }
+  sh[threadIdx.x] = acc;
+  __syncthreads();
+  for (int s = THREADS / 2; s > 0; s >>= 1) {
+    if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) lpart[blockIdx.x] = sh[0];
+}
+
+/* the gradients' sum of squares into *norm2 (one block: each thread its elements in order, then
+   a fixed tree), for clipping */
+__global__ void k_sumsq(const float *g, int64_t n, double *norm2)
+{
+  __shared__ double sh[THREADS];
+  double acc = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += THREADS) acc += (double)g[i] * (double)g[i];
+  sh[threadIdx.x] = acc;
+  __syncthreads();
+  for (int s = THREADS / 2; s > 0; s >>= 1) {
+    if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *norm2 = sh[0];
+}
+
+/* e = e d + p (1 - d) */
+__global__ void k_ema(float *e, const float *p, int64_t n, float decay)
+{
+  for (int64_t i = df_gtid(); i < n; i += df_gstride()) e[i] = df_ema_update(e[i], p[i], decay);
+}
+
 __global__ void k_loss_final(const double *lpart, int nb, double denom, StepVals sv,
                              const StepTab *tab, int slot)
 {
@@ -622,16 +676,28 @@ __global__ void k_loss_final(const double *lpart, int nb, double denom, StepVals
   *s.loss = (float)(tot / denom);
 }
 
-__global__ void k_adam(float *p, const float *g, float *m, float *v, int64_t n, df_adam_hp hp,
-                       const StepTab *tab, int slot)
+/* Adam; with norm2 (clipping) the gradients are first scaled in place by clip / (norm + 1e-6)
+   when that is below 1, as the CPU's loop does (nn.c: clip_grads) */
+__global__ void k_adam(float *p, float *g, float *m, float *v, int64_t n, df_adam_hp hp,
+                       const StepTab *tab, int slot, const double *norm2, float clip)
 {
   if (tab) {
     hp.step = tab->e[tab->cursor + slot].step;
     hp.sqrt_bc2 = tab->e[tab->cursor + slot].sqrt_bc2;
   }
-  for (int64_t i = df_gtid(); i < n; i += df_gstride())
-    p[i] = df_adam_update(p[i], g[i], &m[i], &v[i], hp.b1, hp.b2, hp.step, hp.sqrt_bc2, hp.eps,
+  float coef = 1.0f;
+  bool scale = false;
+  if (norm2) {
+    double c = (double)clip / (sqrt(*norm2) + 1e-6);
+    scale = c < 1.0;
+    coef = (float)c;
+  }
+  for (int64_t i = df_gtid(); i < n; i += df_gstride()) {
+    float gi = g[i];
+    if (scale) g[i] = gi = gi * coef;
+    p[i] = df_adam_update(p[i], gi, &m[i], &v[i], hp.b1, hp.b2, hp.step, hp.sqrt_bc2, hp.eps,
                           hp.wd);
+  }
 }
 
 /* ---- host side: plans and workspaces ------------------------------------------------------ */
@@ -649,6 +715,7 @@ Plan plan_of(const df_netdesc *nd)
 {
   Plan p;
   memset(&p, 0, sizeof p);
+  if (nd->kind == DF_NET_GRAPH) return p; /* (a traced network: cuda_graph.cu, never fused) */
   int widest = 0, off = 0;
   FusedLayout &ly = p.ly;
   if (nd->kind == DF_NET_MLP) {
@@ -687,7 +754,7 @@ Plan plan_of(const df_netdesc *nd)
 /* the layered path's buffers, float offsets into the workspace (each 64-float aligned) */
 struct Layered {
   int64_t lpart;            /* LOSS_BLOCKS doubles */
-  int64_t eta, xin, tin;    /* MLP: xin = concat[x, t] [rows, d + 1]; TEMB: x [rows, d], t [rows] */
+  int64_t eta, x0, xin, tin; /* MLP: xin = concat[x, t] [rows, d + 1]; TEMB: x [rows, d], t [rows] */
   int64_t z[DF_MAXLIN], h[DF_MAXLIN];
   int64_t f, ze, v, hh, out;
   int64_t d1, d2;           /* backward scratch [rows, sw] */
@@ -705,8 +772,9 @@ Layered layered_of(const df_netdesc *nd, int64_t rows)
     return at;
   };
   int sw = nd->dim;
-  y.lpart = take(2 * LOSS_BLOCKS);
+  y.lpart = take(2 * LOSS_BLOCKS + 2); /* (then the clipping norm, a double) */
   y.eta = take(rows * nd->dim);
+  y.x0 = take(rows * nd->dim);
   if (nd->kind == DF_NET_MLP) {
     y.xin = take(rows * (nd->dim + 1));
     for (int l = 0; l < nd->nlin; l++) {
@@ -971,6 +1039,9 @@ struct StepCall {
   bool train;
   float *p, *m, *v; /* train: Adam's buffers (p = params) */
   df_adam_hp hp;    /* train: b1, b2, eps, wd (step constants from the table) */
+  float clip;       /* train: > 0 clips the gradients' norm before Adam */
+  float *ema;       /* train: not NULL: the weights' EMA after Adam */
+  float ema_decay;
 };
 
 int fused_launch(int mode, const Plan &pl, const NetArgs &a, unsigned blocks, cudaStream_t st)
@@ -1005,15 +1076,95 @@ NetArgs net_args(const Plan &pl, const df_netdesc *nd, const float *params, cons
   return a;
 }
 
+/* where a step keeps the gradients' squared norm (a double; clipping) in its workspace */
+double *norm_slot(const df_netdesc *nd, float *ws, int64_t rows)
+{
+  if (nd->kind == DF_NET_GRAPH) return (double *)(ws + df_cuda_graph_layout(nd->graph, rows).lpart + 512);
+  if (plan_of(nd).fused) {
+    int64_t nb = fused_blocks(rows), at = 2 * nb + nb * nd->nparams;
+    return (double *)(ws + (at + 1) / 2 * 2);
+  }
+  return (double *)(ws + layered_of(nd, rows).lpart + 2 * LOSS_BLOCKS);
+}
+
+/* a training step's end after its gradients are complete: (clip,) Adam, (EMA) */
+int step_update(const StepCall &s, int64_t np, bool adam_done)
+{
+  double *n2 = nullptr;
+  if (!adam_done) {
+    if (s.clip > 0.0f) {
+      n2 = norm_slot(s.nd, s.ws, s.job->batch);
+      k_sumsq<<<1, THREADS, 0, s.st>>>(s.grads, np, n2);
+      LAUNCHED(s.op);
+    }
+    k_adam<<<grid(np), THREADS, 0, s.st>>>(s.p, s.grads, s.m, s.v, np, s.hp, s.tab, s.slot, n2, s.clip);
+    LAUNCHED(s.op);
+  }
+  if (s.ema) {
+    k_ema<<<grid(np), THREADS, 0, s.st>>>(s.ema, s.p, np, s.ema_decay);
+    LAUNCHED(s.op);
+  }
+  return DF_OK;
+}
+
+/* the loss kernels of a layered or graph step: the seed's convention by k_dsm_loss (as before),
+   any other by k_dsm_loss_g */
+int dsm_loss(const StepCall &s, const float *out, const float *eta, const float *x0, const float *t,
+             int64_t ldt, float *dout, double *lpart)
+{
+  const int64_t B = s.job->batch;
+  const int d = s.nd->dim;
+  const float scale = 2.0f / (float)((double)B * d); /* as cpu_dsm_step */
+  int lb = (int)(B < (int64_t)LOSS_BLOCKS * THREADS ? (B + THREADS - 1) / THREADS : LOSS_BLOCKS);
+  if (s.job->output == DF_OUT_SCALED && s.job->weighting == DF_W_SIGMA2)
+    k_dsm_loss<<<lb, THREADS, 0, s.st>>>(out, eta, dout, B, d, scale, lpart);
+  else
+    k_dsm_loss_g<<<lb, THREADS, 0, s.st>>>(out, eta, x0, t, ldt, s.job->diff, s.job->output,
+                                           s.job->weighting, dout, B, d, scale, lpart);
+  k_loss_final<<<1, 1, 0, s.st>>>(lpart, lb, (double)B * d, s.sv, s.tab, s.slot);
+  LAUNCHED(s.op);
+  return DF_OK;
+}
+
+/* a traced network's step: draws into its x and t buffers, the node kernels forward, the loss,
+   backward, then the step's update */
+int graph_dsm_run(const StepCall &s)
+{
+  const df_graph *g = s.nd->graph;
+  const int64_t B = s.job->batch;
+  const int d = s.nd->dim;
+  const df_cuda_glayout y = df_cuda_graph_layout(g, B);
+  float *ws = s.ws, *x = df_cuda_graph_val(g, ws, B, 0), *t = df_cuda_graph_val(g, ws, B, 1);
+  float *eta = ws + y.eta, *x0 = s.job->output == DF_OUT_DENOISER ? ws + y.x0 : nullptr;
+  cublasHandle_t blas = NULL;
+  if (s.train)
+    CK(s.op, "cudaMemsetAsync of the gradients",
+       cudaMemsetAsync(s.grads, 0, (size_t)s.nd->nparams * sizeof(float), s.st));
+  k_dsm_draw<<<grid(B), THREADS, 0, s.st>>>(*s.job, s.sv, s.tab, s.slot, d, x, d, t, 1, eta, x0);
+  cudaError_t e = cudaGetLastError();
+  int st = e != cudaSuccess ? df_cuda_error(s.op, "kernel launch", e) : DF_OK;
+  if (!st) st = df_cuda_graph_forward(s.op, s.dev, s.st, &blas, g, s.params, s.fixed, ws, B);
+  if (!st) st = dsm_loss(s, df_cuda_graph_val(g, ws, B, g->out), eta, x0, t, 1, ws + y.dout,
+                         (double *)(ws + y.lpart));
+  if (!st) st = df_cuda_graph_backward(s.op, s.dev, s.st, &blas, g, s.params, s.fixed, ws, B,
+                                       ws + y.dout, s.grads);
+  if (!st && s.train) st = step_update(s, s.nd->nparams, false);
+  blas_off(blas);
+  return st;
+}
+
 int dsm_run(const StepCall &s)
 {
   const df_netdesc *nd = s.nd;
+  if (nd->kind == DF_NET_GRAPH) return graph_dsm_run(s);
   const int64_t B = s.job->batch;
   const int d = nd->dim;
   const float scale = 2.0f / (float)((double)B * d); /* as cpu_dsm_step */
   const double denom = (double)B * d;
   const Plan pl = plan_of(nd);
-  if (pl.fused) { /* grads = (zero +) the partials, so a training step needs no zeroing */
+  /* the fused kernels know the seed's loss only; other conventions take the layered path */
+  const bool seed_loss = s.job->output == DF_OUT_SCALED && s.job->weighting == DF_W_SIGMA2;
+  if (pl.fused && seed_loss) { /* grads = (zero +) the partials, so a training step needs no zeroing */
     NetArgs a = net_args(pl, nd, s.params, s.fixed, B, s.ws);
     a.job = *s.job;
     a.scale = scale;
@@ -1023,15 +1174,21 @@ int dsm_run(const StepCall &s)
     const int64_t nb = fused_blocks(B);
     TRY(fused_launch(M_DSM, pl, a, (unsigned)nb, s.st));
     LAUNCHED(s.op);
-    if (s.train)
-      k_net_reduce<true><<<grid(nd->nparams), THREADS, 0, s.st>>>(
+    const bool plain = s.train && s.clip <= 0.0f; /* Adam in the reduction itself */
+    if (plain)
+      k_net_reduce<R_TRAIN><<<grid(nd->nparams), THREADS, 0, s.st>>>(
         nd->nparams, (int)nb, a.part, a.lpart, denom, s.grads, s.p, s.m, s.v, s.hp, s.sv, s.tab,
         s.slot);
+    else if (s.train)
+      k_net_reduce<R_ZERO><<<grid(nd->nparams), THREADS, 0, s.st>>>(
+        nd->nparams, (int)nb, a.part, a.lpart, denom, s.grads, nullptr, nullptr, nullptr, s.hp, s.sv,
+        s.tab, s.slot);
     else
-      k_net_reduce<false><<<grid(nd->nparams), THREADS, 0, s.st>>>(
+      k_net_reduce<R_ACC><<<grid(nd->nparams), THREADS, 0, s.st>>>(
         nd->nparams, (int)nb, a.part, a.lpart, denom, s.grads, nullptr, nullptr, nullptr, s.hp, s.sv,
         s.tab, s.slot);
     LAUNCHED(s.op);
+    if (s.train) TRY(step_update(s, nd->nparams, plain));
     return DF_OK;
   }
   Ctx c = ctx_of(s.op, s.dev, nd, s.params, s.fixed, s.ws, B);
@@ -1039,31 +1196,20 @@ int dsm_run(const StepCall &s)
   float *ws = s.ws;
   float *x = ws + c.y.xin, *t = nd->kind == DF_NET_MLP ? ws + c.y.xin + d : ws + c.y.tin;
   int64_t ldx = nd->kind == DF_NET_MLP ? d + 1 : d, ldt = nd->kind == DF_NET_MLP ? d + 1 : 1;
-  float *eta = ws + c.y.eta;
+  float *eta = ws + c.y.eta, *x0 = s.job->output == DF_OUT_DENOISER ? ws + c.y.x0 : nullptr;
   if (s.train) /* zero_grad: the SGEMMs and k_param_grad add to the gradients */
     CK(s.op, "cudaMemsetAsync of the gradients",
        cudaMemsetAsync(s.grads, 0, (size_t)nd->nparams * sizeof(float), s.st));
   float *out = nd->kind == DF_NET_MLP ? ws + c.y.z[nd->nlin - 1] : ws + c.y.out;
   double *lpart = (double *)(ws + c.y.lpart);
   int st = DF_OK;
-  k_dsm_draw<<<grid(B), THREADS, 0, s.st>>>(*s.job, s.sv, s.tab, s.slot, d, x, ldx, t, ldt, eta);
+  k_dsm_draw<<<grid(B), THREADS, 0, s.st>>>(*s.job, s.sv, s.tab, s.slot, d, x, ldx, t, ldt, eta, x0);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) st = df_cuda_error(s.op, "kernel launch", e);
   if (!st) st = layered_forward(c, NULL, NULL, 0.0f, true, out);
-  int lb = (int)(B < (int64_t)LOSS_BLOCKS * THREADS ? (B + THREADS - 1) / THREADS : LOSS_BLOCKS);
-  if (!st) {
-    k_dsm_loss<<<lb, THREADS, 0, s.st>>>(out, eta, ws + c.y.d1, B, d, scale, lpart);
-    k_loss_final<<<1, 1, 0, s.st>>>(lpart, lb, denom, s.sv, s.tab, s.slot);
-    e = cudaGetLastError();
-    if (e != cudaSuccess) st = df_cuda_error(s.op, "kernel launch", e);
-  }
+  if (!st) st = dsm_loss(s, out, eta, x0, t, ldt, ws + c.y.d1, lpart);
   if (!st) st = layered_backward(c, x, ws + c.y.d1, s.grads);
-  if (!st && s.train) {
-    k_adam<<<grid(nd->nparams), THREADS, 0, s.st>>>(s.p, s.grads, s.m, s.v, nd->nparams, s.hp,
-                                                     s.tab, s.slot);
-    e = cudaGetLastError();
-    if (e != cudaSuccess) st = df_cuda_error(s.op, "kernel launch", e);
-  }
+  if (!st && s.train) st = step_update(s, nd->nparams, false);
   blas_off(c.blas);
   return st;
 }
@@ -1077,8 +1223,9 @@ struct GraphKey {
   const float *params, *fixed, *data;
   float *grads, *m, *v, *ws;
   int64_t data_rows, batch;
-  int sample, nstreams;
-  float tol, b1, b2, eps, wd;
+  int sample, nstreams, output, weighting;
+  float tol, b1, b2, eps, wd, clip, ema_decay;
+  float *ema;
   df_diffuser diff;
 };
 
@@ -1098,7 +1245,7 @@ cudaStream_t cap_stream[DF_CUDA_MAXDEV];
 
 bool same_desc(const df_netdesc &a, const df_netdesc &b)
 {
-  if (a.kind != b.kind || a.dim != b.dim || a.act != b.act || a.nlin != b.nlin ||
+  if (a.graph != b.graph || a.kind != b.kind || a.dim != b.dim || a.act != b.act || a.nlin != b.nlin ||
       a.embed != b.embed || a.nparams != b.nparams || a.nfixed != b.nfixed || a.maxw != b.maxw)
     return false;
   for (int l = 0; l < a.nlin && l < DF_MAXLIN; l++)
@@ -1116,6 +1263,9 @@ bool same_key(const GraphKey &a, const GraphKey &b)
          a.nstreams == b.nstreams && memcmp(&a.tol, &b.tol, sizeof a.tol) == 0 &&
          memcmp(&a.b1, &b.b1, sizeof a.b1) == 0 && memcmp(&a.b2, &b.b2, sizeof a.b2) == 0 &&
          memcmp(&a.eps, &b.eps, sizeof a.eps) == 0 && memcmp(&a.wd, &b.wd, sizeof a.wd) == 0 &&
+         a.output == b.output && a.weighting == b.weighting && a.ema == b.ema &&
+         memcmp(&a.clip, &b.clip, sizeof a.clip) == 0 &&
+         memcmp(&a.ema_decay, &b.ema_decay, sizeof a.ema_decay) == 0 &&
          a.diff.kind == b.diff.kind && memcmp(&a.diff.kappa, &b.diff.kappa, sizeof(double)) == 0 &&
          memcmp(&a.diff.alpha, &b.diff.alpha, sizeof(double)) == 0 &&
          memcmp(&a.diff.lnk, &b.diff.lnk, sizeof(double)) == 0;
@@ -1211,9 +1361,11 @@ struct SampleArgs {
   const int64_t *rec_k;   /* [nrec] */
   float *const *rec_out;  /* [nrec] device pointers */
   uint64_t seed, stream;
+  int denoise;            /* a denoiser's output: (out - x) * inv (the plan's) */
 };
 
-/* the score of one row at step k: out = net(x, t_k), times 1 / sigma(t_k) */
+/* the score of one row at step k: out = net(x, t_k), times the plan's factor (out - x first for
+   a denoiser) */
 template <int WMAX>
 __device__ __forceinline__ void row_score(const SampleArgs &a, const float *x, int64_t k,
                                           float *s)
@@ -1254,7 +1406,7 @@ __device__ __forceinline__ void row_score(const SampleArgs &a, const float *x, i
   }
   const float inv = a.inv[k];
 #pragma unroll
-  for (int c = 0; c < WMAX; c++) s[c] = out[c] * inv;
+  for (int c = 0; c < WMAX; c++) s[c] = a.denoise ? (out[c] - x[c]) * inv : out[c] * inv;
 }
 
 template <int WMAX, int METHOD> __global__ void k_net_sample(const SampleArgs a)
@@ -1335,17 +1487,37 @@ template <int WMAX> void net_sample_launch(const SampleArgs &a, unsigned grid)
 
 } // namespace
 
+int df_cuda_blas_on(const char *op, int dev, cudaStream_t st, cublasHandle_t *h)
+{
+  return blas_on(op, dev, st, h);
+}
+void df_cuda_blas_off(cublasHandle_t h) { blas_off(h); }
+
 /* ---- the table's functions ------------------------------------------------------------------ */
 
 int64_t cuda_net_workspace(const df_netdesc *nd, int64_t rows)
 {
   if (rows < 1) rows = 1;
-  if (plan_of(nd).fused) {
-    int64_t nb = fused_blocks(rows);
-    return 2 * nb + nb * nd->nparams;
+  if (nd->kind == DF_NET_GRAPH) return df_cuda_graph_layout(nd->graph, rows).total;
+  int64_t layered = layered_of(nd, rows).total;
+  if (plan_of(nd).fused) { /* (a DSM step of another loss than the seed's runs layered) */
+    int64_t nb = fused_blocks(rows), fused = 2 * nb + nb * nd->nparams + 4; /* + the norm */
+    return fused > layered ? fused : layered;
   }
-  return layered_of(nd, rows).total;
+  return layered;
 }
+
+namespace {
+/* a traced network's inputs into its x and t buffers */
+__global__ void k_graph_in(float *xb, float *tb, const float *x, const float *t, float t0,
+                           int64_t rows, int d)
+{
+  for (int64_t j = df_gtid(); j < rows * (d + 1); j += df_gstride()) {
+    if (j < rows * d) xb[j] = x[j];
+    else tb[j - rows * d] = t ? t[j - rows * d] : t0;
+  }
+}
+} // namespace
 
 int cuda_net_forward(int dev, const df_netdesc *nd, const float *params, const float *fixed,
                      const float *x, const float *t, float t0, int64_t rows, float *out,
@@ -1355,6 +1527,21 @@ int cuda_net_forward(int dev, const df_netdesc *nd, const float *params, const f
   (void)keep; /* the fused backward recomputes; the layered forward always leaves its buffers */
   if (rows <= 0) return DF_OK;
   TRY(df_cuda_use_device(op, dev));
+  if (nd->kind == DF_NET_GRAPH) {
+    const df_graph *g = nd->graph;
+    k_graph_in<<<grid(rows * (nd->dim + 1)), THREADS>>>(df_cuda_graph_val(g, ws, rows, 0),
+                                                        df_cuda_graph_val(g, ws, rows, 1), x, t, t0,
+                                                        rows, nd->dim);
+    LAUNCHED(op);
+    cublasHandle_t blas = NULL;
+    int st = df_cuda_graph_forward(op, dev, 0, &blas, g, params, fixed, ws, rows);
+    blas_off(blas);
+    if (st) return st;
+    CK(op, "cudaMemcpy of the output",
+       cudaMemcpyAsync(out, df_cuda_graph_val(g, ws, rows, g->out),
+                       (size_t)(rows * nd->dim) * sizeof(float), cudaMemcpyDeviceToDevice, 0));
+    return DF_OK;
+  }
   const Plan pl = plan_of(nd);
   if (pl.fused) {
     NetArgs a = net_args(pl, nd, params, fixed, rows, ws);
@@ -1380,6 +1567,7 @@ int cuda_net_sample(int dev, const df_netdesc *nd, const float *params, const fl
   const char *op = "net_sample";
   (void)ws;
   *done = 0;
+  if (nd->kind == DF_NET_GRAPH) return DF_OK; /* stepped through net_forward (one kernel a node) */
   const int widest = nd->kind == DF_NET_MLP ? nd->maxw
                                             : (nd->out[0] > nd->dim ? nd->out[0] : nd->dim);
   if (widest > SAMPLE_MAXW) return DF_OK; /* stepped through net_forward instead */
@@ -1435,6 +1623,7 @@ int cuda_net_sample(int dev, const df_netdesc *nd, const float *params, const fl
   a.rec_out = (float *const *)(a.rec_k + nrec);
   a.seed = seed;
   a.stream = stream;
+  a.denoise = p->denoise;
   if (H > 0) {
     float *etab = (float *)dbuf + 4 * steps + 2;
     k_time_branch<<<df_cuda_grid(steps * H, THREADS), THREADS>>>(etab, params, fixed, *nd, a.tk,
@@ -1457,6 +1646,13 @@ int cuda_net_backward(int dev, const df_netdesc *nd, const float *params, const 
   const char *op = "net_backward";
   if (rows <= 0) return DF_OK;
   TRY(df_cuda_use_device(op, dev));
+  if (nd->kind == DF_NET_GRAPH) { /* from the buffers the kept forward left */
+    cublasHandle_t blas = NULL;
+    (void)x; (void)t; (void)t0;
+    int st = df_cuda_graph_backward(op, dev, 0, &blas, nd->graph, params, fixed, ws, rows, dout, grads);
+    blas_off(blas);
+    return st;
+  }
   const Plan pl = plan_of(nd);
   if (pl.fused) {
     NetArgs a = net_args(pl, nd, params, fixed, rows, ws);
@@ -1471,7 +1667,7 @@ int cuda_net_backward(int dev, const df_netdesc *nd, const float *params, const 
     memset(&hp, 0, sizeof hp);
     StepVals sv;
     memset(&sv, 0, sizeof sv);
-    k_net_reduce<false><<<grid(nd->nparams), THREADS>>>(nd->nparams, (int)nb, a.part, nullptr, 1.0,
+    k_net_reduce<R_ACC><<<grid(nd->nparams), THREADS>>>(nd->nparams, (int)nb, a.part, nullptr, 1.0,
                                                        grads, nullptr, nullptr, nullptr, hp, sv, nullptr, 0);
     LAUNCHED(op);
     return DF_OK;
@@ -1516,7 +1712,7 @@ int cuda_adam(int dev, float *p, const float *g, float *m, float *v, int64_t n,
   const char *op = "adam";
   if (n <= 0) return DF_OK;
   TRY(df_cuda_use_device(op, dev));
-  k_adam<<<grid(n), THREADS>>>(p, g, m, v, n, *hp, nullptr, 0);
+  k_adam<<<grid(n), THREADS>>>(p, (float *)g, m, v, n, *hp, nullptr, 0, nullptr, 0.0f);
   LAUNCHED(op);
   return DF_OK;
 }
@@ -1552,6 +1748,11 @@ int cuda_train_steps(int dev, const df_netdesc *nd, float *params, const float *
   key.b2 = job->b2;
   key.eps = job->eps;
   key.wd = job->wd;
+  key.output = job->dsm.output;
+  key.weighting = job->dsm.weighting;
+  key.clip = job->clip;
+  key.ema = job->ema;
+  key.ema_decay = job->ema_decay;
   key.diff = job->dsm.diff;
 
   StepCall s;
@@ -1572,6 +1773,9 @@ int cuda_train_steps(int dev, const df_netdesc *nd, float *params, const float *
   s.hp.b2 = job->b2;
   s.hp.eps = job->eps;
   s.hp.wd = job->wd;
+  s.clip = job->clip;
+  s.ema = job->ema;
+  s.ema_decay = job->ema_decay;
 
   GraphEntry *ent = NULL;
   for (int i = 0; i < GRAPH_CACHE; i++)
@@ -1644,3 +1848,13 @@ int cuda_train_steps(int dev, const df_netdesc *nd, float *params, const float *
 }
 
 void df_cuda_graph_stats(df_cuda_graphstats *st) { *st = gstats; }
+
+int cuda_ema(int dev, float *e, const float *p, int64_t n, float decay)
+{
+  const char *op = "ema";
+  if (n <= 0) return DF_OK;
+  TRY(df_cuda_use_device(op, dev));
+  k_ema<<<grid(n), THREADS>>>(e, p, n, decay);
+  LAUNCHED(op);
+  return DF_OK;
+}

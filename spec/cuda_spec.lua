@@ -1280,3 +1280,213 @@ describe('cuda network parity', function()
     end
   end)
 end)
+
+-- Composed networks (nn.net) run one kernel per node on the GPU (kernels/cuda_graph.cu). Their
+-- per-row arithmetic is dmath.h's and a narrow Linear sums in the CPU's order, so forwards of
+-- nets without cuBLAS layers are bitwise the CPU's (and so are the samples, which step through
+-- the forward); parameter gradients sum rows in another (fixed) order: within a few float32
+-- roundings of the B-term sums, bounded here by B eps32 times the sum of |terms| estimated as
+-- the largest gradient (conservative: the terms are of one sign or cancel).
+describe('cuda composed-network parity', function()
+  local nn = diffuse.nn
+  local ve = diffuse.ve(1.1)
+
+  local GRAPHS = {
+    { 'every elementwise node', 2, function(x, t)
+      local h = nn.linear(3)(nn.cat{ x, t }) * 0.7
+      return nn.linear(2)(nn.cat{ h:silu(), h:relu(), h:tanh(), h:gelu(), h:sigmoid(), h:sin(),
+                                  h:cos(), (h * 0.5):exp(), h:square(), -h, h + 1.5, 2 - h, h / 3 })
+    end },
+    { 'broadcasting, sharing, no bias', 3, function(x, t)
+      local L = nn.linear(3)
+      local s = nn.linear(1, { bias = false })(nn.cat{ x, t })
+      local h = L(x):tanh() * s + L(x * s):silu() - s
+      return nn.linear(3)(h) + x
+    end },
+    { 'Fourier features of t and of a learned node', 1, function(x, t)
+      local u = nn.linear(1)(nn.cat{ x, t })
+      return nn.linear(1)(nn.cat{ x, nn.fourier(t, { embed = 6, scale = 3 }),
+                                  nn.fourier(t, { frequencies = { 0.5, 2, 9 } }),
+                                  nn.fourier(u, { frequencies = { 1, 3 } }) })
+    end },
+    { 'the feature net (64 wide: cuBLAS)', 1, function(x, t)
+      local w = {}
+      for k = 1, 25 do w[k] = math.exp(-10 * (k / 25 - 0.5)) end
+      local h = nn.cat{ x, nn.fourier(t, { frequencies = w }) }
+      for _ = 1, 3 do h = nn.linear(64)(h):silu() end
+      return nn.linear(1)(h)
+    end, true },
+  }
+
+  local function make_graph(g, seed, output)
+    diffuse.seed(seed)
+    return nn.net{ dim = g[2], forward = g[3], output = output }
+  end
+
+  -- within B eps32 (plus slack) of the largest gradient
+  local function grad_tol(gc, B)
+    local m = gc:abs():max()
+    return function() return 4 * B * EPS32 * m + TINY32 end
+  end
+
+  gpu_it('forward bitwise (cuBLAS layers: within their rounding), gradients within the summation bound', function()
+    for i, g in ipairs(GRAPHS) do
+      local net = make_graph(g, 1400 + i)
+      local d, B = g[2], 300
+      diffuse.seed(1410 + i)
+      local x, t, dout = tensor.randn(B, d), tensor.rand(B), tensor.randn(B, d)
+      local c, c0 = net:forward(x, t), net:forward(x, 0.3)
+      net:zero_grad()
+      net:forward(x, t)
+      net:backward(dout)
+      local gc = net:gradients()
+      net:to('cuda')
+      local gx, gt, gd = x:to('cuda'), t:to('cuda'), dout:to('cuda')
+      if g[4] then
+        local m = c:abs():max()
+        assert_within(net:forward(gx, gt), c, function() return 1e-4 * (1 + m) end, g[1] .. ': forward')
+      else
+        assert_bitwise(net:forward(gx, gt), c, g[1] .. ': forward')
+        assert_bitwise(net:forward(gx, 0.3), c0, g[1] .. ': forward at t = 0.3')
+      end
+      net:zero_grad()
+      net:forward(gx, gt)
+      net:backward(gd)
+      assert_within(net:gradients(), gc, grad_tol(gc, B), g[1] .. ': gradients')
+    end
+  end)
+
+  gpu_it('DSM losses and gradients of every output convention and weighting follow the CPU', function()
+    for i, g in ipairs(GRAPHS) do
+      for _, output in ipairs{ 'scaled', 'score', 'noise', 'denoiser' } do
+        for _, weighting in ipairs{ 'sigma2', 'likelihood', 'none' } do
+          local net = make_graph(g, 1420 + i, output)
+          local B = 200
+          diffuse.seed(1430 + i)
+          local x0 = tensor.randn(B, g[2]) * 0.5
+          local seed, stream = diffuse.rng_state()
+          net:zero_grad()
+          local lc = diffuse.loss.dsm(net, ve, x0, { tol = 1e-3, weighting = weighting })
+          local gc = net:gradients()
+          diffuse.set_rng_state(seed, stream)
+          net:to('cuda')
+          net:zero_grad()
+          local lg = diffuse.loss.dsm(net, ve, x0:to('cuda'), { tol = 1e-3, weighting = weighting })
+          local what = ('%s, %s, %s'):format(g[1], output, weighting)
+          assert_num(lg, lc, (g[4] and 1e-4 or 4 * B * EPS32) * math.abs(lc), what .. ': loss')
+          assert_within(net:gradients(), gc, g[4] and function() return 1e-3 * gc:abs():max() end
+            or grad_tol(gc, B), what .. ': gradients')
+        end
+      end
+    end
+    -- the seed's nets with other conventions leave their fused kernels for the layered path
+    for _, output in ipairs{ 'score', 'denoiser' } do
+      diffuse.seed(1440)
+      local net = nn.mlp{ dim = 1, output = output }
+      local x0 = tensor.randn(128, 1)
+      local seed, stream = diffuse.rng_state()
+      local lc = diffuse.loss.dsm(net, ve, x0, { weighting = 'none', tol = 1e-3 })
+      diffuse.set_rng_state(seed, stream)
+      net:to('cuda')
+      local lg = diffuse.loss.dsm(net, ve, x0:to('cuda'), { weighting = 'none', tol = 1e-3 })
+      assert_num(lg, lc, 4 * 128 * EPS32 * math.abs(lc), 'seed MLP, ' .. output)
+    end
+  end)
+
+  gpu_it('network-score sampler runs of composed nets and of every output convention are bitwise the CPU\'s', function()
+    for i, g in ipairs(GRAPHS) do
+      if not g[4] then
+        for _, output in ipairs{ 'scaled', 'score', 'noise', 'denoiser' } do
+          local net = make_graph(g, 1450 + i, output)
+          local c1, g1 = randn_pair({ 200, g[2] }, 1460 + i)
+          for _, method in ipairs{ 'euler', 'euler_maruyama', 'heun' } do
+            local s = diffuse.sampler{ diffuser = ve, steps = 8, method = method }
+            net:to('cpu')
+            diffuse.seed(1470 + i)
+            local c0 = s:run(c1, diffuse.score.net(net, ve))
+            net:to('cuda')
+            diffuse.seed(1470 + i)
+            local g0 = s:run(g1, diffuse.score.net(net, ve))
+            assert_bitwise(g0, c0, ('%s, %s, %s'):format(g[1], output, method))
+          end
+        end
+      end
+    end
+    for _, output in ipairs{ 'noise', 'denoiser' } do -- the fused one-kernel run of the seed MLP
+      diffuse.seed(1480)
+      local net = nn.mlp{ dim = 1, output = output }
+      local c1, g1 = randn_pair({ 300, 1 }, 1481)
+      local s = diffuse.sampler{ diffuser = ve, steps = 10, method = 'heun' }
+      local c0 = s:run(c1, diffuse.score.net(net, ve))
+      net:to('cuda')
+      assert_bitwise(s:run(g1, diffuse.score.net(net, ve)), c0, 'seed MLP, ' .. output)
+    end
+  end)
+
+  gpu_it('training with every option follows the CPU within the drift budget; graphs replay the plain loop bitwise', function()
+    local before = diffuse.cuda.graph_stats()
+    for i, g in ipairs(GRAPHS) do
+      local runs = {}
+      for _, dev in ipairs{ 'cpu', 'cuda' } do
+        local net = make_graph(g, 1490 + i, 'noise')
+        diffuse.seed(1491)
+        local data = (tensor.randn(500, g[2]) * 0.4):to(dev)
+        net:to(dev)
+        local losses, _, ema = diffuse.train{ net = net, diffuser = ve, data = data, steps = 40, batch = 256,
+          lr = 2e-3, tol = 1e-3, clip = 0.5, weighting = 'likelihood', ema = 0.9,
+          schedule = { warmup = 5, decay = 'cosine', min_lr = 1e-4 } }
+        runs[dev] = { values(losses), ema:parameters():to('cpu') }
+      end
+      local rho = 2 * gamma(256) + (g[4] and 2 * gamma(65) * 4 or 0)
+      for k = 1, 40 do
+        local c, gk = runs.cpu[1][k], runs.cuda[1][k]
+        assert_num(gk, c, (4 * EPS32 + 2 * rho * k) * math.abs(c) * 4, ('%s: loss at step %d'):format(g[1], k))
+      end
+      -- on the GPU: train's captured graphs against the plain loop of the same steps, bitwise
+      local res = {}
+      for _, how in ipairs{ 'plain', 'train' } do
+        local net = make_graph(g, 1495 + i)
+        net:to('cuda')
+        diffuse.seed(1496)
+        local data = (tensor.randn(200, g[2]) * 0.5):to('cuda')
+        local opt = diffuse.optim.adam(net, { lr = 1e-2 })
+        local ema = opt:set_ema(0.8)
+        local ls = {}
+        if how == 'plain' then
+          for k = 1, 11 do
+            net:zero_grad()
+            ls[k] = diffuse.loss.dsm(net, ve, data)
+            opt:step()
+          end
+        else
+          ls = values(diffuse.train{ net = net, diffuser = ve, data = data, steps = 11, optimizer = opt })
+        end
+        res[how] = { ls, net:parameters(), ema:parameters() }
+      end
+      assert.are.same(res.plain[1], res.train[1], g[1] .. ': losses')
+      assert_bitwise(res.train[2], res.plain[2]:to('cpu'), g[1] .. ': parameters')
+      assert_bitwise(res.train[3], res.plain[3]:to('cpu'), g[1] .. ': EMA')
+    end
+    local after = diffuse.cuda.graph_stats()
+    assert.are.equal(before.fallback_steps, after.fallback_steps, 'steps ran without a graph: ' .. tostring(after.last_failure))
+  end)
+
+  gpu_it('a composed net saved from the GPU loads on the CPU with identical parameters', function()
+    local net = make_graph(GRAPHS[3], 1500, 'denoiser')
+    net:to('cuda')
+    diffuse.seed(1501)
+    local data = (tensor.randn(128, 1) * 0.5):to('cuda')
+    local _, opt = diffuse.train{ net = net, diffuser = ve, data = data, steps = 20, tol = 1e-3, ema = 0.9 }
+    local path = os.tmpname()
+    net:save(path, opt)
+    diffuse.set_device('cpu')
+    local back, bopt = diffuse.nn.load(path)
+    os.remove(path)
+    assert.are.equal(net.graph, back.graph)
+    assert_bitwise(net:parameters(), back:parameters(), 'parameters')
+    assert_bitwise(net:frequencies(), back:frequencies(), 'frequencies')
+    assert_bitwise(opt.ema:parameters(), bopt.ema:parameters(), 'EMA')
+    local x = tensor.randn(50, 1)
+    assert_bitwise(net:forward(x:to('cuda'), 0.4), back:forward(x, 0.4), 'forward of the loaded net')
+  end)
+end)

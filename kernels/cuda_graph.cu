@@ -1,0 +1,433 @@
+/* cuda_graph.cu: traced networks (native/graph.h) on the GPU: one kernel per node over the whole
+ * batch, each node's buffers row-major [rows, width] at the feature offsets the parse laid out
+ * (offset * rows floats into the frame), a Linear's products in cuBLAS when it is wide (as the
+ * layered path of cuda_nn.cu) and in small kernels that sum in the CPU's order when narrow.
+ * The backward zeroes the frame's gradient buffers once and accumulates into them, so a node
+ * with several consumers needs no bookkeeping. cuda_nn.cu drives these for forward, backward, the
+ * DSM step and the captured training graphs, exactly as for the seed's nets. Per-row arithmetic
+ * is dmath.h's, as on the CPU; sums over rows (parameter gradients) run in fixed orders. */
+#include <stddef.h>
+#include <string.h>
+#include "cuda_internal.h"
+#include "graph.h"
+
+namespace {
+
+const int THREADS = DF_CUDA_THREADS;
+const int GEMM_MIN_WIDTH = 64;              /* layers this wide (in or out) go to cuBLAS */
+const int PG_PARAMS = 32, PG_LANES = 8;     /* k_g_param_grad: parameters x row lanes per block */
+
+unsigned grid(int64_t n) { return df_cuda_grid(n, THREADS); }
+
+/* ---- forward ------------------------------------------------------------------------------- */
+
+/* out [rows, O] = in [rows, I] W^T + b (b NULL: no bias), each sum in the CPU's order */
+__global__ void k_g_lin_fwd(float *out, const float *in, const float *W, const float *B,
+                            int64_t rows, int I, int O)
+{
+  for (int64_t j = df_gtid(); j < rows * O; j += df_gstride()) {
+    int64_t r = j / O;
+    int o = (int)(j - r * O);
+    float acc = B ? B[o] : 0.0f;
+    for (int i = 0; i < I; i++) acc = df_fmaf(W[(int64_t)o * I + i], in[r * I + i], acc);
+    out[j] = acc;
+  }
+}
+
+__global__ void k_g_bias_rows(float *out, const float *B, int64_t rows, int O)
+{
+  for (int64_t j = df_gtid(); j < rows * O; j += df_gstride()) out[j] = B ? B[j % O] : 0.0f;
+}
+
+/* columns [off, off + wa) of out [rows, W] = a [rows, wa] */
+__global__ void k_g_cat(float *out, int W, int off, const float *a, int wa, int64_t rows)
+{
+  for (int64_t j = df_gtid(); j < rows * wa; j += df_gstride()) {
+    int64_t r = j / wa;
+    out[r * W + off + (j - r * wa)] = a[j];
+  }
+}
+
+/* out [rows, w] = a op b, a width of 1 broadcasting */
+__global__ void k_g_bin(int op, float *out, const float *a, int wa, const float *b, int wb, int w,
+                        int64_t rows)
+{
+  for (int64_t j = df_gtid(); j < rows * w; j += df_gstride()) {
+    int64_t r = j / w;
+    int c = (int)(j - r * w);
+    float x = a[r * wa + (wa == 1 ? 0 : c)], y = b[r * wb + (wb == 1 ? 0 : c)];
+    out[j] = op == DF_G_ADD ? x + y : op == DF_G_SUB ? x - y : x * y;
+  }
+}
+
+__global__ void k_g_scal(int op, float *out, const float *a, float c, int64_t n)
+{
+  for (int64_t i = df_gtid(); i < n; i += df_gstride()) {
+    float x = a[i];
+    out[i] = op == DF_G_ADDC ? x + c : op == DF_G_MULC ? x * c : op == DF_G_RSUBC ? c - x : x / c;
+  }
+}
+
+/* value and (silu, tanh, gelu: the activation's aux; sin, cos: the other of the pair) aux */
+__global__ void k_g_unary(int op, float *out, float *aux, const float *a, int64_t n)
+{
+  for (int64_t i = df_gtid(); i < n; i += df_gstride()) {
+    float x = a[i], v, u = 0.0f;
+    switch (op) {
+    case DF_G_SILU: v = df_act_fwd(DF_ACT_SILU, x, &u); break;
+    case DF_G_TANH: v = df_act_fwd(DF_ACT_TANH, x, &u); break;
+    case DF_G_GELU: v = df_act_fwd(DF_ACT_GELU, x, &u); break;
+    case DF_G_RELU: v = df_reluf(x); break;
+    case DF_G_SIGMOID: v = df_sigmoidf(x); break;
+    case DF_G_SIN: df_sincosf(x, &v, &u); break;
+    case DF_G_COS: df_sincosf(x, &u, &v); break;
+    case DF_G_EXP: v = df_expf(x); break;
+    default: v = x * x; break; /* square */
+    }
+    out[i] = v;
+    if (aux) aux[i] = u;
+  }
+}
+
+/* [sin k w_j u, cos k w_j u] of u [rows, 1], k = 2 pi (df_fourier) or 1 */
+__global__ void k_g_fourier(float *out, const float *u, const float *w, int nf, int gauss,
+                            int64_t rows)
+{
+  for (int64_t j = df_gtid(); j < rows * nf; j += df_gstride()) {
+    int64_t r = j / nf;
+    int q = (int)(j - r * nf);
+    float s, c;
+    if (gauss) df_fourier(u[r], w[q], &s, &c);
+    else df_sincosf_short(u[r] * w[q], &s, &c);
+    out[r * 2 * nf + q] = s;
+    out[r * 2 * nf + nf + q] = c;
+  }
+}
+
+/* ---- backward (every gradient buffer accumulates: +=) ---------------------------------------- */
+
+/* dinp [rows, I] += dout [rows, O] W, the sum over outputs in order */
+__global__ void k_g_lin_dinp(float *dinp, const float *dout, const float *W, int64_t rows, int I,
+                             int O)
+{
+  for (int64_t j = df_gtid(); j < rows * I; j += df_gstride()) {
+    int64_t r = j / I;
+    int i = (int)(j - r * I);
+    float acc = 0.0f;
+    for (int o = 0; o < O; o++) acc = df_fmaf(W[(int64_t)o * I + i], dout[r * O + o], acc);
+    dinp[j] += acc;
+  }
+}
+
+/* gW [O, I] += dout^T in (I = 0: none) and gB [O] += column sums of dout (gB NULL: none). A
+   block takes PG_PARAMS parameters; lane g of one sums rows g, g + PG_LANES, ... in order, then
+   the lanes are added in order: a fixed order for given sizes */
+__global__ void k_g_param_grad(float *gW, float *gB, const float *dout, const float *in,
+                               int64_t rows, int I, int O)
+{
+  __shared__ float sh[PG_LANES][PG_PARAMS];
+  const int64_t nw = (int64_t)O * I, P = nw + (gB ? O : 0);
+  const int pl = threadIdx.x % PG_PARAMS, lane = threadIdx.x / PG_PARAMS;
+  for (int64_t g0 = (int64_t)blockIdx.x * PG_PARAMS; g0 < P; g0 += (int64_t)gridDim.x * PG_PARAMS) {
+    const int64_t p = g0 + pl;
+    float acc = 0.0f;
+    if (p < nw) {
+      int64_t o = p / I, i = p - o * I;
+      for (int64_t r = lane; r < rows; r += PG_LANES) acc = df_fmaf(dout[r * O + o], in[r * I + i], acc);
+    } else if (p < P) {
+      for (int64_t r = lane; r < rows; r += PG_LANES) acc += dout[r * O + (p - nw)];
+    }
+    sh[lane][pl] = acc;
+    __syncthreads();
+    if (lane == 0 && p < P) {
+      float s = sh[0][pl];
+      for (int k = 1; k < PG_LANES; k++) s += sh[k][pl];
+      float *dst = p < nw ? gW + p : gB + (p - nw);
+      *dst = *dst + s;
+    }
+    __syncthreads();
+  }
+}
+
+/* ga [rows, wa] += columns [off, off + wa) of g [rows, W] */
+__global__ void k_g_cat_bwd(float *ga, const float *g, int W, int off, int wa, int64_t rows)
+{
+  for (int64_t j = df_gtid(); j < rows * wa; j += df_gstride()) {
+    int64_t r = j / wa;
+    ga[j] += g[r * W + off + (j - r * wa)];
+  }
+}
+
+/* an operand's share of a broadcast op's gradient g [rows, w]: gx [rows, wx] += sign g (times m,
+   the other operand, for MUL), summed over the columns in order when x broadcast (wx = 1 < w) */
+__global__ void k_g_bin_bwd(float *gx, int wx, const float *g, int w, const float *m, int wm,
+                            float sign, int64_t rows)
+{
+  for (int64_t j = df_gtid(); j < rows * wx; j += df_gstride()) {
+    int64_t r = j / wx;
+    int c0 = (int)(j - r * wx);
+    float acc = 0.0f;
+    for (int c = (wx == w ? c0 : 0); c < (wx == w ? c0 + 1 : w); c++) {
+      float v = g[r * w + c];
+      if (m) v = v * m[r * wm + (wm == 1 ? 0 : c)];
+      acc = sign > 0.0f ? acc + v : acc - v;
+    }
+    gx[j] += acc;
+  }
+}
+
+/* ga += g f'(a) for the one-input nodes (val: the node's value, aux: its aux buffer) */
+__global__ void k_g_unary_bwd(int op, float *ga, const float *g, const float *a, const float *val,
+                              const float *aux, float c, int64_t n)
+{
+  for (int64_t i = df_gtid(); i < n; i += df_gstride()) {
+    float gi = g[i], d;
+    switch (op) {
+    case DF_G_ADDC: d = gi; break;
+    case DF_G_MULC: d = gi * c; break;
+    case DF_G_RSUBC: d = -gi; break;
+    case DF_G_DIVC: d = gi / c; break;
+    case DF_G_SILU: d = gi * df_act_bwd(DF_ACT_SILU, a[i], aux[i]); break;
+    case DF_G_TANH: d = gi * df_act_bwd(DF_ACT_TANH, a[i], aux[i]); break;
+    case DF_G_GELU: d = gi * df_act_bwd(DF_ACT_GELU, a[i], aux[i]); break;
+    case DF_G_RELU: d = a[i] > 0.0f ? gi : 0.0f; break;
+    case DF_G_SIGMOID: d = gi * (val[i] * (1.0f - val[i])); break;
+    case DF_G_SIN: d = gi * aux[i]; break;
+    case DF_G_COS: d = -(gi * aux[i]); break;
+    case DF_G_EXP: d = gi * val[i]; break;
+    default: d = gi * (2.0f * a[i]); break; /* square */
+    }
+    ga[i] += d;
+  }
+}
+
+/* gu [rows, 1] += sum_j k w_j (g_sin cos - g_cos sin) */
+__global__ void k_g_fourier_bwd(float *gu, const float *g, const float *f, const float *w, int nf,
+                                int gauss, int64_t rows)
+{
+  for (int64_t r = df_gtid(); r < rows; r += df_gstride()) {
+    float acc = 0.0f;
+    for (int j = 0; j < nf; j++) {
+      const float kw = gauss ? w[j] * 6.28318530717958648f : w[j];
+      const int64_t s = r * 2 * nf + j, c = s + nf;
+      acc += kw * (g[s] * f[c] - g[c] * f[s]);
+    }
+    gu[r] += acc;
+  }
+}
+
+/* ---- host side ---------------------------------------------------------------------------------- */
+
+struct Pass {
+  const char *op;
+  int dev;
+  cudaStream_t st;
+  cublasHandle_t *blas;
+  const df_graph *g;
+  const float *params, *fixed;
+  float *fr;            /* the frame: node buffers at offset * rows */
+  int64_t rows;
+};
+
+#define LAUNCHED_P(p) CK((p).op, "kernel launch", cudaGetLastError())
+
+float *buf(const Pass &p, int64_t off) { return p.fr + off * p.rows; }
+const df_gnode *node(const Pass &p, int i) { return &p.g->nodes[i]; }
+bool wide(int I, int O) { return I >= GEMM_MIN_WIDTH || O >= GEMM_MIN_WIDTH; }
+
+int need_blas(Pass &p)
+{
+  if (!*p.blas) TRY(df_cuda_blas_on(p.op, p.dev, p.st, p.blas));
+  return DF_OK;
+}
+
+int lin_fwd(Pass &p, const df_gnode *n)
+{
+  const df_glayer *L = &p.g->layers[n->layer];
+  const float *W = p.params + L->woff, *B = L->bias ? p.params + L->boff : nullptr;
+  const float *in = buf(p, node(p, n->a)->val);
+  float *out = buf(p, n->val);
+  const int64_t rows = p.rows;
+  if (!wide(L->in, L->out)) {
+    k_g_lin_fwd<<<grid(rows * L->out), THREADS, 0, p.st>>>(out, in, W, B, rows, L->in, L->out);
+    LAUNCHED_P(p);
+    return DF_OK;
+  }
+  TRY(need_blas(p));
+  k_g_bias_rows<<<grid(rows * L->out), THREADS, 0, p.st>>>(out, B, rows, L->out);
+  LAUNCHED_P(p);
+  const float one = 1.0f; /* out^T (O x rows) += W^T... column-major, as cuda_nn.cu's lin_fwd */
+  cublasStatus_t s = cublasSgemm_64(*p.blas, CUBLAS_OP_T, CUBLAS_OP_N, L->out, rows, L->in, &one, W,
+                                    L->in, in, L->in, &one, out, L->out);
+  if (s != CUBLAS_STATUS_SUCCESS) return df_cuda_blas_error(p.op, "cublasSgemm (forward)", s);
+  return DF_OK;
+}
+
+int lin_bwd(Pass &p, const df_gnode *n, const float *G, float *grads)
+{
+  const df_glayer *L = &p.g->layers[n->layer];
+  const df_gnode *a = node(p, n->a);
+  const float *W = p.params + L->woff, *in = buf(p, a->val);
+  float *gW = grads + L->woff, *gB = L->bias ? grads + L->boff : nullptr;
+  const int64_t rows = p.rows;
+  const int I = L->in, O = L->out;
+  if (!wide(I, O)) {
+    int64_t P = (int64_t)O * I + (gB ? O : 0);
+    k_g_param_grad<<<df_cuda_grid((P + PG_PARAMS - 1) / PG_PARAMS, 1), PG_PARAMS * PG_LANES, 0,
+                     p.st>>>(gW, gB, G, in, rows, I, O);
+    LAUNCHED_P(p);
+    if (a->grad >= 0) {
+      k_g_lin_dinp<<<grid(rows * I), THREADS, 0, p.st>>>(buf(p, a->grad), G, W, rows, I, O);
+      LAUNCHED_P(p);
+    }
+    return DF_OK;
+  }
+  TRY(need_blas(p));
+  if (gB) {
+    k_g_param_grad<<<df_cuda_grid((O + PG_PARAMS - 1) / PG_PARAMS, 1), PG_PARAMS * PG_LANES, 0,
+                     p.st>>>(nullptr, gB, G, nullptr, rows, 0, O);
+    LAUNCHED_P(p);
+  }
+  const float one = 1.0f;
+  cublasStatus_t s = cublasSgemm_64(*p.blas, CUBLAS_OP_N, CUBLAS_OP_T, I, O, rows, &one, in, I, G,
+                                    O, &one, gW, I);
+  if (s != CUBLAS_STATUS_SUCCESS) return df_cuda_blas_error(p.op, "cublasSgemm (weight gradient)", s);
+  if (a->grad >= 0) { /* dinp += ...: beta = 1 accumulates */
+    s = cublasSgemm_64(*p.blas, CUBLAS_OP_N, CUBLAS_OP_N, I, rows, O, &one, W, I, G, O, &one,
+                       buf(p, a->grad), I);
+    if (s != CUBLAS_STATUS_SUCCESS) return df_cuda_blas_error(p.op, "cublasSgemm (input gradient)", s);
+  }
+  return DF_OK;
+}
+
+} // namespace
+
+df_cuda_glayout df_cuda_graph_layout(const df_graph *g, int64_t rows)
+{
+  df_cuda_glayout y;
+  int64_t off = 0;
+  auto take = [&](int64_t floats) {
+    int64_t at = off;
+    off += (floats + 63) / 64 * 64;
+    return at;
+  };
+  if (rows < 1) rows = 1;
+  y.lpart = take(2 * 256 + 2); /* the loss kernel's partials (doubles), then a norm (a double) */
+  y.eta = take(rows * g->dim);
+  y.x0 = take(rows * g->dim);
+  y.dout = take(rows * g->dim);
+  y.frame = take(rows * g->frame);
+  y.total = off;
+  return y;
+}
+
+float *df_cuda_graph_val(const df_graph *g, float *ws, int64_t rows, int i)
+{
+  return ws + df_cuda_graph_layout(g, rows).frame + g->nodes[i].val * (rows < 1 ? 1 : rows);
+}
+
+int df_cuda_graph_forward(const char *op, int dev, cudaStream_t st, cublasHandle_t *blas,
+                          const df_graph *g, const float *params, const float *fixed, float *ws,
+                          int64_t rows)
+{
+  Pass p = { op, dev, st, blas, g, params, fixed, ws + df_cuda_graph_layout(g, rows).frame, rows };
+  for (int i = 2; i < g->nnodes; i++) {
+    const df_gnode *n = &g->nodes[i];
+    if (!n->live) continue;
+    const int64_t N = rows * n->width;
+    float *out = buf(p, n->val);
+    const float *A = n->a >= 0 ? buf(p, node(p, n->a)->val) : nullptr;
+    switch (n->op) {
+    case DF_G_LINEAR: TRY(lin_fwd(p, n)); continue;
+    case DF_G_CAT: {
+      int off = 0;
+      for (int k = 0; k < n->ncat; k++) {
+        const df_gnode *a = node(p, g->cat[n->cat0 + k]);
+        k_g_cat<<<grid(rows * a->width), THREADS, 0, st>>>(out, n->width, off, buf(p, a->val), a->width, rows);
+        LAUNCHED_P(p);
+        off += a->width;
+      }
+      continue;
+    }
+    case DF_G_ADD: case DF_G_SUB: case DF_G_MUL: {
+      const df_gnode *a = node(p, n->a), *b = node(p, n->b);
+      k_g_bin<<<grid(N), THREADS, 0, st>>>(n->op, out, A, a->width, buf(p, b->val), b->width, n->width, rows);
+      break;
+    }
+    case DF_G_ADDC: case DF_G_MULC: case DF_G_RSUBC: case DF_G_DIVC:
+      k_g_scal<<<grid(N), THREADS, 0, st>>>(n->op, out, A, n->c, N);
+      break;
+    case DF_G_FOURIER:
+      k_g_fourier<<<grid(rows * n->nfreq), THREADS, 0, st>>>(out, A, fixed + n->foff, n->nfreq, n->gauss, rows);
+      break;
+    default:
+      k_g_unary<<<grid(N), THREADS, 0, st>>>(n->op, out, n->aux >= 0 ? buf(p, n->aux) : nullptr, A, N);
+      break;
+    }
+    LAUNCHED_P(p);
+  }
+  return DF_OK;
+}
+
+int df_cuda_graph_backward(const char *op, int dev, cudaStream_t st, cublasHandle_t *blas,
+                           const df_graph *g, const float *params, const float *fixed, float *ws,
+                           int64_t rows, const float *dout, float *grads)
+{
+  Pass p = { op, dev, st, blas, g, params, fixed, ws + df_cuda_graph_layout(g, rows).frame, rows };
+  int64_t first = g->frame; /* the gradient buffers sit after all values: zero them at once */
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->nodes[i].grad >= 0 && g->nodes[i].grad < first) first = g->nodes[i].grad;
+  if (first < g->frame)
+    CK(op, "cudaMemsetAsync of the node gradients",
+       cudaMemsetAsync(buf(p, first), 0, (size_t)((g->frame - first) * rows) * sizeof(float), st));
+  for (int i = g->out; i >= 2; i--) {
+    const df_gnode *n = &g->nodes[i];
+    if (!n->live || !n->pdep) continue;
+    const float *G = i == g->out ? dout : buf(p, n->grad);
+    const int64_t N = rows * n->width;
+    const df_gnode *a = n->a >= 0 ? node(p, n->a) : nullptr;
+    switch (n->op) {
+    case DF_G_LINEAR: TRY(lin_bwd(p, n, G, grads)); continue;
+    case DF_G_CAT: {
+      int off = 0;
+      for (int k = 0; k < n->ncat; k++) {
+        const df_gnode *c = node(p, g->cat[n->cat0 + k]);
+        if (c->grad >= 0) {
+          k_g_cat_bwd<<<grid(rows * c->width), THREADS, 0, st>>>(buf(p, c->grad), G, n->width, off, c->width, rows);
+          LAUNCHED_P(p);
+        }
+        off += c->width;
+      }
+      continue;
+    }
+    case DF_G_ADD: case DF_G_SUB: case DF_G_MUL: {
+      const df_gnode *b = node(p, n->b);
+      const bool mul = n->op == DF_G_MUL;
+      if (a->grad >= 0) {
+        k_g_bin_bwd<<<grid(rows * a->width), THREADS, 0, st>>>(buf(p, a->grad), a->width, G, n->width,
+                                                              mul ? buf(p, b->val) : nullptr, b->width, 1.0f, rows);
+        LAUNCHED_P(p);
+      }
+      if (b->grad >= 0) {
+        k_g_bin_bwd<<<grid(rows * b->width), THREADS, 0, st>>>(buf(p, b->grad), b->width, G, n->width,
+                                                              mul ? buf(p, a->val) : nullptr, a->width,
+                                                              n->op == DF_G_SUB ? -1.0f : 1.0f, rows);
+        LAUNCHED_P(p);
+      }
+      continue;
+    }
+    case DF_G_FOURIER:
+      if (a->grad < 0) continue;
+      k_g_fourier_bwd<<<grid(rows), THREADS, 0, st>>>(buf(p, a->grad), G, buf(p, n->val), fixed + n->foff,
+                                                      n->nfreq, n->gauss, rows);
+      break;
+    default:
+      if (a->grad < 0) continue;
+      k_g_unary_bwd<<<grid(N), THREADS, 0, st>>>(n->op, buf(p, a->grad), G, buf(p, a->val), buf(p, n->val),
+                                                 n->aux >= 0 ? buf(p, n->aux) : nullptr, n->c, N);
+      break;
+    }
+    LAUNCHED_P(p);
+  }
+  return DF_OK;
+}
