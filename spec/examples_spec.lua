@@ -25,8 +25,9 @@ local ARGS = {
   ['heat_kernel.lua'] = '--samples 2000 --grid 24',
   ['forward.lua'] = '--samples 2000',
   ['denoise_exact.lua'] = '--samples 500 --steps 20',
-  ['train_mlp.lua'] = '--steps 50 --samples 256 --sample-steps 20 --save OUT/mlp.ckpt',
-  ['train_time_embedded.lua'] = '--steps 50 --samples 256 --sample-steps 20',
+  ['train.lua'] = '--net film --steps 50 --samples 256 --sample-steps 20 --ema 0.9 --clip 1 '
+    .. '--warmup 5 --decay cosine --output noise --save OUT/net.ckpt',
+  ['time_embedding_study.lua'] = '--steps 30 --seeds 2 --samples 256 --sample-steps 10',
   ['compare_networks.lua'] = '--steps 50 --samples 256 --sample-steps 20 --seeds 2',
   ['mixture.lua'] = '--steps 50 --data 1024 --batch 256 --hidden 8 --samples 512 --sample-steps 20',
   ['tensor_tour.lua'] = false,   -- prints only; takes no options
@@ -102,10 +103,17 @@ describe('examples', function()
         for _ in csv:gmatch('[^\n]+') do lines = lines + 1 end
         assert.are.equal(1 + 3 * 2, lines)   -- header, then mlp, temb, exact for each seed
         assert.is_nil(csv:lower():find('nan', 1, true))
-      elseif name == 'train_mlp.lua' then
-        local net, opt = diffuse.nn.load(outdir .. '/mlp.ckpt')
-        assert.are.equal('mlp', net.kind)
+      elseif name == 'train.lua' then
+        local net, opt = diffuse.nn.load(outdir .. '/net.ckpt')
+        assert.are.equal('net', net.kind)
+        assert.are.equal('noise', net.output)
         assert.are.equal(50, opt.t)
+        assert.are.equal(0.9, opt.ema_decay)
+        assert.are.equal('cosine', opt.schedule.decay)
+      elseif name == 'time_embedding_study.lua' then
+        local md = read(outdir .. '/time_embedding_study.md')
+        assert.truthy(md:find('| time-embedded, scale 0.3 |', 1, true))
+        assert.truthy(md:find('\nConclusion %(2 seeds, compared seed by seed%): the time embedding is '))
       end
     end
   end)
