@@ -75,6 +75,7 @@ function M.versus(name, ours, workload, threads, reps, extra)
   -- reference's process a CPU that went idle can take milliseconds to wake, which is the
   -- machine's cost, not the library's
   local inner = math.max(1, math.min(200, math.floor(0.1 / math.max(M.clock() - t0, 1e-6))))
+  local work -- FLOPs of the whole run, as the reference counts them (its flops_per_step.total)
   for i = 1, reps do
     for _ = 1, inner do
       collectgarbage()
@@ -84,6 +85,7 @@ function M.versus(name, ours, workload, threads, reps, extra)
     end
     local rec = M.peer(workload, threads, extra)
     b[i] = rec and rec.wall_s or nil
+    if rec and rec.total and rec.steps then work = rec.total * rec.steps end
   end
   table.sort(a)
   local ra = a[(#a + 1) // 2]
@@ -93,19 +95,42 @@ function M.versus(name, ours, workload, threads, reps, extra)
     rb = b[(reps + 1) // 2]
   end
   return { name = name, threads = threads or 1, diffuse_s = ra, torch_s = rb,
-           ratio = rb and rb / ra or nil }
+           ratio = rb and rb / ra or nil, gflops = work and work / ra / 1e9 or nil,
+           torch_gflops = work and rb and work / rb / 1e9 or nil }
+end
+
+--- the core's peak float32 rate, one thread: measured by bench/peak.c (build/peak, which make
+--- bench builds: independent chains of vector fmas), else estimated as 32 FLOPs a cycle at the
+--- clock /proc/cpuinfo reports (a VM's base clock, below the boost clock the chains measure)
+function M.peak_gflops()
+  if M._peak ~= nil then return M._peak end
+  local p = io.popen('build/peak 2>/dev/null')
+  M._peak = tonumber(p and p:read('a') or '') or false
+  if p then p:close() end
+  if not M._peak then
+    local f = io.open('/proc/cpuinfo')
+    local mhz = f and tonumber(f:read('a'):match('cpu MHz%s*:%s*([%d%.]+)'))
+    if f then f:close() end
+    M._peak = mhz and 32 * mhz / 1e3 or false
+  end
+  return M._peak or nil
 end
 
 function M.report(rows, title)
   print(title or '')
-  print(('%-22s %8s %14s %14s %10s'):format('workload', 'threads', 'diffuse (ms)', 'torch (ms)', 'speedup'))
+  local peak = M.peak_gflops()
+  print(('%-22s %8s %14s %14s %10s %16s %8s'):format('workload', 'threads', 'diffuse (ms)', 'torch (ms)', 'speedup',
+    'GFLOP/s (torch)', 'of peak'))
   for _, r in ipairs(rows) do
-    print(('%-22s %8d %14.3f %14s %10s'):format(r.name, r.threads, r.diffuse_s * 1e3,
-      r.torch_s and ('%.3f'):format(r.torch_s * 1e3) or '-', r.ratio and ('%.1fx'):format(r.ratio) or '-'))
+    print(('%-22s %8d %14.3f %14s %10s %16s %8s'):format(r.name, r.threads, r.diffuse_s * 1e3,
+      r.torch_s and ('%.3f'):format(r.torch_s * 1e3) or '-', r.ratio and ('%.1fx'):format(r.ratio) or '-',
+      r.gflops and ('%.1f (%.2f)'):format(r.gflops, r.torch_gflops or 0) or '-',
+      (r.gflops and peak) and ('%.0f%%'):format(100 * r.gflops / (peak * r.threads)) or '-'))
   end
   for _, r in ipairs(rows) do
-    print(('{"bench":%q,"threads":%d,"diffuse_s":%.6g,"torch_s":%s,"ratio":%s}'):format(r.name, r.threads,
-      r.diffuse_s, r.torch_s and ('%.6g'):format(r.torch_s) or 'null', r.ratio and ('%.4g'):format(r.ratio) or 'null'))
+    print(('{"bench":%q,"threads":%d,"diffuse_s":%.6g,"torch_s":%s,"ratio":%s,"gflops":%s}'):format(r.name, r.threads,
+      r.diffuse_s, r.torch_s and ('%.6g'):format(r.torch_s) or 'null', r.ratio and ('%.4g'):format(r.ratio) or 'null',
+      r.gflops and ('%.4g'):format(r.gflops) or 'null'))
   end
 end
 

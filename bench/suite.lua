@@ -12,8 +12,34 @@ for _, a in ipairs(arg or {}) do if a == '--quick' then quick = true end end
 local ve = diffuse.ve(1.1)
 
 -- the workloads, as the reference defines them (seed_reference.py)
+local nn = diffuse.nn
 local function mlp() return diffuse.nn.mlp{ dim = 1 } end
 local function temb() return diffuse.nn.time_embedded{ dim = 1, hidden = 8, embed = 256, scale = 30 } end
+-- user-composed architectures (nn.net): the peer's FeatureScoreNet, and the seed's two nets as
+-- graphs (the same arithmetic as the fused paths: how much the generic executor costs)
+local function feat()
+  local w = {}
+  for k = 1, 25 do w[k] = math.exp(-10 * (k / 25 - 0.5)) end
+  return nn.net{ dim = 1, forward = function(x, t)
+    local h = nn.cat{ x, nn.fourier(t, { frequencies = w }) }
+    for _ = 1, 3 do h = nn.linear(64)(h):silu() end
+    return nn.linear(1)(h)
+  end }
+end
+local function mlp_graph()
+  return nn.net{ dim = 1, forward = function(x, t)
+    local h = nn.linear(8)(nn.cat{ x, t }):silu()
+    h = nn.linear(8)(h):silu()
+    h = nn.linear(8)(h):silu()
+    return nn.linear(1)(h)
+  end }
+end
+local function temb_graph()
+  return nn.net{ dim = 1, forward = function(x, t)
+    local e = nn.linear(8)(nn.fourier(t, { embed = 256, scale = 30 })):silu()
+    return nn.linear(1)((nn.linear(8)(x) + e):silu())
+  end }
+end
 
 local function trainer(make, batch, steps, hidden)
   local data = tensor.zeros(batch, 1)
@@ -51,6 +77,12 @@ local workloads = {
   { 'sample_temb', function() return sampler_net(temb) end, 3 },
   -- the wide MLP: batch 65536, width 256, 3 steps (the reference takes seconds per step)
   { 'train_mlp_wide', function() return trainer(nil, 65536, 3, 256) end, 2, '--steps 3' },
+  { 'train_feat', function() return trainer(feat, 1024, 1000) end, 3 },
+  { 'sample_feat', function() return sampler_net(feat) end, 3 },
+  -- the seed's nets as composed graphs, against the same reference workloads
+  { 'train_mlp (graph)', function() return trainer(mlp_graph, 1024, 1000) end, 3, nil, 'train_mlp' },
+  { 'sample_net (graph)', function() return sampler_net(mlp_graph) end, 3, nil, 'sample_net' },
+  { 'train_temb (graph)', function() return trainer(temb_graph, 1024, 1000) end, 3, nil, 'train_temb' },
 }
 
 local all = {}
@@ -59,13 +91,30 @@ for _, threads in ipairs{ 1, 2 } do
   local rows = {}
   for _, w in ipairs(workloads) do
     local reps = quick and 1 or w[3]
-    local r = B.versus(w[1], w[2](), w[1], threads, reps, w[4])
+    local r = B.versus(w[1], w[2](), w[5] or w[1], threads, reps, w[4])
     rows[#rows + 1] = r
     all[#all + 1] = r
     io.stderr:write(('  %s, %d thread(s): %.3f ms vs %s\n'):format(w[1], threads, r.diffuse_s * 1e3,
       r.torch_s and ('%.3f ms'):format(r.torch_s * 1e3) or '-'))
   end
   B.report(rows, ('\n== %d thread%s: %s'):format(threads, threads > 1 and 's' or '', diffuse.summary()))
+end
+
+-- the generic graph executor against the hand-fused paths of the same nets (same run)
+print('\n== composed graphs against the fused paths (time of the graph / time of the fused net)')
+print(('%-22s %10s %10s'):format('workload', '1 thread', '2 threads'))
+local byname = {}
+for _, r in ipairs(all) do byname[r.name .. r.threads] = r end
+for _, pair in ipairs{ { 'train_mlp (graph)', 'train_mlp' }, { 'sample_net (graph)', 'sample_net' },
+                       { 'train_temb (graph)', 'train_temb' } } do
+  local cells = {}
+  for i, th in ipairs{ 1, 2 } do
+    local g, f = byname[pair[1] .. th], byname[pair[2] .. th]
+    cells[i] = (g and f) and ('%.2fx'):format(g.diffuse_s / f.diffuse_s) or '-'
+  end
+  print(('%-22s %10s %10s'):format(pair[2], cells[1], cells[2]))
+  print(('{"bench":"graph_vs_fused","workload":%q,"ratio_1":%s,"ratio_2":%s}'):format(pair[2],
+    cells[1]:match('[%d%.]+') or 'null', cells[2]:match('[%d%.]+') or 'null'))
 end
 
 -- two threads against one, for diffuse and for the reference
