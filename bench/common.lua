@@ -117,8 +117,8 @@ function M.peak_gflops()
 end
 
 function M.report(rows, title)
-  print(title or '')
   local peak = M.peak_gflops()
+  print((title or '') .. (peak and ('  (peak %.1f GFLOP/s a thread, measured by build/peak)'):format(peak) or ''))
   print(('%-22s %8s %14s %14s %10s %16s %8s'):format('workload', 'threads', 'diffuse (ms)', 'torch (ms)', 'speedup',
     'GFLOP/s (torch)', 'of peak'))
   for _, r in ipairs(rows) do

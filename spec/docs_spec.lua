@@ -94,4 +94,18 @@ describe("README's transcripts", function()
     end
     assert.is_true(checked >= 2, 'README: the taste comments no values')
   end)
+
+  it("'Networks you compose' runs after the taste as written", function()
+    local s = readme()
+    local taste = block(s:sub((assert(s:find('## A taste', 1, true)))), '```lua\n'):gsub('^```lua\n', '')
+    local nets = block(s:sub((assert(s:find('## Networks you compose', 1, true)))), '```lua\n'):gsub('^```lua\n', '')
+    local real_stderr = io.stderr
+    io.stderr = assert(io.open('/dev/null', 'w'))
+    local ok, printed = pcall(capture, assert(load(taste .. nets, '=nets', 't', setmetatable({}, { __index = _G }))))
+    io.stderr:close()
+    io.stderr = real_stderr
+    assert(ok, printed)
+    assert.matches("diffuse%.nn%.net{dim = 1, output = 'noise'}", printed)
+    assert.matches('fourier%(2%): %[sin, cos%]%(w u%), 25 given w', printed)
+  end)
 end)
