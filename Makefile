@@ -5,6 +5,7 @@
 #   make test       the busted suite on the in-tree build
 #   make asan       the suite under AddressSanitizer + UBSan
 #   make valgrind   the suite under valgrind (memcheck)
+#   make test-cuda-emu  the CUDA parity specs on a CPU emulation of the kernels
 #   make bench      benchmarks (never run in CI)
 #   make demo       the flagship experiment
 #   make deps       install missing Debian packages (as root)
@@ -68,7 +69,7 @@ ifeq ($(WITH_CUDA),1)
   TARGETS += build/diffuse/cuda.so
 endif
 
-.PHONY: cuda-info all test test-cuda bench-cuda asan vecreport valgrind bench demo deps install clean
+.PHONY: cuda-info all test test-cuda test-cuda-emu bench-cuda asan vecreport valgrind bench demo deps install clean
 
 all: $(TARGETS)
 
@@ -139,6 +140,11 @@ test-cuda: all
 bench-cuda: all
 	$(BENCH_ENV) $(LUA) bench/cuda.lua
 
+# the CUDA parity specs on a CPU emulation of the CUDA runtime and kernels (tools/cuda_emu): they
+# run here and in CI, where without a GPU they would pend
+test-cuda-emu: build/diffuse/core.so
+	bash tools/cuda_emu/run.sh
+
 # ---- benchmarks and demo -----------------------------------------------------------------------
 BENCH_ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;bench/?.lua;;' LUA_CPATH='build/?.so;;'
 # the measured peak FMA rate the suite reports its GFLOP/s against (contraction on purpose here)
@@ -176,4 +182,4 @@ install: all
 	cp $(TARGETS) $(LIBDIR)/diffuse/
 
 clean:
-	rm -rf build build-asan build-vg
+	rm -rf build build-asan build-vg build-emu

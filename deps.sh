@@ -2,7 +2,7 @@
 # deps.sh: install the Debian packages diffuse needs to build, test and draw (when run as root);
 # otherwise say which are missing. Used by README's quick start and by .ci/run.
 set -u
-PACKAGES="lua5.4 liblua5.4-dev lua-busted luarocks gcc make pkg-config librsvg2-bin"
+PACKAGES="lua5.4 liblua5.4-dev lua-busted luarocks gcc g++ make pkg-config python3 librsvg2-bin"
 missing=""
 for p in $PACKAGES; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

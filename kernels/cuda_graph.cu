@@ -9,35 +9,17 @@
 #include <stddef.h>
 #include <string.h>
 #include "cuda_internal.h"
+#include "cuda_layers.h"
 #include "graph.h"
 
 namespace {
 
 const int THREADS = DF_CUDA_THREADS;
 const int GEMM_MIN_WIDTH = 64;              /* layers this wide (in or out) go to cuBLAS */
-const int PG_PARAMS = 32, PG_LANES = 8;     /* k_g_param_grad: parameters x row lanes per block */
 
 unsigned grid(int64_t n) { return df_cuda_grid(n, THREADS); }
 
 /* ---- forward ------------------------------------------------------------------------------- */
-
-/* out [rows, O] = in [rows, I] W^T + b (b NULL: no bias), each sum in the CPU's order */
-__global__ void k_g_lin_fwd(float *out, const float *in, const float *W, const float *B,
-                            int64_t rows, int I, int O)
-{
-  for (int64_t j = df_gtid(); j < rows * O; j += df_gstride()) {
-    int64_t r = j / O;
-    int o = (int)(j - r * O);
-    float acc = B ? B[o] : 0.0f;
-    for (int i = 0; i < I; i++) acc = df_fmaf(W[(int64_t)o * I + i], in[r * I + i], acc);
-    out[j] = acc;
-  }
-}
-
-__global__ void k_g_bias_rows(float *out, const float *B, int64_t rows, int O)
-{
-  for (int64_t j = df_gtid(); j < rows * O; j += df_gstride()) out[j] = B ? B[j % O] : 0.0f;
-}
 
 /* columns [off, off + wa) of out [rows, W] = a [rows, wa] */
 __global__ void k_g_cat(float *out, int W, int off, const float *a, int wa, int64_t rows)
@@ -105,49 +87,6 @@ __global__ void k_g_fourier(float *out, const float *u, const float *w, int nf, 
 }
 
 /* ---- backward (every gradient buffer accumulates: +=) ---------------------------------------- */
-
-/* dinp [rows, I] += dout [rows, O] W, the sum over outputs in order */
-__global__ void k_g_lin_dinp(float *dinp, const float *dout, const float *W, int64_t rows, int I,
-                             int O)
-{
-  for (int64_t j = df_gtid(); j < rows * I; j += df_gstride()) {
-    int64_t r = j / I;
-    int i = (int)(j - r * I);
-    float acc = 0.0f;
-    for (int o = 0; o < O; o++) acc = df_fmaf(W[(int64_t)o * I + i], dout[r * O + o], acc);
-    dinp[j] += acc;
-  }
-}
-
-/* gW [O, I] += dout^T in (I = 0: none) and gB [O] += column sums of dout (gB NULL: none). A
-   block takes PG_PARAMS parameters; lane g of one sums rows g, g + PG_LANES, ... in order, then
-   the lanes are added in order: a fixed order for given sizes */
-__global__ void k_g_param_grad(float *gW, float *gB, const float *dout, const float *in,
-                               int64_t rows, int I, int O)
-{
-  __shared__ float sh[PG_LANES][PG_PARAMS];
-  const int64_t nw = (int64_t)O * I, P = nw + (gB ? O : 0);
-  const int pl = threadIdx.x % PG_PARAMS, lane = threadIdx.x / PG_PARAMS;
-  for (int64_t g0 = (int64_t)blockIdx.x * PG_PARAMS; g0 < P; g0 += (int64_t)gridDim.x * PG_PARAMS) {
-    const int64_t p = g0 + pl;
-    float acc = 0.0f;
-    if (p < nw) {
-      int64_t o = p / I, i = p - o * I;
-      for (int64_t r = lane; r < rows; r += PG_LANES) acc = df_fmaf(dout[r * O + o], in[r * I + i], acc);
-    } else if (p < P) {
-      for (int64_t r = lane; r < rows; r += PG_LANES) acc += dout[r * O + (p - nw)];
-    }
-    sh[lane][pl] = acc;
-    __syncthreads();
-    if (lane == 0 && p < P) {
-      float s = sh[0][pl];
-      for (int k = 1; k < PG_LANES; k++) s += sh[k][pl];
-      float *dst = p < nw ? gW + p : gB + (p - nw);
-      *dst = *dst + s;
-    }
-    __syncthreads();
-  }
-}
 
 /* ga [rows, wa] += columns [off, off + wa) of g [rows, W] */
 __global__ void k_g_cat_bwd(float *ga, const float *g, int W, int off, int wa, int64_t rows)
@@ -249,12 +188,12 @@ int lin_fwd(Pass &p, const df_gnode *n)
   float *out = buf(p, n->val);
   const int64_t rows = p.rows;
   if (!wide(L->in, L->out)) {
-    k_g_lin_fwd<<<grid(rows * L->out), THREADS, 0, p.st>>>(out, in, W, B, rows, L->in, L->out);
+    df_k_lin_fwd<<<grid(rows * L->out), THREADS, 0, p.st>>>(out, in, W, B, rows, L->in, L->out);
     LAUNCHED_P(p);
     return DF_OK;
   }
   TRY(need_blas(p));
-  k_g_bias_rows<<<grid(rows * L->out), THREADS, 0, p.st>>>(out, B, rows, L->out);
+  df_k_bias_rows<<<grid(rows * L->out), THREADS, 0, p.st>>>(out, B, rows, L->out);
   LAUNCHED_P(p);
   const float one = 1.0f; /* out^T (O x rows) += W^T... column-major, as cuda_nn.cu's lin_fwd */
   cublasStatus_t s = cublasSgemm_64(*p.blas, CUBLAS_OP_T, CUBLAS_OP_N, L->out, rows, L->in, &one, W,
@@ -272,20 +211,19 @@ int lin_bwd(Pass &p, const df_gnode *n, const float *G, float *grads)
   const int64_t rows = p.rows;
   const int I = L->in, O = L->out;
   if (!wide(I, O)) {
-    int64_t P = (int64_t)O * I + (gB ? O : 0);
-    k_g_param_grad<<<df_cuda_grid((P + PG_PARAMS - 1) / PG_PARAMS, 1), PG_PARAMS * PG_LANES, 0,
-                     p.st>>>(gW, gB, G, in, rows, I, O);
+    df_k_param_grad<<<df_param_grad_blocks(I, O, gB != nullptr), DF_PG_PARAMS * DF_PG_LANES, 0, p.st>>>(
+      gW, gB, G, in, rows, I, O);
     LAUNCHED_P(p);
     if (a->grad >= 0) {
-      k_g_lin_dinp<<<grid(rows * I), THREADS, 0, p.st>>>(buf(p, a->grad), G, W, rows, I, O);
+      df_k_lin_dinp<<<grid(rows * I), THREADS, 0, p.st>>>(buf(p, a->grad), G, W, rows, I, O, 1);
       LAUNCHED_P(p);
     }
     return DF_OK;
   }
   TRY(need_blas(p));
   if (gB) {
-    k_g_param_grad<<<df_cuda_grid((O + PG_PARAMS - 1) / PG_PARAMS, 1), PG_PARAMS * PG_LANES, 0,
-                     p.st>>>(nullptr, gB, G, nullptr, rows, 0, O);
+    df_k_param_grad<<<df_param_grad_blocks(0, O, true), DF_PG_PARAMS * DF_PG_LANES, 0, p.st>>>(
+      nullptr, gB, G, nullptr, rows, 0, O);
     LAUNCHED_P(p);
   }
   const float one = 1.0f;

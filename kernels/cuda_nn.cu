@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cuda_internal.h"
+#include "cuda_layers.h"
 #include "graph.h"
 
 namespace {
@@ -56,7 +57,6 @@ const size_t FUSED_SHARED = 48 * 1024;      /* the tile's shared memory, at most
 const int64_t FUSED_MAX_BLOCKS = 512;       /* blocks (gradient partials) of a fused backward */
 const int GEMM_MIN_WIDTH = 64;              /* layers this wide (in or out) go to cuBLAS */
 const int LOSS_BLOCKS = 256;                /* most blocks of the layered loss kernel */
-const int PG_PARAMS = 32, PG_LANES = 8;     /* k_param_grad: parameters x row lanes per block */
 const int TAB_STEPS = 256;                  /* steps of an uploaded step table */
 const int GRAPH_STEPS = 8;                  /* training steps per replay of the long graph */
 const int GRAPH_CACHE = 4;                  /* configurations with captured graphs */
@@ -507,67 +507,6 @@ __global__ void k_fourier(float *f, const float *t, float t0, const float *w, in
   }
 }
 
-/* out [rows, O] = in [rows, I] W^T + b, each output's sum in the CPU's order */
-__global__ void k_lin_fwd(float *out, const float *in, const float *W, const float *B,
-                          int64_t rows, int I, int O)
-{
-  for (int64_t j = df_gtid(); j < rows * O; j += df_gstride()) {
-    int64_t r = j / O;
-    int o = (int)(j - r * O);
-    float acc = B[o];
-    for (int i = 0; i < I; i++) acc = df_fmaf(W[(int64_t)o * I + i], in[r * I + i], acc);
-    out[j] = acc;
-  }
-}
-
-/* dinp [rows, I] = dout [rows, O] W, each sum over the outputs in order (as the CPU) */
-__global__ void k_lin_dinp(float *dinp, const float *dout, const float *W, int64_t rows, int I,
-                           int O)
-{
-  for (int64_t j = df_gtid(); j < rows * I; j += df_gstride()) {
-    int64_t r = j / I;
-    int i = (int)(j - r * I);
-    float acc = 0.0f;
-    for (int o = 0; o < O; o++) acc = df_fmaf(W[(int64_t)o * I + i], dout[r * O + o], acc);
-    dinp[j] = acc;
-  }
-}
-
-/* gW [O, I] += dout^T in and gB [O] += column sums of dout (I = 0: biases only). A block takes
-   PG_PARAMS parameters; lane g of a parameter sums rows g, g + PG_LANES, ... in order, then the
-   lanes are added in order: a fixed order for given sizes */
-__global__ void k_param_grad(float *gW, float *gB, const float *dout, const float *in,
-                             int64_t rows, int I, int O)
-{
-  __shared__ float sh[PG_LANES][PG_PARAMS];
-  const int64_t nw = (int64_t)O * I, P = nw + O;
-  const int pl = threadIdx.x % PG_PARAMS, lane = threadIdx.x / PG_PARAMS;
-  for (int64_t g0 = (int64_t)blockIdx.x * PG_PARAMS; g0 < P; g0 += (int64_t)gridDim.x * PG_PARAMS) {
-    const int64_t p = g0 + pl;
-    float acc = 0.0f;
-    if (p < nw) {
-      int64_t o = p / I, i = p - o * I;
-      for (int64_t r = lane; r < rows; r += PG_LANES) acc = df_fmaf(dout[r * O + o], in[r * I + i], acc);
-    } else if (p < P) {
-      for (int64_t r = lane; r < rows; r += PG_LANES) acc += dout[r * O + (p - nw)];
-    }
-    sh[lane][pl] = acc;
-    __syncthreads();
-    if (lane == 0 && p < P) {
-      float s = sh[0][pl];
-      for (int k = 1; k < PG_LANES; k++) s += sh[k][pl];
-      float *dst = p < nw ? gW + p : gB + (p - nw);
-      *dst = *dst + s;
-    }
-    __syncthreads();
-  }
-}
-
-__global__ void k_bias_rows(float *out, const float *B, int64_t rows, int O)
-{
-  for (int64_t j = df_gtid(); j < rows * O; j += df_gstride()) out[j] = B[j % O];
-}
-
 __global__ void k_act_fwd(int act, float *h, const float *z, int64_t n)
 {
   for (int64_t i = df_gtid(); i < n; i += df_gstride()) {
@@ -608,13 +547,8 @@ __global__ void k_dsm_loss(const float *out, const float *eta, float *dout, int6
       acc += (double)res * (double)res;
       dout[r * d + c] = scale * res;
     }
-  sh[threadIdx.x] = acc;
-  __syncthreads();
-  for (int s = THREADS / 2; s > 0; s >>= 1) {
-    if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) lpart[blockIdx.x] = sh[0];
+  double tot = df_block_sum(acc, sh);
+  if (threadIdx.x == 0) lpart[blockIdx.x] = tot;
 }
 
 /* k_dsm_loss for any output convention and weighting (dmath.h's df_dsm_residual, dres, weight):
@@ -636,13 +570,8 @@ __global__ void k_dsm_loss_g(const float *out, const float *eta, const float *x0
       dout[i] = scale * (w * (dr * res));
     }
   }
-  sh[threadIdx.x] = acc;
-  __syncthreads();
-  for (int s = THREADS / 2; s > 0; s >>= 1) {
-    if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) lpart[blockIdx.x] = sh[0];
+  double tot = df_block_sum(acc, sh);
+  if (threadIdx.x == 0) lpart[blockIdx.x] = tot;
 }
 
 /* the gradients' sum of squares into *norm2 (one block: each thread its elements in order, then
@@ -652,13 +581,8 @@ __global__ void k_sumsq(const float *g, int64_t n, double *norm2)
   __shared__ double sh[THREADS];
   double acc = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += THREADS) acc += (double)g[i] * (double)g[i];
-  sh[threadIdx.x] = acc;
-  __syncthreads();
-  for (int s = THREADS / 2; s > 0; s >>= 1) {
-    if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *norm2 = sh[0];
+  double tot = df_block_sum(acc, sh);
+  if (threadIdx.x == 0) *norm2 = tot;
 }
 
 /* e = e d + p (1 - d) */
@@ -886,12 +810,12 @@ int lin_fwd(Ctx &c, float *out, const float *in, int l)
   const float *W = c.params + c.nd->woff[l], *B = c.params + c.nd->boff[l];
   const int64_t rows = c.rows;
   if (!wide(I, O)) {
-    k_lin_fwd<<<grid(rows * O), THREADS, 0, c.st>>>(out, in, W, B, rows, I, O);
+    df_k_lin_fwd<<<grid(rows * O), THREADS, 0, c.st>>>(out, in, W, B, rows, I, O);
     LAUNCHED_C(c);
     return DF_OK;
   }
   TRY(need_blas(c));
-  k_bias_rows<<<grid(rows * O), THREADS, 0, c.st>>>(out, B, rows, O);
+  df_k_bias_rows<<<grid(rows * O), THREADS, 0, c.st>>>(out, B, rows, O);
   LAUNCHED_C(c);
   /* row-major out = in W^T + out is column-major out^T (O x rows) = W^T (O x I) in^T (I x rows) + out^T */
   const float one = 1.0f;
@@ -909,19 +833,18 @@ int lin_bwd(Ctx &c, float *dinp, float *grads, const float *dout, const float *i
   float *gW = grads + c.nd->woff[l], *gB = grads + c.nd->boff[l];
   const int64_t rows = c.rows;
   if (!wide(I, O)) {
-    int64_t P = (int64_t)O * I + O;
-    k_param_grad<<<df_cuda_grid((P + PG_PARAMS - 1) / PG_PARAMS, 1), PG_PARAMS * PG_LANES, 0,
-                   c.st>>>(gW, gB, dout, in, rows, I, O);
+    df_k_param_grad<<<df_param_grad_blocks(I, O, true), DF_PG_PARAMS * DF_PG_LANES, 0, c.st>>>(
+      gW, gB, dout, in, rows, I, O);
     LAUNCHED_C(c);
     if (dinp) {
-      k_lin_dinp<<<grid(rows * I), THREADS, 0, c.st>>>(dinp, dout, W, rows, I, O);
+      df_k_lin_dinp<<<grid(rows * I), THREADS, 0, c.st>>>(dinp, dout, W, rows, I, O, 0);
       LAUNCHED_C(c);
     }
     return DF_OK;
   }
   TRY(need_blas(c));
-  k_param_grad<<<df_cuda_grid((O + PG_PARAMS - 1) / PG_PARAMS, 1), PG_PARAMS * PG_LANES, 0,
-                 c.st>>>(nullptr, gB, dout, nullptr, rows, 0, O);
+  df_k_param_grad<<<df_param_grad_blocks(0, O, true), DF_PG_PARAMS * DF_PG_LANES, 0, c.st>>>(
+    nullptr, gB, dout, nullptr, rows, 0, O);
   LAUNCHED_C(c);
   const float one = 1.0f, zero = 0.0f;
   /* gW (O x I row-major = I x O column-major) += in^T (I x rows) dout (rows x O) */
