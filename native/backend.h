@@ -14,8 +14,10 @@
 /* reductions: to one number (reduce_all) or along one dimension (reduce_dim) */
 enum { DF_RSUM, DF_RMEAN, DF_RVAR, DF_RSTD, DF_RMIN, DF_RMAX, DF_RSSD, DF_NREDUCE };
 
-/* random distributions */
-enum { DF_UNIFORM, DF_NORMAL };
+/* random distributions (DF_RADEMACHER: random_at only) */
+enum { DF_UNIFORM, DF_NORMAL, DF_RADEMACHER };
+
+#define DF_LIN_MAX 8 /* terms of one rowlin */
 
 /* a broadcast binary op, padded to DF_MAXDIM dims: out[i0..i3] = a[sum i_d sa_d] op b[...] */
 typedef struct df_bcast {
@@ -151,6 +153,28 @@ typedef struct df_backend {
      c2 z; HEUN_PRED xp = x + c1 s; HEUN_CORR x += (c1 s + c2 s2) / 2 */
   int (*sample_step)(int dev, int stage, float *x, float *xp, const float *s, const float *s2,
                      float c1, float c2, int64_t n, int64_t k, uint64_t seed, uint64_t stream);
+
+  /* ---- the solvers (solver.c): per-row arithmetic over [rows, d] blocks ---- */
+  /* out [rows, d] = sum_j a_j v_j over j < nv <= DF_LIN_MAX, a_j = coef[j][r] per row when
+     coef[j] is not NULL, else the number s[j]; products rounded one by one and added left to
+     right (no fma), so every device computes the same; out may be one of the v_j */
+  int (*rowlin)(int dev, float *out, int64_t rows, int d, int nv, const float *const *v,
+                const float *const *coef, const float *s);
+  /* out [rows] = sum over each row of a * b (in double, rounded once) */
+  int (*rowdot)(int dev, float *out, const float *a, const float *b, int64_t rows, int d);
+  /* out [rows] = the RMS over each row of e / (atol + rtol max(|a|, |b|)): an adaptive step's
+     error in units of the tolerance */
+  int (*errnorm)(int dev, float *out, const float *e, const float *a, const float *b, int64_t rows,
+                 int d, float rtol, float atol);
+  /* x[i] = element base + i of the stream (uniform, normal or Rademacher) */
+  int (*random_at)(int dev, int dist, float *x, int64_t n, uint64_t seed, uint64_t stream,
+                   uint64_t base);
+  /* the mixture's score divergence (out [rows]) and Jacobian-vector products (out [rows, d] =
+     J v), sigma^2 per row or one value */
+  int (*mixture_div)(int dev, const df_mixture *m, float *out, const float *x,
+                     const float *sig2_rows, float sig2, int64_t rows);
+  int (*mixture_jvp)(int dev, const df_mixture *m, float *out, const float *x, const float *v,
+                     const float *sig2_rows, float sig2, int64_t rows);
 
   /* ---- score networks (nn.h); x [rows, dim], t one per row (or t0 when t == NULL) ---- */
   /* floats of device workspace a forward of `rows` rows keeps for the backward */

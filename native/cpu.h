@@ -26,6 +26,17 @@ int cpu_sample_fused(int dev, const df_plan *p, const df_mixture *m, float *x, i
                      uint64_t stream);
 int cpu_sample_step(int dev, int stage, float *x, float *xp, const float *s, const float *s2,
                     float c1, float c2, int64_t n, int64_t k, uint64_t seed, uint64_t stream);
+int cpu_rowlin(int dev, float *out, int64_t rows, int d, int nv, const float *const *v,
+               const float *const *coef, const float *s);
+int cpu_rowdot(int dev, float *out, const float *a, const float *b, int64_t rows, int d);
+int cpu_errnorm(int dev, float *out, const float *e, const float *a, const float *b, int64_t rows,
+                int d, float rtol, float atol);
+int cpu_random_at(int dev, int dist, float *x, int64_t n, uint64_t seed, uint64_t stream,
+                  uint64_t base);
+int cpu_mixture_div(int dev, const df_mixture *m, float *out, const float *x,
+                    const float *sig2_rows, float sig2, int64_t rows);
+int cpu_mixture_jvp(int dev, const df_mixture *m, float *out, const float *x, const float *v,
+                    const float *sig2_rows, float sig2, int64_t rows);
 
 /* cpu_nn.c */
 int64_t cpu_net_workspace(const df_netdesc *nd, int64_t rows);

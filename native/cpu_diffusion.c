@@ -179,3 +179,88 @@ int cpu_sample_step(int dev, int stage, float *x, float *xp, const float *s, con
   }
   return DF_OK;
 }
+
+/* ---- the solvers' per-row operations (solver.c) -------------------------------------------- */
+
+int cpu_rowlin(int dev, float *out, int64_t rows, int d, int nv, const float *const *v,
+               const float *const *coef, const float *s)
+{
+  (void)dev;
+#pragma omp parallel for schedule(static) if (rows * d > CPU_CHUNK)
+  for (int64_t r = 0; r < rows; r++) {
+    float a[DF_LIN_MAX];
+    for (int j = 0; j < nv; j++) a[j] = coef[j] ? coef[j][r] : s[j];
+    for (int c = 0; c < d; c++) {
+      const int64_t i = r * d + c;
+      float acc = a[0] * v[0][i];
+      for (int j = 1; j < nv; j++) acc = acc + a[j] * v[j][i];
+      out[i] = acc;
+    }
+  }
+  return DF_OK;
+}
+
+int cpu_rowdot(int dev, float *out, const float *a, const float *b, int64_t rows, int d)
+{
+  (void)dev;
+#pragma omp parallel for schedule(static) if (rows * d > CPU_CHUNK)
+  for (int64_t r = 0; r < rows; r++) {
+    double acc = 0.0;
+    for (int c = 0; c < d; c++) acc += (double)a[r * d + c] * (double)b[r * d + c];
+    out[r] = (float)acc;
+  }
+  return DF_OK;
+}
+
+int cpu_errnorm(int dev, float *out, const float *e, const float *a, const float *b, int64_t rows,
+                int d, float rtol, float atol)
+{
+  (void)dev;
+#pragma omp parallel for schedule(static) if (rows * d > CPU_CHUNK)
+  for (int64_t r = 0; r < rows; r++) {
+    double acc = 0.0;
+    for (int c = 0; c < d; c++) {
+      const int64_t i = r * d + c;
+      float m = fabsf(a[i]) > fabsf(b[i]) ? fabsf(a[i]) : fabsf(b[i]);
+      double q = (double)e[i] / ((double)atol + (double)rtol * (double)m);
+      acc += q * q;
+    }
+    out[r] = (float)sqrt(acc / (double)d);
+  }
+  return DF_OK;
+}
+
+int cpu_random_at(int dev, int dist, float *x, int64_t n, uint64_t seed, uint64_t stream,
+                  uint64_t base)
+{
+  (void)dev;
+  if (dist == DF_NORMAL) {
+    cpu_normal_run(seed, stream, base, n, x);
+  } else if (dist == DF_UNIFORM) {
+    cpu_uniform_run(seed, stream, base, n, x);
+  } else {
+#pragma omp parallel for schedule(static) if (n > CPU_CHUNK)
+    for (int64_t i = 0; i < n; i++) x[i] = df_rademacher_at(seed, stream, base + (uint64_t)i);
+  }
+  return DF_OK;
+}
+
+int cpu_mixture_div(int dev, const df_mixture *m, float *out, const float *x,
+                    const float *sig2_rows, float sig2, int64_t rows)
+{
+  (void)dev;
+#pragma omp parallel for schedule(static) if (rows > 1024)
+  for (int64_t i = 0; i < rows; i++)
+    out[i] = df_mixture_div_row(m, sig2_rows ? sig2_rows[i] : sig2, x + i * m->d);
+  return DF_OK;
+}
+
+int cpu_mixture_jvp(int dev, const df_mixture *m, float *out, const float *x, const float *v,
+                    const float *sig2_rows, float sig2, int64_t rows)
+{
+  (void)dev;
+#pragma omp parallel for schedule(static) if (rows > 1024)
+  for (int64_t i = 0; i < rows; i++)
+    df_mixture_jvp_row(m, sig2_rows ? sig2_rows[i] : sig2, x + i * m->d, v + i * m->d, out + i * m->d);
+  return DF_OK;
+}

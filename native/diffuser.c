@@ -76,6 +76,17 @@ double df_diffuser_g_host(const df_diffuser *D, double t)
   return D->kappa * pow(t, D->alpha);
 }
 
+/* the time at which sigma(t)^2 = s2, the inverse of df_diffuser_sigma2_host, exact in double:
+   VE t = log1p(2 ln(kappa) s2) / (2 ln kappa) (t = s2 at kappa = 1); power
+   t = ((2 alpha + 1) s2 / kappa^2)^(1 / (2 alpha + 1)) */
+double df_diffuser_t_of_sigma2(const df_diffuser *D, double s2)
+{
+  if (!(s2 > 0.0)) return 0.0;
+  if (D->kind == DF_VE) return D->lnk == 0.0 ? s2 : log1p(2.0 * D->lnk * s2) / (2.0 * D->lnk);
+  double p = 2.0 * D->alpha + 1.0;
+  return pow(p * s2 / (D->kappa * D->kappa), 1.0 / p);
+}
+
 double df_diffuser_sigma2_host(const df_diffuser *D, double t)
 {
   if (D->kind == DF_VE) return D->lnk == 0.0 ? t : expm1(2.0 * t * D->lnk) / (2.0 * D->lnk);

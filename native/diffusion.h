@@ -13,6 +13,8 @@ int df_diffuser_power(df_diffuser *D, double kappa, double alpha);
 /* g(t) and sigma(t)^2 on the host, in double (sampler coefficients, scalar queries) */
 double df_diffuser_g_host(const df_diffuser *D, double t);
 double df_diffuser_sigma2_host(const df_diffuser *D, double t);
+/* its inverse: the t of sigma(t)^2 = s2 (0 for s2 <= 0), exact in double */
+double df_diffuser_t_of_sigma2(const df_diffuser *D, double s2);
 /* out[i] = g, sigma or sigma^2 at t[i] (what: DF_G, DF_SIGMA, DF_SIGMA2) */
 int df_diffuser_eval(df_tensor *out, const df_diffuser *D, int what, const df_tensor *t);
 /* x_t = x0 + sigma(t) eta: t one time (t == NULL: t0) or one per row of x0 */
@@ -63,16 +65,36 @@ int df_mixture_sample(df_tensor *out, const df_score_src *src, int64_t n, double
 
 /* ---- samplers ---------------------------------------------------------------------------- */
 
+/* time grids: t_k = 1 - k / N; Karras et al.'s sigmas (rho); uniform in log sigma; a list */
+enum { DF_GRID_UNIFORM, DF_GRID_KARRAS, DF_GRID_LOG_SIGMA, DF_GRID_LIST };
+/* what euler and heun step in: t (dx/dt = -g^2 s / 2, the seed's) or sigma (dx/dsigma = -sigma s) */
+enum { DF_SPACE_T, DF_SPACE_SIGMA };
+
 typedef struct df_sampler {
   df_diffuser diff;
-  int method;     /* DF_EULER, DF_EULER_MARUYAMA, DF_HEUN */
+  int method;     /* DF_EULER ... DF_RK45 (dmath.h) */
   int64_t steps;
-  int64_t nfe;    /* score evaluations of the last run */
+  int64_t nfe;    /* score evaluations (of the whole batch) of the last run */
+  int grid, space;
+  double rho, sigma_min;        /* karras, log_sigma: sigma_min > 0 (then a last step to 0) */
+  const double *times;          /* DF_GRID_LIST: steps + 1 times, decreasing (the caller's) */
+  double eta;                   /* ddim: 0 deterministic, 1 ancestral */
+  double churn, s_min, s_max, s_noise; /* edm: S_churn, S_min, S_max, S_noise */
+  double snr;                   /* pc: the Langevin corrector's signal-to-noise ratio */
+  int corrector;                /* pc: corrector steps per noise level */
+  double rtol, atol, t_min;     /* rk45: tolerances; it integrates from t = 1 down to t_min */
+  double nfe_rows;              /* rk45: evaluations of the mean row (rows stop on their own) */
 } df_sampler;
 
 /* Run from t = 1 to 0 on x (x1 on entry, x0 on return, in place). rec[r] (released on entry)
    receives x after rec_k[r] steps, i.e. at t = 1 - rec_k[r] / steps. */
 int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nrec,
                    const int64_t *rec_k, df_tensor *const *rec);
+/* the grid of a sampler: t[0..steps] and sigma[0..steps] (host arrays of steps + 1), checked */
+int df_sampler_grid(const df_sampler *s, double *t, double *sigma);
+
+/* solver.c: the methods beyond the seed's fused ones (other grids, sigma-space steps, rk45) */
+int df_solve_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nrec,
+                 const int64_t *rec_k, df_tensor *const *rec);
 
 #endif

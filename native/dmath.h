@@ -395,6 +395,15 @@ DF_FN float df_randn_at(uint64_t seed, uint64_t stream, uint64_t i)
   return (i & 1) ? z1 : z0;
 }
 
+/* a Rademacher sign (+1 or -1) from bit 8 of the word, element i of a stream (the probes of
+   Hutchinson's estimator) */
+DF_FN float df_rademacher_at(uint64_t seed, uint64_t stream, uint64_t i)
+{
+  uint32_t w[4];
+  df_philox_block(seed, stream, i >> 2, w);
+  return (w[i & 3] >> 8) & 1u ? 1.0f : -1.0f;
+}
+
 /* ---- diffusers: g(t) and sigma(t)^2 --------------------------------------------------------- */
 
 enum { DF_VE, DF_POWER };
@@ -465,6 +474,66 @@ DF_FN void df_mixture_score_row(const df_mixture *m, float sig2, const float *x,
   for (int c = 0; c < m->d; c++) out[c] /= z;
 }
 
+/* the divergence of the mixture's score at sig2 (the Laplacian of log p_t) for one row:
+   sum_j r_j (|s_j|^2 - d / v_j) - |s|^2, with s_j = (mu_j - x) / v_j the component scores, r_j
+   the responsibilities and s = sum_j r_j s_j (by log-sum-exp, as the score) */
+DF_FN float df_mixture_div_row(const df_mixture *m, float sig2, const float *x)
+{
+  float lmax = -INFINITY, z = 0.0f, acc = 0.0f;
+  for (int j = 0; j < m->k; j++) {
+    float l = df_mixture_logterm(m, j, sig2, x);
+    lmax = l > lmax ? l : lmax;
+  }
+  for (int j = 0; j < m->k; j++) z += df_expf(df_mixture_logterm(m, j, sig2, x) - lmax);
+  float s2 = 0.0f;
+  for (int c = 0; c < m->d; c++) {
+    float sc = 0.0f;
+    for (int j = 0; j < m->k; j++) {
+      float r = df_expf(df_mixture_logterm(m, j, sig2, x) - lmax) / z, v = m->var0[j] + sig2;
+      sc += r * ((m->mu[j * m->d + c] - x[c]) / v);
+    }
+    s2 += sc * sc;
+  }
+  for (int j = 0; j < m->k; j++) {
+    float r = df_expf(df_mixture_logterm(m, j, sig2, x) - lmax) / z, v = m->var0[j] + sig2, sj2 = 0.0f;
+    for (int c = 0; c < m->d; c++) {
+      float e = (m->mu[j * m->d + c] - x[c]) / v;
+      sj2 += e * e;
+    }
+    acc += r * (sj2 - (float)m->d / v);
+  }
+  return acc - s2;
+}
+
+/* J v for one row, J the Jacobian of the mixture's score (the Hessian of log p_t):
+   J v = sum_j r_j (-v / v_j + s_j (s_j - s) . v) */
+DF_FN void df_mixture_jvp_row(const df_mixture *m, float sig2, const float *x, const float *v,
+                              float *out)
+{
+  float lmax = -INFINITY, z = 0.0f, sv = 0.0f;
+  for (int j = 0; j < m->k; j++) {
+    float l = df_mixture_logterm(m, j, sig2, x);
+    lmax = l > lmax ? l : lmax;
+  }
+  for (int j = 0; j < m->k; j++) z += df_expf(df_mixture_logterm(m, j, sig2, x) - lmax);
+  for (int c = 0; c < m->d; c++) { /* s . v */
+    float sc = 0.0f;
+    for (int j = 0; j < m->k; j++) {
+      float r = df_expf(df_mixture_logterm(m, j, sig2, x) - lmax) / z, vj = m->var0[j] + sig2;
+      sc += r * ((m->mu[j * m->d + c] - x[c]) / vj);
+    }
+    sv += sc * v[c];
+  }
+  for (int c = 0; c < m->d; c++) out[c] = 0.0f;
+  for (int j = 0; j < m->k; j++) {
+    float r = df_expf(df_mixture_logterm(m, j, sig2, x) - lmax) / z, vj = m->var0[j] + sig2;
+    float sjv = 0.0f;
+    for (int c = 0; c < m->d; c++) sjv += ((m->mu[j * m->d + c] - x[c]) / vj) * v[c];
+    for (int c = 0; c < m->d; c++)
+      out[c] += r * (-v[c] / vj + ((m->mu[j * m->d + c] - x[c]) / vj) * (sjv - sv));
+  }
+}
+
 DF_FN float df_mixture_logpdf_row(const df_mixture *m, float sig2, const float *x)
 {
   float lmax = -INFINITY, z = 0.0f;
@@ -489,7 +558,7 @@ DF_FN void df_mixture_sample_row(const df_mixture *m, float sig2, float u, const
 
 /* ---- reverse-time update rules (t runs from 1 to 0 in steps of dt) -------------------------- */
 
-enum { DF_EULER, DF_EULER_MARUYAMA, DF_HEUN };
+enum { DF_EULER, DF_EULER_MARUYAMA, DF_HEUN, DF_DDIM, DF_DPMPP_2M, DF_EDM, DF_PC, DF_RK45 };
 
 /* probability-flow ODE, Euler: x + 0.5 g^2 s dt, with c = 0.5 g^2 dt */
 DF_FN float df_step_euler(float x, float s, float c) { return x + c * s; }

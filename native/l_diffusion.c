@@ -345,6 +345,7 @@ static int s_gc(lua_State *L)
 {
   l_score *s = (l_score *)luaL_checkudata(L, 1, DF_SCORE_MT);
   free(s->mixbuf);
+  if (s->owned && s->release_owned) s->release_owned(s->owned);
   free(s->owned);
   s->mixbuf = NULL;
   s->owned = NULL;
@@ -394,35 +395,180 @@ static df_sampler *check_sampler(lua_State *L, int idx, const char *fname)
   return s;
 }
 
-static const char *const method_names[] = { "euler", "euler_maruyama", "heun", NULL };
+static const char *const method_names[] = { "euler", "euler_maruyama", "heun", "ddim", "dpmpp_2m",
+                                            "edm", "pc", "rk45", NULL };
+static const char *const grid_names[] = { "uniform", "karras", "log_sigma", "list", NULL };
 
-/* diffuse.sampler{diffuser = ve, steps = 200, method = "euler"} */
+/* a number option of the sampler table (nil: def), finite, in [lo, hi] */
+static double samp_num(lua_State *L, const char *key, double def, double lo, double hi,
+                       const char *fname, const char *range)
+{
+  lua_getfield(L, 1, key);
+  double v = l_optnum(L, -1, def, fname, key);
+  lua_pop(L, 1);
+  if (!(v >= lo && v <= hi)) l_error(L, fname, "%s must be %s (got %g)", key, range, v);
+  return v;
+}
+
+/* diffuse.sampler{diffuser = ve, steps = 200, method = "euler", grid = "uniform", ...}: the
+   grid (a name, {name, rho = ..., sigma_min = ...}, or a list of times from 1 down to 0) goes
+   into user value 1 when it is a list; the sampler's other settings into the struct */
 static int d_sampler(lua_State *L)
 {
   const char *fname = "diffuse.sampler";
-  static const char *const opts[] = { "diffuser", "steps", "method", NULL };
+  static const char *const opts[] = { "diffuser", "steps", "method", "grid", "rho", "sigma_min",
+                                      "space", "eta", "S_churn", "S_min", "S_max", "S_noise", "snr",
+                                      "corrector_steps", "rtol", "atol", "t_min", NULL };
   if (!lua_istable(L, 1)) l_error(L, fname, "expected {diffuser = ..., steps = ..., method = ...}");
   l_checkopts(L, 1, fname, opts);
+  lua_settop(L, 1);
   lua_getfield(L, 1, "diffuser");
   if (lua_isnil(L, -1)) l_error(L, fname, "diffuser is required");
   df_diffuser *D = l_checkdiffuser(L, -1, fname, "diffuser");
-  lua_getfield(L, 1, "steps");
-  int64_t steps = l_optint(L, -1, 100, fname, "steps");
-  if (steps < 1 || steps > 100000000)
-    l_error(L, fname, "steps must be between 1 and 1e8 (got %lld)", (long long)steps);
+  df_diffuser diff = *D;
+  lua_pop(L, 1);
   lua_getfield(L, 1, "method");
   const char *m = lua_isnil(L, -1) ? "euler" : l_checkstr(L, -1, fname, "method");
   int method = -1;
   for (int i = 0; method_names[i]; i++)
     if (strcmp(m, method_names[i]) == 0) method = i;
-  if (method < 0) l_error(L, fname, "unknown method '%s' (euler, euler_maruyama or heun)", m);
-  df_sampler *s = (df_sampler *)lua_newuserdatauv(L, sizeof *s, 0);
+  if (method < 0)
+    l_error(L, fname, "unknown method '%s' (euler, euler_maruyama, heun, ddim, dpmpp_2m, edm, pc or rk45)", m);
+  lua_pop(L, 1);
+  /* the grid: a name, {name, rho = .., sigma_min = ..}, or a list of times */
+  int grid = DF_GRID_UNIFORM, nlist = 0;
+  double rho = 7.0, sigma_min = 0.0;
+  lua_getfield(L, 1, "grid"); /* index 2 */
+  const char *gname = NULL;
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    gname = lua_tostring(L, 2);
+  } else if (lua_istable(L, 2)) {
+    if (lua_rawgeti(L, 2, 1) == LUA_TSTRING) gname = lua_tostring(L, -1); /* (kept at index 3) */
+    else lua_pop(L, 1);
+  }
+  if (gname) {
+    grid = -1;
+    for (int i = 0; i < 3; i++)
+      if (strcmp(gname, grid_names[i]) == 0) grid = i;
+    if (grid < 0) l_error(L, fname, "unknown grid '%s' (uniform, karras, log_sigma, or a list of times)", gname);
+    if (lua_istable(L, 2)) {
+      static const char *const gopts[] = { "rho", "sigma_min", NULL };
+      lua_pushnil(L); /* only the name at [1] and these keys */
+      while (lua_next(L, 2)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) == 1) continue;
+        const char *key = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        int known = 0;
+        for (int i = 0; key && gopts[i]; i++) known |= strcmp(key, gopts[i]) == 0;
+        if (!known) l_error(L, fname, "unknown grid option '%s' (rho, sigma_min)", key ? key : "?");
+      }
+      lua_getfield(L, 2, "rho");
+      if (!lua_isnil(L, -1)) rho = l_checknum(L, -1, fname, "grid.rho");
+      lua_getfield(L, 2, "sigma_min");
+      if (!lua_isnil(L, -1)) sigma_min = l_checknum(L, -1, fname, "grid.sigma_min");
+    }
+    lua_settop(L, 2);
+  } else if (lua_istable(L, 2)) {
+    grid = DF_GRID_LIST;
+    lua_Integer len = (lua_Integer)lua_rawlen(L, 2);
+    if (len < 2 || len > 100000001) l_error(L, fname, "grid must list 2 to 1e8 + 1 times (got %lld)", (long long)len);
+    nlist = (int)len;
+    double prev = 2.0;
+    lua_createtable(L, nlist, 0); /* a checked copy: index 3 */
+    for (int i = 1; i <= nlist; i++) {
+      lua_rawgeti(L, 2, i);
+      if (lua_type(L, -1) != LUA_TNUMBER) l_error(L, fname, "grid time %d must be a number (got %s)", i, luaL_typename(L, -1));
+      double t = lua_tonumber(L, -1);
+      lua_pop(L, 1);
+      if (!(t >= 0.0 && t <= 1.0)) l_error(L, fname, "grid time %d must be in [0, 1] (got %g)", i, t);
+      if (!(t < prev)) l_error(L, fname, "grid times must decrease (time %d is %g after %g)", i, t, prev);
+      prev = t;
+      lua_pushnumber(L, t);
+      lua_rawseti(L, 3, i);
+    }
+    lua_replace(L, 2);
+  } else if (!lua_isnil(L, 2)) {
+    l_error(L, fname, "grid must be 'uniform', 'karras', 'log_sigma', {name, rho = ..., sigma_min = ...} or a list of times");
+  }
+  lua_settop(L, 2);
+  { /* rho and sigma_min may also sit in the sampler table itself */
+    lua_getfield(L, 1, "rho");
+    if (!lua_isnil(L, -1)) rho = l_checknum(L, -1, fname, "rho");
+    lua_getfield(L, 1, "sigma_min");
+    if (!lua_isnil(L, -1)) sigma_min = l_checknum(L, -1, fname, "sigma_min");
+    lua_settop(L, 2);
+  }
+  if (!(rho > 0.0 && rho <= 1e3)) l_error(L, fname, "rho must be positive, at most 1e3 (got %g)", rho);
+  if (sigma_min != 0.0 && !(sigma_min > 0.0 && isfinite(sigma_min)))
+    l_error(L, fname, "sigma_min must be positive and finite (got %g)", sigma_min);
+  lua_getfield(L, 1, "steps");
+  int64_t steps = grid == DF_GRID_LIST ? nlist - 1 : method == DF_RK45 ? 1 : 100;
+  if (!lua_isnil(L, -1)) {
+    int64_t st = l_checkint(L, -1, fname, "steps");
+    if (grid == DF_GRID_LIST && st != steps)
+      l_error(L, fname, "steps (%lld) must be the grid's times less one (%lld)", (long long)st, (long long)steps);
+    steps = st;
+  }
+  lua_pop(L, 1);
+  if (steps < 1 || steps > 100000000)
+    l_error(L, fname, "steps must be between 1 and 1e8 (got %lld)", (long long)steps);
+  lua_getfield(L, 1, "space");
+  const char *sp = lua_isnil(L, -1) ? (grid == DF_GRID_UNIFORM || method == DF_EULER_MARUYAMA ? "t" : "sigma")
+                                    : l_checkstr(L, -1, fname, "space");
+  lua_pop(L, 1);
+  int space = strcmp(sp, "t") == 0 ? DF_SPACE_T : strcmp(sp, "sigma") == 0 ? DF_SPACE_SIGMA : -1;
+  if (space < 0) l_error(L, fname, "space must be 't' or 'sigma' (got '%s')", sp);
+  if (space == DF_SPACE_SIGMA && method == DF_EULER_MARUYAMA)
+    l_error(L, fname, "euler_maruyama steps in t (space = 't')");
+  if (method == DF_RK45 && grid != DF_GRID_UNIFORM)
+    l_error(L, fname, "rk45 chooses its own steps (it takes no grid; t_min is where it stops)");
+  df_sampler *s = (df_sampler *)lua_newuserdatauv(L, sizeof *s, 1);
   memset(s, 0, sizeof *s);
-  s->diff = *D;
-  s->method = method == 0 ? DF_EULER : method == 1 ? DF_EULER_MARUYAMA : DF_HEUN;
+  s->diff = diff;
+  s->method = method;
   s->steps = steps;
+  s->grid = grid;
+  s->space = method == DF_EULER || method == DF_HEUN ? space : method == DF_EULER_MARUYAMA ? DF_SPACE_T : DF_SPACE_SIGMA;
+  s->rho = rho;
+  s->sigma_min = sigma_min;
+  s->eta = samp_num(L, "eta", 0.0, 0.0, 1.0, fname, "in [0, 1]");
+  s->churn = samp_num(L, "S_churn", 0.0, 0.0, 1e6, fname, "from 0 to 1e6");
+  s->s_min = samp_num(L, "S_min", 0.0, 0.0, HUGE_VAL, fname, "non-negative");
+  s->s_max = samp_num(L, "S_max", HUGE_VAL, 0.0, HUGE_VAL, fname, "non-negative");
+  if (!(s->s_min <= s->s_max)) l_error(L, fname, "S_min (%g) must not exceed S_max (%g)", s->s_min, s->s_max);
+  s->s_noise = samp_num(L, "S_noise", 1.0, 0.0, 1e3, fname, "from 0 to 1e3");
+  s->snr = samp_num(L, "snr", 0.16, 1e-12, 1e3, fname, "positive, at most 1e3");
+  s->corrector = (int)samp_num(L, "corrector_steps", 1.0, 0.0, 1000.0, fname, "a whole number from 0 to 1000");
+  s->rtol = samp_num(L, "rtol", 1e-5, 1e-12, 1.0, fname, "positive, from 1e-12 to 1");
+  s->atol = samp_num(L, "atol", 1e-5, 1e-12, 1e3, fname, "positive, from 1e-12 to 1e3");
+  s->t_min = samp_num(L, "t_min", 1e-3, 1e-12, 0.999, fname, "in (0, 1)");
+  lua_getfield(L, 1, "corrector_steps");
+  if (!lua_isnil(L, -1) && !lua_isinteger(L, -1) && lua_tonumber(L, -1) != (double)(int64_t)lua_tonumber(L, -1))
+    l_error(L, fname, "corrector_steps must be a whole number");
+  lua_pop(L, 1);
+  if (grid == DF_GRID_LIST) {
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, 1);
+  }
   luaL_setmetatable(L, DF_SAMPLER_MT);
   return 1;
+}
+
+/* the times of a list grid, from user value 1, into a host buffer on the stack (NULL for others) */
+static const double *sampler_times(lua_State *L, int idx, const df_sampler *s, const char *fname)
+{
+  if (s->grid != DF_GRID_LIST) return NULL;
+  lua_getiuservalue(L, idx, 1);
+  int n = (int)lua_rawlen(L, -1);
+  if (n != s->steps + 1) l_error(L, fname, "the sampler's grid is damaged");
+  double *t = (double *)lua_newuserdatauv(L, (size_t)n * sizeof(double), 0);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, -2, i + 1);
+    t[i] = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_remove(L, -2);
+  return t;
 }
 
 /* a Lua function as score: called with a copy of x (so it may keep or change it) and t */
@@ -529,7 +675,10 @@ static int sampler_run(lua_State *L)
   /* the options and the allocations above may have run Lua (an __index, a finaliser) that
      released the score source: its context would be freed memory */
   if (src != &cb) src = &l_checkscore(L, 3, fname, "score")->src;
-  l_check(L, df_sampler_run(s, src, x, nrec, rec_k, rec), fname);
+  s->times = sampler_times(L, 1, s, fname);
+  int st = df_sampler_run(s, src, x, nrec, rec_k, rec);
+  s->times = NULL;
+  l_check(L, st, fname);
   /* results: x0, then the path table */
   lua_createtable(L, 0, nrec);
   for (int r = 0; r < nrec; r++) {
@@ -544,8 +693,11 @@ static int sampler_index(lua_State *L)
   df_sampler *s = check_sampler(L, 1, "diffuse.sampler");
   const char *k = lua_tostring(L, 2);
   if (k && strcmp(k, "nfe") == 0) lua_pushinteger(L, (lua_Integer)s->nfe);
+  else if (k && strcmp(k, "nfe_rows") == 0) lua_pushnumber(L, s->method == DF_RK45 ? s->nfe_rows : (double)s->nfe);
   else if (k && strcmp(k, "steps") == 0) lua_pushinteger(L, (lua_Integer)s->steps);
   else if (k && strcmp(k, "method") == 0) lua_pushstring(L, method_names[s->method]);
+  else if (k && strcmp(k, "grid") == 0) lua_pushstring(L, grid_names[s->grid]);
+  else if (k && strcmp(k, "space") == 0) lua_pushstring(L, s->space == DF_SPACE_T ? "t" : "sigma");
   else {
     lua_pushvalue(L, 2);
     lua_rawget(L, lua_upvalueindex(1));
@@ -556,8 +708,32 @@ static int sampler_index(lua_State *L)
 static int sampler_tostring(lua_State *L)
 {
   df_sampler *s = check_sampler(L, 1, "diffuse.sampler");
-  lua_pushfstring(L, "diffuse.sampler{method = %s, steps = %d}", method_names[s->method], (int)s->steps);
+  if (s->grid == DF_GRID_UNIFORM)
+    lua_pushfstring(L, "diffuse.sampler{method = %s, steps = %d}", method_names[s->method], (int)s->steps);
+  else
+    lua_pushfstring(L, "diffuse.sampler{method = %s, steps = %d, grid = %s}", method_names[s->method],
+                    (int)s->steps, grid_names[s->grid]);
   return 1;
+}
+
+/* s:times() --> {t_0 .. t_N}, {sigma_0 .. sigma_N}: the sampler's grid */
+static int sampler_grid_l(lua_State *L)
+{
+  const char *fname = "diffuse.sampler.times";
+  df_sampler *s = check_sampler(L, 1, fname);
+  lua_settop(L, 1);
+  df_sampler c = *s;
+  c.times = sampler_times(L, 1, s, fname);
+  double *buf = (double *)lua_newuserdatauv(L, (size_t)(2 * (s->steps + 1)) * sizeof(double), 0);
+  l_check(L, df_sampler_grid(&c, buf, buf + s->steps + 1), fname);
+  for (int w = 0; w < 2; w++) {
+    lua_createtable(L, (int)s->steps + 1, 0);
+    for (int64_t k = 0; k <= s->steps; k++) {
+      lua_pushnumber(L, buf[w * (s->steps + 1) + k]);
+      lua_rawseti(L, -2, k + 1);
+    }
+  }
+  return 2;
 }
 
 /* ---- registration -------------------------------------------------------------------------- */
@@ -575,7 +751,7 @@ static const luaL_Reg score_meta[] = {
   { "__call", s_call }, { "__gc", s_gc }, { "__tostring", s_tostring }, { NULL, NULL }
 };
 
-static const luaL_Reg sampler_methods[] = { { "run", sampler_run }, { NULL, NULL } };
+static const luaL_Reg sampler_methods[] = { { "run", sampler_run }, { "times", sampler_grid_l }, { NULL, NULL } };
 static const luaL_Reg sampler_meta[] = { { "__tostring", sampler_tostring }, { NULL, NULL } };
 
 static const luaL_Reg heat_funcs[] = {

@@ -16,6 +16,7 @@ typedef struct l_score {
   float *mixbuf;          /* a mixture's parameters (owned) */
   const char *kind_name;  /* for callbacks: "net", ... */
   void *owned;            /* a callback's context (malloc'd, freed with the source) */
+  void (*release_owned)(void *owned); /* what the context holds besides itself (or NULL) */
   int live;               /* 0 once finalised: __gc is reachable through getmetatable */
 } l_score;
 

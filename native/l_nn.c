@@ -741,6 +741,8 @@ static int loss_dsm(lua_State *L)
   return 1;
 }
 
+static void release_net_score(void *owned) { df_tensor_release(&((df_net_score *)owned)->sig); }
+
 /* diffuse.score.net(net, diffuser): s(x, t) = net(x, t) / sigma(t) */
 static int score_net(lua_State *L)
 {
@@ -750,11 +752,12 @@ static int score_net(lua_State *L)
   l_score *s = (l_score *)lua_newuserdatauv(L, sizeof *s, 1);
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, DF_SCORE_MT);
-  df_net_score *ns = (df_net_score *)malloc(sizeof *ns);
+  df_net_score *ns = (df_net_score *)calloc(1, sizeof *ns);
   if (!ns) l_error(L, fname, "out of memory");
   ns->net = n;
   ns->diff = *D;
   s->owned = ns;
+  s->release_owned = release_net_score;
   s->live = 1;
   s->kind_name = "net";
   s->src.kind = DF_SCORE_CALLBACK;

@@ -499,43 +499,54 @@ int df_net_score_run(void *ctx, const df_plan *p, df_tensor *x, int nrec, const 
   return st;
 }
 
+/* out (allocated like x) = the score at one time per row: the forward, then the convention's
+   factor per row, divisions by sigma(t_r) (the per-row widths in ns->sig, kept between calls so
+   a solver's loop allocates nothing) */
 int df_net_score_eval_rows(void *ctx, df_tensor *out, const df_tensor *x, const df_tensor *t)
 {
   df_net_score *ns = (df_net_score *)ctx;
-  df_tensor sig = { 0 };
+  df_net *n = ns->net;
+  int64_t rows = 0;
   int st;
-  if (!ns->net->live) return df_fail(DF_ESTATE, "attempt to use a released network");
-  if ((st = df_net_forward(ns->net, out, x, t, 0.0, 0))) return st;
-  if ((st = df_diffuser_eval(&sig, &ns->diff, DF_SIGMA, t))) goto done;
-  double lo;
-  if ((st = df_reduce_all(&sig, DF_RMIN, &lo))) goto done;
-  if (t->numel > 0 && !(lo > 0.0) && ns->net->output != DF_OUT_SCORE) {
-    st = df_fail(DF_EARG, "the network score is singular at t = 0 (sigma(0) = 0)");
-    goto done;
+  if (!n->live) return df_fail(DF_ESTATE, "attempt to use a released network");
+  if ((st = net_rows(n, x, &rows)) || (st = df_need_live(t))) return st;
+  if (t->numel != rows) return df_fail(DF_EARG, "t must hold one time per row (%lld)", (long long)rows);
+  if (!df_same_device(x, t)) return df_fail(DF_EARG, "x and t are on different devices");
+  if ((st = forward_into(n, df_data(out), x, t, 0.0, 0))) return st;
+  if (rows == 0 || n->output == DF_OUT_SCORE) return DF_OK;
+  if (!df_is_live(&ns->sig) || ns->sig.numel < rows || ns->sig.be != x->be || ns->sig.dev != x->dev) {
+    df_tensor_release(&ns->sig);
+    if ((st = df_tensor_alloc(&ns->sig, x->be, x->dev, 1, &rows))) return st;
   }
-  const int output = ns->net->output;
+  float *sig = df_data(&ns->sig);
+  if ((st = x->be->diffuser_eval(x->dev, &ns->diff, DF_SIGMA, sig, df_data(t), rows))) return st;
+  double lo, hi;
+  df_tensor view = ns->sig;
+  view.numel = rows;
+  view.shape[0] = rows;
+  if ((st = df_minmax(&view, &lo, &hi))) return st;
+  if (!(lo > 0.0)) return df_fail(DF_EARG, "the network score is singular at t = 0 (sigma(0) = 0)");
+  const int output = n->output;
   df_bcast bc; /* out [rows, dim] / sigma [rows] per row (twice for a denoiser: / sigma^2) */
   memset(&bc, 0, sizeof bc);
   bc.shape[0] = bc.shape[1] = 1;
-  bc.shape[2] = x->shape[0];
-  bc.shape[3] = ns->net->d.dim;
-  bc.sa[2] = ns->net->d.dim;
+  bc.shape[2] = rows;
+  bc.shape[3] = n->d.dim;
+  bc.sa[2] = n->d.dim;
   bc.sa[3] = 1;
   bc.sb[2] = 1;
   bc.n = out->numel;
-  if (bc.n == 0 || output == DF_OUT_SCORE) goto done;
   if (output == DF_OUT_DENOISER) {
     df_bcast be = bc; /* out - x, elementwise */
-    be.sb[2] = ns->net->d.dim;
+    be.sb[2] = n->d.dim;
     be.sb[3] = 1;
-    if ((st = out->be->binary(out->dev, DF_SUB, df_data(out), df_data(out), df_data(x), &be))) goto done;
-    if ((st = out->be->binary(out->dev, DF_DIV, df_data(out), df_data(out), df_data(&sig), &bc))) goto done;
+    if ((st = out->be->binary(out->dev, DF_SUB, df_data(out), df_data(out), df_data(x), &be)) ||
+        (st = out->be->binary(out->dev, DF_DIV, df_data(out), df_data(out), sig, &bc)))
+      return st;
   }
-  st = out->be->binary(out->dev, DF_DIV, df_data(out), df_data(out), df_data(&sig), &bc);
+  st = out->be->binary(out->dev, DF_DIV, df_data(out), df_data(out), sig, &bc);
   if (!st && output == DF_OUT_NOISE)
     st = out->be->binary_scalar(out->dev, DF_MUL, df_data(out), df_data(out), -1.0f, 0, out->numel);
-done:
-  df_tensor_release(&sig);
   return st;
 }
 

@@ -58,6 +58,7 @@ int df_net_score_run(void *net_and_diffuser, const df_plan *p, df_tensor *x, int
 typedef struct df_net_score {
   df_net *net;
   df_diffuser diff;
+  df_tensor sig;            /* per-row widths of eval_rows, kept between calls (released with it) */
 } df_net_score;
 
 /* a learning-rate schedule over the optimizer's steps t = 1, 2, ...: lr t / warmup for

@@ -52,11 +52,9 @@ int df_score_eval(df_tensor *out, const df_score_src *src, const df_tensor *x,
   df_tensor sig2 = { 0 };
   if ((st = df_need_live(x)) || (st = df_need_live(t))) return st;
   if (src->kind == DF_SCORE_CALLBACK) {
-    if (!t) {
-      if ((st = df_tensor_like(out, x))) return st;
-      return src->eval(src->ctx, out, x, (float)t0);
-    }
-    if (!src->eval_rows) return df_fail(DF_EARG, "this score takes one time, not a tensor");
+    if (t && !src->eval_rows) return df_fail(DF_EARG, "this score takes one time, not a tensor");
+    if ((st = df_tensor_like(out, x))) return st;
+    if (!t) return src->eval(src->ctx, out, x, (float)t0);
     return src->eval_rows(src->ctx, out, x, t);
   }
   if (!x->be->score_eval) return df_fail(DF_EDEVICE, "scores are not implemented on %s", x->be->name);
@@ -213,6 +211,16 @@ int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nre
     return df_fail(DF_EARG, "x must be [B, d] or [B], got %s", df_shape_str(x->ndim, x->shape, b, sizeof b));
   }
   if (src->kind != DF_SCORE_CALLBACK && (st = score_shape(src, x, &rows, &d))) return st;
+  /* the seed's three methods on the uniform grid in t run fused (below); the rest in solver.c */
+  if (s->method > DF_HEUN || s->grid != DF_GRID_UNIFORM || s->space != DF_SPACE_T) {
+    for (int r = 0; r < nrec; r++) {
+      if (rec_k[r] < 0 || rec_k[r] > s->steps)
+        return df_fail(DF_EARG, "record step %lld is outside 0..%lld", (long long)rec_k[r],
+                       (long long)s->steps);
+      if ((st = df_tensor_like(rec[r], x))) return st;
+    }
+    return df_solve_run(s, src, x, nrec, rec_k, rec);
+  }
   /* the grid's smallest t is 1 / steps: sigma^2 there must be a float32 the scores can divide by
      (diffuse.power with a large alpha underflows, and every score would be NaN) */
   double s2min = df_diffuser_sigma2_host(&s->diff, 1.0 / (double)s->steps);
