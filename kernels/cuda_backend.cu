@@ -848,6 +848,12 @@ static df_backend cuda_table(void)
   t.mixture_sample = cuda_mixture_sample;
   t.sample_fused = cuda_sample_fused;
   t.sample_step = cuda_sample_step;
+  t.rowlin = cuda_rowlin;
+  t.rowdot = cuda_rowdot;
+  t.errnorm = cuda_errnorm;
+  t.random_at = cuda_random_at;
+  t.mixture_div = cuda_mixture_div;
+  t.mixture_jvp = cuda_mixture_jvp;
   /* score networks and training (cuda_nn.cu) */
   t.net_workspace = cuda_net_workspace;
   t.net_forward = cuda_net_forward;

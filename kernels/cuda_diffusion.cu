@@ -133,6 +133,83 @@ __global__ void k_mixture_logpdf(df_mixture gm, int nf, int staged, float *out, 
     out[i] = df_mixture_logpdf_row(&m, sig2_rows ? sig2_rows[i] : sig2, x + i * m.d);
 }
 
+__global__ void k_mixture_div(df_mixture gm, int nf, int staged, float *out, const float *x,
+                              const float *sig2_rows, float sig2, int64_t rows)
+{
+  const df_mixture m = mix_view<0>(gm, nf, staged != 0);
+  for (int64_t i = df_gtid(); i < rows; i += df_gstride())
+    out[i] = df_mixture_div_row(&m, sig2_rows ? sig2_rows[i] : sig2, x + i * m.d);
+}
+
+__global__ void k_mixture_jvp(df_mixture gm, int nf, int staged, float *out, const float *x,
+                              const float *v, const float *sig2_rows, float sig2, int64_t rows)
+{
+  const df_mixture m = mix_view<0>(gm, nf, staged != 0);
+  for (int64_t i = df_gtid(); i < rows; i += df_gstride())
+    df_mixture_jvp_row(&m, sig2_rows ? sig2_rows[i] : sig2, x + i * m.d, v + i * m.d, out + i * m.d);
+}
+
+/* ---- the solvers' per-row operations (native/solver.c), as cpu_diffusion.c computes them ---- */
+
+struct LinArgs {
+  const float *v[DF_LIN_MAX], *coef[DF_LIN_MAX];
+  float s[DF_LIN_MAX];
+  int nv;
+};
+
+__global__ void k_rowlin(float *out, int64_t rows, int d, const LinArgs a)
+{
+  for (int64_t i = df_gtid(); i < rows * d; i += df_gstride()) {
+    const int64_t r = i / d;
+    float acc = (a.coef[0] ? a.coef[0][r] : a.s[0]) * a.v[0][i];
+    for (int j = 1; j < a.nv; j++) acc = acc + (a.coef[j] ? a.coef[j][r] : a.s[j]) * a.v[j][i];
+    out[i] = acc;
+  }
+}
+
+__global__ void k_rowdot(float *out, const float *a, const float *b, int64_t rows, int d)
+{
+  for (int64_t r = df_gtid(); r < rows; r += df_gstride()) {
+    double acc = 0.0;
+    for (int c = 0; c < d; c++) acc += (double)a[r * d + c] * (double)b[r * d + c];
+    out[r] = (float)acc;
+  }
+}
+
+__global__ void k_errnorm(float *out, const float *e, const float *a, const float *b, int64_t rows,
+                          int d, float rtol, float atol)
+{
+  for (int64_t r = df_gtid(); r < rows; r += df_gstride()) {
+    double acc = 0.0;
+    for (int c = 0; c < d; c++) {
+      const int64_t i = r * d + c;
+      float m = fabsf(a[i]) > fabsf(b[i]) ? fabsf(a[i]) : fabsf(b[i]);
+      double q = (double)e[i] / ((double)atol + (double)rtol * (double)m);
+      acc += q * q;
+    }
+    out[r] = (float)sqrt(acc / (double)d);
+  }
+}
+
+/* element base + i of the stream, a Philox block per thread (as k_step_em) */
+__global__ void k_random_at(int dist, float *x, int64_t n, uint64_t seed, uint64_t stream,
+                            uint64_t base)
+{
+  const uint64_t b0 = base >> 2, nb = ((base + (uint64_t)n - 1) >> 2) - b0 + 1;
+  for (int64_t j = df_gtid(); j < (int64_t)nb; j += df_gstride()) {
+    uint32_t w[4];
+    float z[4];
+    df_philox_block(seed, stream, b0 + (uint64_t)j, w);
+    if (dist == DF_NORMAL) df_normal4(w, z);
+    for (int l = 0; l < 4; l++) {
+      uint64_t idx = (b0 + (uint64_t)j) * 4 + (uint64_t)l;
+      if (idx < base || idx >= base + (uint64_t)n) continue;
+      x[idx - base] = dist == DF_NORMAL ? z[l] : dist == DF_UNIFORM ? df_u01(w[l])
+                    : ((w[l] >> 8) & 1u ? 1.0f : -1.0f);
+    }
+  }
+}
+
 /* row i: the component from uniform number i of stream su, the Gaussians from normal numbers
    i*d .. i*d+d-1 of stream sz (cpu_mixture_sample) */
 __global__ void k_mixture_sample(df_mixture gm, int nf, int staged, float *out,
@@ -507,5 +584,92 @@ int cuda_sample_step(int dev, int stage, float *x, float *xp, const float *s, co
   }
   }
   LAUNCHED(op);
+  return DF_OK;
+}
+
+int cuda_rowlin(int dev, float *out, int64_t rows, int d, int nv, const float *const *v,
+                const float *const *coef, const float *s)
+{
+  const char *op = "rowlin";
+  if (nv < 1 || nv > DF_LIN_MAX) return df_cuda_fail(DF_EARG, "cuda %s: %d terms", op, nv);
+  if (rows <= 0 || d <= 0) return DF_OK;
+  TRY(df_cuda_use_device(op, dev));
+  LinArgs a;
+  memset(&a, 0, sizeof a);
+  a.nv = nv;
+  for (int j = 0; j < nv; j++) {
+    a.v[j] = v[j];
+    a.coef[j] = coef[j];
+    a.s[j] = s[j];
+  }
+  k_rowlin<<<df_cuda_grid(rows * d, THREADS), THREADS>>>(out, rows, d, a);
+  LAUNCHED(op);
+  return DF_OK;
+}
+
+int cuda_rowdot(int dev, float *out, const float *a, const float *b, int64_t rows, int d)
+{
+  const char *op = "rowdot";
+  if (rows <= 0) return DF_OK;
+  TRY(df_cuda_use_device(op, dev));
+  k_rowdot<<<df_cuda_grid(rows, THREADS), THREADS>>>(out, a, b, rows, d);
+  LAUNCHED(op);
+  return DF_OK;
+}
+
+int cuda_errnorm(int dev, float *out, const float *e, const float *a, const float *b, int64_t rows,
+                 int d, float rtol, float atol)
+{
+  const char *op = "errnorm";
+  if (rows <= 0) return DF_OK;
+  TRY(df_cuda_use_device(op, dev));
+  k_errnorm<<<df_cuda_grid(rows, THREADS), THREADS>>>(out, e, a, b, rows, d, rtol, atol);
+  LAUNCHED(op);
+  return DF_OK;
+}
+
+int cuda_random_at(int dev, int dist, float *x, int64_t n, uint64_t seed, uint64_t stream,
+                   uint64_t base)
+{
+  const char *op = "random_at";
+  if (dist != DF_UNIFORM && dist != DF_NORMAL && dist != DF_RADEMACHER)
+    return df_cuda_fail(DF_EARG, "cuda %s: unknown distribution %d", op, dist);
+  if (n <= 0) return DF_OK;
+  TRY(df_cuda_use_device(op, dev));
+  int64_t nb = (int64_t)(((base + (uint64_t)n - 1) >> 2) - (base >> 2) + 1);
+  k_random_at<<<df_cuda_grid(nb, THREADS), THREADS>>>(dist, x, n, seed, stream, base);
+  LAUNCHED(op);
+  return DF_OK;
+}
+
+int cuda_mixture_div(int dev, const df_mixture *m, float *out, const float *x,
+                     const float *sig2_rows, float sig2, int64_t rows)
+{
+  const char *op = "mixture_div";
+  if (rows <= 0) return DF_OK;
+  TRY(df_cuda_use_device(op, dev));
+  MixDev md;
+  TRY(mix_upload(op, dev, m, &md));
+  k_mixture_div<<<df_cuda_grid(rows, THREADS), THREADS, md.shared>>>(md.m, md.nf, md.shared > 0, out,
+                                                                     x, sig2_rows, sig2, rows);
+  cudaError_t e = cudaGetLastError();
+  df_cuda_free(dev, md.buf);
+  if (e != cudaSuccess) return df_cuda_error(op, "kernel launch", e);
+  return DF_OK;
+}
+
+int cuda_mixture_jvp(int dev, const df_mixture *m, float *out, const float *x, const float *v,
+                     const float *sig2_rows, float sig2, int64_t rows)
+{
+  const char *op = "mixture_jvp";
+  if (rows <= 0) return DF_OK;
+  TRY(df_cuda_use_device(op, dev));
+  MixDev md;
+  TRY(mix_upload(op, dev, m, &md));
+  k_mixture_jvp<<<df_cuda_grid(rows, THREADS), THREADS, md.shared>>>(md.m, md.nf, md.shared > 0, out,
+                                                                     x, v, sig2_rows, sig2, rows);
+  cudaError_t e = cudaGetLastError();
+  df_cuda_free(dev, md.buf);
+  if (e != cudaSuccess) return df_cuda_error(op, "kernel launch", e);
   return DF_OK;
 }

@@ -128,6 +128,17 @@ int cuda_sample_fused(int dev, const df_plan *p, const df_mixture *m, float *x, 
                       uint64_t seed, uint64_t stream);
 int cuda_sample_step(int dev, int stage, float *x, float *xp, const float *s, const float *s2,
                      float c1, float c2, int64_t n, int64_t k, uint64_t seed, uint64_t stream);
+int cuda_rowlin(int dev, float *out, int64_t rows, int d, int nv, const float *const *v,
+                const float *const *coef, const float *s);
+int cuda_rowdot(int dev, float *out, const float *a, const float *b, int64_t rows, int d);
+int cuda_errnorm(int dev, float *out, const float *e, const float *a, const float *b, int64_t rows,
+                 int d, float rtol, float atol);
+int cuda_random_at(int dev, int dist, float *x, int64_t n, uint64_t seed, uint64_t stream,
+                   uint64_t base);
+int cuda_mixture_div(int dev, const df_mixture *m, float *out, const float *x,
+                     const float *sig2_rows, float sig2, int64_t rows);
+int cuda_mixture_jvp(int dev, const df_mixture *m, float *out, const float *x, const float *v,
+                     const float *sig2_rows, float sig2, int64_t rows);
 
 /* ---- the table members of cuda_nn.cu ------------------------------------------------------- */
 int64_t cuda_net_workspace(const df_netdesc *nd, int64_t rows);

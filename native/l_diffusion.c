@@ -647,6 +647,8 @@ static int sampler_run(lua_State *L)
   } else {
     src = &l_checkscore(L, 3, fname, "score")->src;
   }
+  const double *times = sampler_times(L, 1, s, fname); /* (a list grid's, at index 5) */
+  lua_settop(L, 5);
   /* the steps to record, each with its output tensor on the stack */
   int nrec = 0;
   l_getopt(L, 4, "record");
@@ -675,7 +677,7 @@ static int sampler_run(lua_State *L)
   /* the options and the allocations above may have run Lua (an __index, a finaliser) that
      released the score source: its context would be freed memory */
   if (src != &cb) src = &l_checkscore(L, 3, fname, "score")->src;
-  s->times = sampler_times(L, 1, s, fname);
+  s->times = times;
   int st = df_sampler_run(s, src, x, nrec, rec_k, rec);
   s->times = NULL;
   l_check(L, st, fname);

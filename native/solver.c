@@ -127,33 +127,19 @@ static int record(df_tensor *x, int64_t k, int nrec, const int64_t *rec_k, df_te
 /* ---- the fixed-grid methods ----------------------------------------------------------------- */
 
 /* the Langevin corrector at time t (sigma > 0): corrector steps x += e s + sqrt(2 e) z with
-   e = 2 (snr |z| / |s|)^2 per row (score_sde's step size, row by row so that a row's samples do
-   not depend on the rest of the batch) */
+   e = 2 (snr sigma)^2: score_sde's step size 2 (snr |z| / |s|)^2 with the norms at their values
+   for a Gaussian of variance sigma^2 (|z|^2 = d, |s|^2 = d / sigma^2), the same for every row:
+   per-row or batch norms would make a row's samples depend on its own noise draw (unstable in
+   one dimension, where |s| passes through 0) or on the rest of the batch */
 static int corrector(run *c, df_tensor *x, df_tensor *sc, df_tensor *z, double t)
 {
   int st;
-  const int64_t R = c->rows;
+  const double sg = sqrt(df_diffuser_sigma2_host(&c->s->diff, t)), q = c->s->snr * sg, e = 2.0 * q * q;
   for (int j = 0; j < c->s->corrector; j++) {
     if ((st = eval_t(c, sc, x, t)) || (st = noise(c, z))) return st;
-    float *nz = c->hbuf, *ns = c->hbuf2;
-    if ((st = c->be->rowdot(c->dev, df_data(&c->rowa), df_data(z), df_data(z), R, c->d)) ||
-        (st = c->be->rowdot(c->dev, df_data(&c->rowb), df_data(sc), df_data(sc), R, c->d)) ||
-        (st = c->be->download(c->dev, nz, df_data(&c->rowa), R)) ||
-        (st = c->be->download(c->dev, ns, df_data(&c->rowb), R)))
-      return st;
-    for (int64_t r = 0; r < R; r++) { /* e and sqrt(2 e), in double */
-      double q = c->s->snr * sqrt((double)nz[r]) / sqrt(fmax((double)ns[r], 1e-30));
-      double e = 2.0 * q * q;
-      nz[r] = (float)e;
-      ns[r] = (float)sqrt(2.0 * e);
-    }
-    if ((st = c->be->upload(c->dev, df_data(&c->rowa), nz, R)) ||
-        (st = c->be->upload(c->dev, df_data(&c->rowb), ns, R)))
-      return st;
-    const float *vp[3] = { df_data(x), df_data(sc), df_data(z) };
-    const float *cp[3] = { NULL, df_data(&c->rowa), df_data(&c->rowb) };
-    const float sp[3] = { 1.0f, 0.0f, 0.0f };
-    if ((st = c->be->rowlin(c->dev, df_data(x), R, c->d, 3, vp, cp, sp))) return st;
+    df_tensor *v[3] = { x, sc, z };
+    double co[3] = { 1.0, e, sqrt(2.0 * e) };
+    if ((st = lin(c, x, 3, v, co))) return st;
   }
   return DF_OK;
 }
