@@ -204,6 +204,13 @@ typedef struct df_backend {
   int (*train_steps)(int dev, const df_netdesc *nd, float *params, const float *fixed,
                      float *grads, float *m, float *v, const df_train_job *job, float *losses,
                      float *ws);
+  /* optional: out[j] = J v[j] for j < nv, J = d net(x, t) / d x per row (forward mode), for a
+     traced graph's description (the core hands the seed's nets over as their graphs); ws holds
+     net_jvp_workspace(nd, rows) floats */
+  int64_t (*net_jvp_workspace)(const df_netdesc *nd, int64_t rows);
+  int (*net_jvp)(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                 const float *x, const float *t, float t0, int64_t rows, int nv,
+                 const float *const *v, float *const *out, float *ws);
   /* optional (NULL: the sampler steps through net_forward): a whole sampler run with the score
      net(x, t_k) * p->inv_sigma[k] in one call, x [rows, dim] updated in place, rec_out as in
      sample_fused; bitwise the step-by-step run's result; ws holds net_workspace(nd, rows).

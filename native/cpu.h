@@ -54,6 +54,10 @@ int cpu_dsm_step(int dev, const df_netdesc *nd, const float *params, const float
 int cpu_adam(int dev, float *p, const float *g, float *m, float *v, int64_t n,
              const df_adam_hp *hp);
 int cpu_ema(int dev, float *e, const float *p, int64_t n, float decay);
+int64_t cpu_net_jvp_workspace(const df_netdesc *nd, int64_t rows);
+int cpu_net_jvp(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                const float *x, const float *t, float t0, int64_t rows, int nv,
+                const float *const *v, float *const *out, float *ws);
 
 /* cpu_graph.c: one tile of a traced network (graph.h), its buffers in the frame fr
    [g->frame][TILE] (x and t loaded into nodes 1 and 2 by the caller). The forward keeps what the
@@ -69,5 +73,9 @@ void cpu_graph_backward(const struct df_graph *g, const float *params, const flo
 void cpu_graph_time_table(const struct df_graph *g, const float *params, const float *fixed,
                           const float *times, int64_t n, float *tab, float *fr);
 void cpu_graph_fill(const struct df_graph *g, float *fr, const float *row);
+/* the tangents tf (the frame's layout) of a kept forward in fr, for the tangent of x loaded into
+   tf's node 1: every node that depends on x gets d node = J_node v (forward mode) */
+void cpu_graph_tangent(const struct df_graph *g, const float *params, const float *fixed,
+                       const float *fr, float *tf);
 
 #endif

@@ -493,4 +493,6 @@ const df_backend df_cpu_backend = {
   .dsm_step = cpu_dsm_step,
   .adam = cpu_adam,
   .ema = cpu_ema,
+  .net_jvp_workspace = cpu_net_jvp_workspace,
+  .net_jvp = cpu_net_jvp,
 };

@@ -309,3 +309,89 @@ void cpu_graph_backward(const df_graph *g, const float *params, const float *fix
     }
   }
 }
+
+/* ---- tangents: J v, forward mode ---------------------------------------------------------------- */
+
+/* the tangent of a node of t alone is 0: its buffer is never read, these stand in for it */
+#define XDEP(i) (g->nodes[i].xdep)
+
+void cpu_graph_tangent(const df_graph *g, const float *params, const float *fixed, const float *fr,
+                       float *tf)
+{
+  for (int i = 2; i < g->nnodes; i++) {
+    const df_gnode *n = &g->nodes[i];
+    if (!n->live || !n->xdep) continue;
+    float *out = tf + n->val * TILE;
+    const int N = n->width * TILE;
+    const float *TA = n->a >= 0 ? tf + g->nodes[n->a].val * TILE : NULL;
+    const float *A = n->a >= 0 ? fr + g->nodes[n->a].val * TILE : NULL;
+    switch (n->op) {
+    case DF_G_LINEAR: { /* W dA (no bias) */
+      const df_glayer *L = &g->layers[n->layer];
+      linear_forward(out, TA, params + L->woff, zero_bias, L->in, L->out);
+      break;
+    }
+    case DF_G_CAT: {
+      float *o = out;
+      for (int k = 0; k < n->ncat; k++) {
+        const int c = g->cat[n->cat0 + k];
+        const size_t M = (size_t)g->nodes[c].width * TILE;
+        if (XDEP(c)) memcpy(o, tf + g->nodes[c].val * TILE, M * sizeof(float));
+        else memset(o, 0, M * sizeof(float));
+        o += M;
+      }
+      break;
+    }
+    case DF_G_ADD: case DF_G_SUB: case DF_G_MUL: {
+      const df_gnode *an = &g->nodes[n->a], *bn = &g->nodes[n->b];
+      const float *B = fr + bn->val * TILE, *TB = tf + bn->val * TILE;
+      const int wa = an->width, wb = bn->width, xa = an->xdep, xb = bn->xdep;
+      for (int c = 0; c < n->width; c++) {
+        const int ca = (wa == 1 ? 0 : c) * TILE, cb = (wb == 1 ? 0 : c) * TILE;
+        float *o = out + c * TILE;
+        for (int r = 0; r < TILE; r++) {
+          float ta = xa ? TA[ca + r] : 0.0f, tb = xb ? TB[cb + r] : 0.0f;
+          o[r] = n->op == DF_G_ADD ? ta + tb : n->op == DF_G_SUB ? ta - tb
+               : ta * B[cb + r] + A[ca + r] * tb;
+        }
+      }
+      break;
+    }
+    case DF_G_ADDC: memcpy(out, TA, (size_t)N * sizeof(float)); break;
+    case DF_G_MULC: { const float c = n->c; for (int k = 0; k < N; k++) out[k] = TA[k] * c; break; }
+    case DF_G_RSUBC: for (int k = 0; k < N; k++) out[k] = -TA[k]; break;
+    case DF_G_DIVC: { const float c = n->c; for (int k = 0; k < N; k++) out[k] = TA[k] / c; break; }
+    case DF_G_SILU: case DF_G_TANH: case DF_G_GELU: {
+      const float *aux = fr + n->aux * TILE;
+      const int act = act_of(n->op);
+      for (int k = 0; k < N; k++) out[k] = TA[k] * df_act_bwd(act, A[k], aux[k]);
+      break;
+    }
+    case DF_G_RELU: for (int k = 0; k < N; k++) out[k] = A[k] > 0.0f ? TA[k] : 0.0f; break;
+    case DF_G_SIGMOID: {
+      const float *sv = fr + n->val * TILE;
+      for (int k = 0; k < N; k++) out[k] = TA[k] * (sv[k] * (1.0f - sv[k]));
+      break;
+    }
+    case DF_G_SIN: { const float *co = fr + n->aux * TILE; for (int k = 0; k < N; k++) out[k] = TA[k] * co[k]; break; }
+    case DF_G_COS: { const float *si = fr + n->aux * TILE; for (int k = 0; k < N; k++) out[k] = -(TA[k] * si[k]); break; }
+    case DF_G_EXP: { const float *e = fr + n->val * TILE; for (int k = 0; k < N; k++) out[k] = TA[k] * e[k]; break; }
+    case DF_G_SQUARE: for (int k = 0; k < N; k++) out[k] = TA[k] * (2.0f * A[k]); break;
+    case DF_G_FOURIER: { /* d sin(k w u) = k w cos(k w u) du, d cos = -k w sin du */
+      const int nf = n->nfreq;
+      const float *f = fr + n->val * TILE, *w = fixed + n->foff;
+      for (int j = 0; j < nf; j++) {
+        const float kw = n->gauss ? w[j] * 6.28318530717958648f : w[j];
+        const float *fs = f + j * TILE, *fc = f + (nf + j) * TILE;
+        float *os = out + j * TILE, *oc = out + (nf + j) * TILE;
+        for (int r = 0; r < TILE; r++) {
+          os[r] = kw * (fc[r] * TA[r]);
+          oc[r] = -(kw * (fs[r] * TA[r]));
+        }
+      }
+      break;
+    }
+    default: break;
+    }
+  }
+}

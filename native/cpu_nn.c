@@ -532,3 +532,43 @@ int cpu_ema(int dev, float *e, const float *p, int64_t n, float decay)
   for (int64_t i = 0; i < n; i++) e[i] = df_ema_update(e[i], p[i], decay);
   return DF_OK;
 }
+
+/* ---- Jacobian-vector products (divergences) ------------------------------------------------------- */
+
+/* per partition: a frame for the forward, a frame of tangents */
+int64_t cpu_net_jvp_workspace(const df_netdesc *nd, int64_t rows)
+{
+  (void)rows;
+  return NPART * 2 * frame_floats(nd);
+}
+
+int cpu_net_jvp(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                const float *x, const float *t, float t0, int64_t rows, int nv,
+                const float *const *v, float *const *out, float *ws)
+{
+  (void)dev;
+  if (nd->kind != DF_NET_GRAPH) return df_fail(DF_EARG, "net_jvp takes a graph's description");
+  const df_graph *g = nd->graph;
+  const int d = nd->dim;
+  const int64_t nt = ntiles_of(rows), ff = frame_floats(nd);
+#pragma omp parallel for schedule(static) if (rows >= PAR_ROWS)
+  for (int p = 0; p < NPART; p++) {
+    frame f = frame_at(nd, ws + p * 2 * ff);
+    float *tf = ws + p * 2 * ff + ff, *tx = tf + g->nodes[0].val * TILE;
+    const float *tout = tf + g->nodes[g->out].val * TILE;
+    int64_t lo, hi;
+    part_range(nt, p, &lo, &hi);
+    for (int64_t k = lo; k < hi; k++) {
+      const int64_t r0 = k * TILE;
+      const int m = rows - r0 < TILE ? (int)(rows - r0) : TILE;
+      load_inputs(nd, &f, x, t, t0, r0, m);
+      cpu_graph_forward(g, params, fixed, f.base, 1, 0);
+      for (int j = 0; j < nv; j++) {
+        tile_rows((float *)v[j], tx, r0, m, d, 0);
+        cpu_graph_tangent(g, params, fixed, f.base, tf);
+        tile_rows(out[j], (float *)tout, r0, m, d, 1);
+      }
+    }
+  }
+  return DF_OK;
+}

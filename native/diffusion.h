@@ -52,6 +52,10 @@ typedef struct df_score_src {
      have the sampler step through eval instead (the device cannot) */
   int (*run)(void *ctx, const df_plan *p, df_tensor *x, int nrec, const int64_t *rec_k,
              float *const *rec_out, uint64_t seed, uint64_t stream, int *done);
+  /* optional (divergences of a callback): out[j] = J v[j] for j < nv, J = d s / d x at (x, t)
+     with one time per row (t) or t0; device buffers like x */
+  int (*jvp)(void *ctx, int nv, float *const *out, const float *const *v, const df_tensor *x,
+             const df_tensor *t, float t0);
   void *ctx;
 } df_score_src;
 
@@ -67,6 +71,14 @@ int df_mixture_sample(df_tensor *out, const df_score_src *src, int64_t n, double
 
 /* time grids: t_k = 1 - k / N; Karras et al.'s sigmas (rho); uniform in log sigma; a list */
 enum { DF_GRID_UNIFORM, DF_GRID_KARRAS, DF_GRID_LOG_SIGMA, DF_GRID_LIST };
+/* the divergence of a score: exact (closed forms; a network's through d Jacobian-vector
+   products) or Hutchinson's estimator v^T J v averaged over probes fixed for a whole solve */
+enum { DF_DIV_EXACT, DF_DIV_HUTCHINSON };
+typedef struct df_div_opts {
+  int mode;      /* DF_DIV_* */
+  int probes;    /* Hutchinson: probes per row */
+  int dist;      /* Hutchinson: DF_RADEMACHER or DF_NORMAL (backend.h) */
+} df_div_opts;
 /* what euler and heun step in: t (dx/dt = -g^2 s / 2, the seed's) or sigma (dx/dsigma = -sigma s) */
 enum { DF_SPACE_T, DF_SPACE_SIGMA };
 
@@ -87,14 +99,27 @@ typedef struct df_sampler {
 } df_sampler;
 
 /* Run from t = 1 to 0 on x (x1 on entry, x0 on return, in place). rec[r] (released on entry)
-   receives x after rec_k[r] steps, i.e. at t = 1 - rec_k[r] / steps. */
+   receives x after rec_k[r] steps, i.e. at t = 1 - rec_k[r] / steps. With I (host, one per
+   row), the divergence integral of df_solve_run too. */
 int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nrec,
-                   const int64_t *rec_k, df_tensor *const *rec);
+                   const int64_t *rec_k, df_tensor *const *rec, const df_div_opts *div, double *I);
 /* the grid of a sampler: t[0..steps] and sigma[0..steps] (host arrays of steps + 1), checked */
 int df_sampler_grid(const df_sampler *s, double *t, double *sigma);
 
-/* solver.c: the methods beyond the seed's fused ones (other grids, sigma-space steps, rk45) */
+/* solver.c: the methods beyond the seed's fused ones (other grids, sigma-space steps, rk45).
+   With I (host, one per row; NULL: none) it also integrates I = int 1/2 g^2 div s dt along the
+   path with the method's own quadrature, so that log q(x0) = log prior(x1) - I (deterministic
+   methods only). */
 int df_solve_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nrec,
-                 const int64_t *rec_k, df_tensor *const *rec);
+                 const int64_t *rec_k, df_tensor *const *rec, const df_div_opts *div, double *I);
+/* the probability-flow likelihood: x (data on entry, x1 on return) carried from t_min up to 1
+   by method (DF_EULER, DF_HEUN, DF_RK4 on `steps` uniform steps in t, or DF_RK45 with s->rtol,
+   s->atol), I as above: log p_(t_min)(x) = log prior(x1) - I. s supplies the diffuser, method,
+   steps, t_min and tolerances; s->nfe counts the evaluations. */
+int df_likelihood(df_sampler *s, const df_score_src *src, df_tensor *x, const df_div_opts *div,
+                  double *I);
+/* div s at x and t (one per row, or t0) into out [rows] (released on entry) */
+int df_score_divergence(df_tensor *out, const df_score_src *src, const df_tensor *x,
+                        const df_tensor *t, double t0, const df_div_opts *div);
 
 #endif

@@ -558,7 +558,7 @@ DF_FN void df_mixture_sample_row(const df_mixture *m, float sig2, float u, const
 
 /* ---- reverse-time update rules (t runs from 1 to 0 in steps of dt) -------------------------- */
 
-enum { DF_EULER, DF_EULER_MARUYAMA, DF_HEUN, DF_DDIM, DF_DPMPP_2M, DF_EDM, DF_PC, DF_RK45 };
+enum { DF_EULER, DF_EULER_MARUYAMA, DF_HEUN, DF_DDIM, DF_DPMPP_2M, DF_EDM, DF_PC, DF_RK45, DF_RK4 };
 
 /* probability-flow ODE, Euler: x + 0.5 g^2 s dt, with c = 0.5 g^2 dt */
 DF_FN float df_step_euler(float x, float s, float c) { return x + c * s; }

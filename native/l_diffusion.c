@@ -341,6 +341,56 @@ static int s_sample(lua_State *L)
   return 1;
 }
 
+/* the divergence options of an options table at opts: divergence = 'exact' | 'hutchinson',
+   probes (Hutchinson: 1 by default), probe = 'rademacher' | 'gaussian' */
+static df_div_opts div_opts(lua_State *L, int opts, const char *fname)
+{
+  df_div_opts o;
+  memset(&o, 0, sizeof o);
+  o.mode = DF_DIV_EXACT;
+  o.probes = 1;
+  o.dist = DF_RADEMACHER;
+  if (l_getopt(L, opts, "divergence") != LUA_TNIL) {
+    const char *m = l_checkstr(L, -1, fname, "divergence");
+    if (strcmp(m, "exact") == 0) o.mode = DF_DIV_EXACT;
+    else if (strcmp(m, "hutchinson") == 0) o.mode = DF_DIV_HUTCHINSON;
+    else l_error(L, fname, "divergence must be 'exact' or 'hutchinson' (got '%s')", m);
+  }
+  lua_pop(L, 1);
+  if (l_getopt(L, opts, "probes") != LUA_TNIL) {
+    int64_t k = l_checkint(L, -1, fname, "probes");
+    if (k < 1 || k > 64) l_error(L, fname, "probes must be from 1 to 64 (got %lld)", (long long)k);
+    o.probes = (int)k;
+  }
+  lua_pop(L, 1);
+  if (l_getopt(L, opts, "probe") != LUA_TNIL) {
+    const char *m = l_checkstr(L, -1, fname, "probe");
+    if (strcmp(m, "rademacher") == 0) o.dist = DF_RADEMACHER;
+    else if (strcmp(m, "gaussian") == 0) o.dist = DF_NORMAL;
+    else l_error(L, fname, "probe must be 'rademacher' or 'gaussian' (got '%s')", m);
+  }
+  lua_pop(L, 1);
+  return o;
+}
+
+/* score:divergence(x, t [, {divergence, probes, probe}]) --> [B]: the trace of the score's
+   Jacobian (the Laplacian of log p_t for the exact and mixture scores) */
+static int s_divergence(lua_State *L)
+{
+  const char *fname = "diffuse.score.divergence";
+  static const char *const opts[] = { "divergence", "probes", "probe", NULL };
+  l_score *s = l_checkscore(L, 1, fname, "self");
+  df_tensor *x = l_checktensor(L, 2, fname, "x");
+  double t0 = 0.0;
+  df_tensor *t = time_arg(L, 3, fname, -1.0, &t0);
+  l_checkopts(L, 4, fname, opts);
+  df_div_opts o = div_opts(L, 4, fname);
+  s = l_checkscore(L, 1, fname, "self"); /* (the options' lookups may have run Lua) */
+  df_tensor *out = l_newtensor(L);
+  l_check(L, df_score_divergence(out, &s->src, x, t, t0, &o), fname);
+  return 1;
+}
+
 static int s_gc(lua_State *L)
 {
   l_score *s = (l_score *)luaL_checkudata(L, 1, DF_SCORE_MT);
@@ -571,6 +621,10 @@ static const double *sampler_times(lua_State *L, int idx, const df_sampler *s, c
   return t;
 }
 
+static void prior_logp(lua_State *L, int idx, const df_tensor *x1, const df_diffuser *D, double *out,
+                       const char *fname);
+static df_tensor *push_host_tensor(lua_State *L, const double *v, int64_t n, const char *fname);
+
 /* a Lua function as score: called with a copy of x (so it may keep or change it) and t */
 typedef struct {
   lua_State *L;
@@ -628,7 +682,7 @@ static int lua_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t
 static int sampler_run(lua_State *L)
 {
   const char *fname = "diffuse.sampler.run";
-  static const char *const opts[] = { "record", NULL };
+  static const char *const opts[] = { "record", "logq", "prior", "divergence", "probes", "probe", NULL };
   df_sampler *s = check_sampler(L, 1, fname);
   df_tensor *x1 = l_checktensor(L, 2, fname, "x1");
   l_checkopts(L, 4, fname, opts);
@@ -649,6 +703,25 @@ static int sampler_run(lua_State *L)
   }
   const double *times = sampler_times(L, 1, s, fname); /* (a list grid's, at index 5) */
   lua_settop(L, 5);
+  /* log q: the prior at x1 (index 7), the divergence integral (6), before the run */
+  int logq = 0;
+  l_getopt(L, 4, "logq");
+  logq = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  df_div_opts dopt = div_opts(L, 4, fname);
+  const int64_t qrows = x1->ndim > 0 ? x1->shape[0] : 1;
+  double *I = NULL, *P = NULL;
+  if (logq) {
+    if (lua_isfunction(L, 3))
+      l_error(L, fname, "logq needs the score's divergence: a Lua score function has none");
+    I = (double *)lua_newuserdatauv(L, (size_t)(2 * (qrows > 0 ? qrows : 1)) * sizeof(double), 0);
+    P = I + (qrows > 0 ? qrows : 1);
+    l_getopt(L, 4, "prior");
+    prior_logp(L, lua_gettop(L), x1, &s->diff, P, fname);
+    lua_pop(L, 1);
+  } else {
+    lua_pushnil(L);
+  }
   /* the steps to record, each with its output tensor on the stack */
   int nrec = 0;
   l_getopt(L, 4, "record");
@@ -678,16 +751,19 @@ static int sampler_run(lua_State *L)
      released the score source: its context would be freed memory */
   if (src != &cb) src = &l_checkscore(L, 3, fname, "score")->src;
   s->times = times;
-  int st = df_sampler_run(s, src, x, nrec, rec_k, rec);
+  int st = df_sampler_run(s, src, x, nrec, rec_k, rec, logq ? &dopt : NULL, I);
   s->times = NULL;
   l_check(L, st, fname);
-  /* results: x0, then the path table */
+  /* results: x0, then the path table (and log q) */
   lua_createtable(L, 0, nrec);
   for (int r = 0; r < nrec; r++) {
     lua_pushvalue(L, base + 1 + r);
     lua_rawseti(L, -2, (lua_Integer)rec_k[r]);
   }
-  return 2;
+  if (!logq) return 2;
+  for (int64_t r = 0; r < qrows; r++) P[r] -= I[r]; /* log q(x0) = log prior(x1) - I */
+  push_host_tensor(L, P, qrows, fname);
+  return 3;
 }
 
 static int sampler_index(lua_State *L)
@@ -738,6 +814,151 @@ static int sampler_grid_l(lua_State *L)
   return 2;
 }
 
+/* ---- likelihoods ------------------------------------------------------------------------------- */
+
+/* the prior's log-density of x1 into out (host, one per row): N(0, sigma(1)^2 I) when the option
+   at idx is nil, else prior(x1) (a function) or prior:log_density(x1, 1) (an object with one,
+   such as a mixture: its exact p_1), which must give one number per row */
+static void prior_logp(lua_State *L, int idx, const df_tensor *x1, const df_diffuser *D, double *out,
+                       const char *fname)
+{
+  const int64_t rows = x1->ndim > 0 ? x1->shape[0] : 1, n = x1->numel, d = rows > 0 ? n / rows : 1;
+  if (lua_isnoneornil(L, idx)) {
+    float *h = l_hostbuf(L, n > 0 ? n : 1, fname);
+    l_check(L, df_download(x1, h), fname);
+    lua_pop(L, 1); /* (the buffer stays alive until the next GC step; it is not used after) */
+    double s2 = df_diffuser_sigma2_host(D, 1.0);
+    for (int64_t r = 0; r < rows; r++) {
+      double q = 0.0;
+      for (int64_t c = 0; c < d; c++) q += (double)h[r * d + c] * (double)h[r * d + c];
+      out[r] = -0.5 * q / s2 - 0.5 * (double)d * log(2.0 * 3.14159265358979323846 * s2);
+    }
+    return;
+  }
+  int top = lua_gettop(L);
+  df_tensor *xc = l_newtensor(L); /* the prior gets a copy */
+  l_check(L, df_tensor_like(xc, x1), fname);
+  l_check(L, df_copy(xc, x1), fname);
+  if (lua_isfunction(L, idx)) {
+    lua_pushvalue(L, idx);
+    lua_pushvalue(L, top + 1);
+    lua_call(L, 1, 1);
+  } else {
+    if (lua_getfield(L, idx, "log_density") == LUA_TNIL)
+      l_error(L, fname, "prior must be a function(x1) or an object with log_density (got %s)",
+              luaL_typename(L, idx));
+    lua_pushvalue(L, idx);
+    lua_pushvalue(L, top + 1);
+    lua_pushnumber(L, 1.0);
+    lua_call(L, 3, 1);
+  }
+  df_tensor *r = (df_tensor *)luaL_testudata(L, -1, DF_TENSOR_MT);
+  if (!r || !df_is_live(r) || r->numel != rows || r->ndim > 2 || (r->ndim == 2 && r->shape[1] != 1)) {
+    char b[96] = "a non-tensor";
+    if (r && df_is_live(r)) df_shape_str(r->ndim, r->shape, b, sizeof b);
+    l_error(L, fname, "the prior must give one log-density per row ([%lld]), got %s", (long long)rows, b);
+  }
+  float *h = l_hostbuf(L, rows > 0 ? rows : 1, fname);
+  l_check(L, df_download(r, h), fname);
+  for (int64_t i = 0; i < rows; i++) out[i] = (double)h[i];
+  lua_settop(L, top);
+}
+
+static df_tensor *push_host_tensor(lua_State *L, const double *v, int64_t n, const char *fname)
+{
+  const df_backend *be;
+  int dev;
+  df_current_device(&be, &dev);
+  df_tensor *t = l_newtensor(L);
+  float *h = l_hostbuf(L, n > 0 ? n : 1, fname);
+  for (int64_t i = 0; i < n; i++) h[i] = (float)v[i];
+  l_check(L, df_tensor_alloc(t, be, dev, 1, &n), fname);
+  if (n > 0) l_check(L, df_upload(t, h), fname);
+  lua_pop(L, 1);
+  return t;
+}
+
+/* diffuse.likelihood{diffuser, score, x, method = 'rk45', steps = 100, rtol = 1e-5, atol = 1e-5,
+   t_min = 1e-5, divergence = 'exact', probes, probe, prior} --> log p [B], info: the
+   probability-flow ODE carries x from t_min up to 1 with the divergence integral I, and log p =
+   log prior(x1) - I (the density at t_min, which tends to p_0 as t_min does) */
+static int d_likelihood(lua_State *L)
+{
+  const char *fname = "diffuse.likelihood";
+  static const char *const opts[] = { "diffuser", "score", "x", "method", "steps", "rtol", "atol",
+                                      "t_min", "divergence", "probes", "probe", "prior", NULL };
+  if (!lua_istable(L, 1)) l_error(L, fname, "expected {diffuser = ..., score = ..., x = ...}");
+  l_checkopts(L, 1, fname, opts);
+  lua_settop(L, 1);
+  df_sampler s;
+  memset(&s, 0, sizeof s);
+  lua_getfield(L, 1, "diffuser"); /* 2 */
+  if (lua_isnil(L, 2)) l_error(L, fname, "diffuser is required");
+  s.diff = *l_checkdiffuser(L, 2, fname, "diffuser");
+  lua_getfield(L, 1, "score"); /* 3 */
+  if (lua_isnil(L, 3)) l_error(L, fname, "score is required");
+  if (lua_isfunction(L, 3))
+    l_error(L, fname, "a Lua score function has no divergence: use a native score or diffuse.score.net");
+  l_checkscore(L, 3, fname, "score");
+  lua_getfield(L, 1, "x"); /* 4 */
+  if (lua_isnil(L, 4)) l_error(L, fname, "x is required");
+  df_tensor *x = l_checktensor(L, 4, fname, "x");
+  lua_getfield(L, 1, "method");
+  const char *m = lua_isnil(L, -1) ? "rk45" : l_checkstr(L, -1, fname, "method");
+  s.method = strcmp(m, "euler") == 0 ? DF_EULER : strcmp(m, "heun") == 0 ? DF_HEUN
+           : strcmp(m, "rk4") == 0 ? DF_RK4 : strcmp(m, "rk45") == 0 ? DF_RK45 : -1;
+  if (s.method < 0) l_error(L, fname, "method must be 'euler', 'heun', 'rk4' or 'rk45' (got '%s')", m);
+  lua_getfield(L, 1, "steps");
+  s.steps = l_optint(L, -1, 100, fname, "steps");
+  if (s.steps < 1 || s.steps > 100000000) l_error(L, fname, "steps must be between 1 and 1e8 (got %lld)", (long long)s.steps);
+  lua_settop(L, 4);
+  lua_pushvalue(L, 1);
+  lua_replace(L, 1);
+  s.rtol = l_optnum(L, (lua_getfield(L, 1, "rtol"), -1), 1e-5, fname, "rtol");
+  s.atol = l_optnum(L, (lua_getfield(L, 1, "atol"), -1), 1e-5, fname, "atol");
+  s.t_min = l_optnum(L, (lua_getfield(L, 1, "t_min"), -1), 1e-5, fname, "t_min");
+  lua_settop(L, 4);
+  if (!(s.rtol >= 1e-12 && s.rtol <= 1.0)) l_error(L, fname, "rtol must be positive, from 1e-12 to 1 (got %g)", s.rtol);
+  if (!(s.atol >= 1e-12 && s.atol <= 1e3)) l_error(L, fname, "atol must be positive, from 1e-12 to 1e3 (got %g)", s.atol);
+  if (!(s.t_min > 0.0 && s.t_min < 1.0)) l_error(L, fname, "t_min must be in (0, 1) (got %g)", s.t_min);
+  df_div_opts o = div_opts(L, 1, fname);
+  lua_getfield(L, 1, "prior"); /* 5 */
+  if (x->ndim > 2 || x->ndim < 1) l_error(L, fname, "x must be [B, d] or [B]");
+  const int64_t rows = x->shape[0];
+  double *I = (double *)lua_newuserdatauv(L, (size_t)(2 * (rows > 0 ? rows : 1)) * sizeof(double), 0); /* 6 */
+  double *P = I + (rows > 0 ? rows : 1);
+  df_tensor *x1 = l_newtensor(L); /* 7 */
+  l_check(L, df_tensor_like(x1, x), fname);
+  l_check(L, df_copy(x1, x), fname);
+  l_score *sc = l_checkscore(L, 3, fname, "score"); /* (again: Lua may have run) */
+  l_check(L, df_likelihood(&s, &sc->src, x1, &o, I), fname);
+  prior_logp(L, 5, x1, &s.diff, P, fname);
+  double *lp = (double *)lua_newuserdatauv(L, (size_t)(rows > 0 ? rows : 1) * sizeof(double), 0);
+  double mean = 0.0;
+  const int64_t d = rows > 0 ? x->numel / rows : 1;
+  for (int64_t r = 0; r < rows; r++) {
+    lp[r] = P[r] - I[r];
+    mean += lp[r] / (double)rows;
+  }
+  push_host_tensor(L, lp, rows, fname);
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, (lua_Integer)s.nfe);
+  lua_setfield(L, -2, "nfe");
+  if (s.method == DF_RK45) {
+    lua_pushnumber(L, s.nfe_rows);
+    lua_setfield(L, -2, "nfe_rows");
+  }
+  push_host_tensor(L, P, rows, fname);
+  lua_setfield(L, -2, "prior");
+  push_host_tensor(L, I, rows, fname);
+  lua_setfield(L, -2, "integral");
+  lua_pushvalue(L, 7);
+  lua_setfield(L, -2, "x1");
+  lua_pushnumber(L, -mean / ((double)d * log(2.0)));
+  lua_setfield(L, -2, "bpd");
+  return 2;
+}
+
 /* ---- registration -------------------------------------------------------------------------- */
 
 static const luaL_Reg diffuser_methods[] = {
@@ -747,7 +968,8 @@ static const luaL_Reg diffuser_methods[] = {
 static const luaL_Reg diffuser_meta[] = { { "__tostring", df_tostring }, { NULL, NULL } };
 
 static const luaL_Reg score_methods[] = {
-  { "log_density", s_log_density }, { "density", s_density }, { "sample", s_sample }, { NULL, NULL }
+  { "log_density", s_log_density }, { "density", s_density }, { "sample", s_sample },
+  { "divergence", s_divergence }, { NULL, NULL }
 };
 static const luaL_Reg score_meta[] = {
   { "__call", s_call }, { "__gc", s_gc }, { "__tostring", s_tostring }, { NULL, NULL }
@@ -775,6 +997,8 @@ void l_open_diffusion(lua_State *L)
   lua_setfield(L, -2, "power");
   lua_pushcfunction(L, d_sampler);
   lua_setfield(L, -2, "sampler");
+  lua_pushcfunction(L, d_likelihood);
+  lua_setfield(L, -2, "likelihood");
   luaL_newlib(L, heat_funcs);
   lua_setfield(L, -2, "heat");
   luaL_newlib(L, score_funcs);

@@ -765,6 +765,7 @@ static int score_net(lua_State *L)
   s->src.eval = df_net_score_eval;
   s->src.eval_rows = df_net_score_eval_rows;
   s->src.run = df_net_score_run;
+  s->src.jvp = df_net_score_jvp;
   s->src.ctx = ns;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1); /* the network lives as long as its score */

@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200112L
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -146,6 +147,10 @@ void df_net_release(df_net *n)
   free_buf(n->be, n->dev, &n->in_x);
   free_buf(n->be, n->dev, &n->in_t);
   free_buf(n->be, n->dev, &n->loss);
+  free_buf(n->be, n->dev, &n->jws);
+  n->jws_floats = 0;
+  if (n->shadow) df_graph_release(n->shadow);
+  n->shadow = NULL;
   n->ws_floats = n->in_cap = 0; /* (a released net must not look as if it had a workspace) */
   n->cached_rows = -1;
   n->live = 0;
@@ -162,7 +167,9 @@ static int alloc_net(df_net *n, const df_backend *be, int dev)
   if (n->d.graph) df_graph_retain((df_graph *)n->d.graph); /* (its own, dropped by release) */
   /* no workspace yet: a net copied for df_net_to must not keep (and later free, through this
      backend) the old device's buffers */
-  n->ws = n->in_x = n->in_t = NULL;
+  n->ws = n->in_x = n->in_t = n->jws = NULL;
+  n->shadow = NULL;
+  n->jws_floats = 0;
   n->params = n->grads = n->fixed = n->loss = NULL; /* (a failure half-way frees only these) */
   n->ws_floats = n->in_cap = 0;
   n->cached_rows = -1;
@@ -547,6 +554,123 @@ int df_net_score_eval_rows(void *ctx, df_tensor *out, const df_tensor *x, const 
   st = out->be->binary(out->dev, DF_DIV, df_data(out), df_data(out), sig, &bc);
   if (!st && output == DF_OUT_NOISE)
     st = out->be->binary_scalar(out->dev, DF_MUL, df_data(out), df_data(out), -1.0f, 0, out->numel);
+  return st;
+}
+
+/* ---- Jacobians ------------------------------------------------------------------------------------- */
+
+static const char *const act_text[] = { "silu", "relu", "tanh", "gelu" };
+
+/* the graph a net's Jacobian runs on: its own, or the seed's nets spelled out as graphs (the
+   same parameter and frequency layout, so the same numbers) */
+static int jvp_desc(df_net *n, df_netdesc *d)
+{
+  if (n->d.kind == DF_NET_GRAPH) {
+    *d = n->d;
+    return DF_OK;
+  }
+  if (!n->shadow) {
+    const df_netdesc *nd = &n->d;
+    char *text = (char *)malloc(4096 + 64 * (size_t)nd->nlin);
+    if (!text) return df_fail(DF_ENOMEM, "out of memory");
+    int pos = sprintf(text, "diffuse.net 1\ndim %d\n", nd->dim);
+    for (int l = 0; l < nd->nlin; l++) pos += sprintf(text + pos, "layer %d %d 1\n", nd->in[l], nd->out[l]);
+    pos += sprintf(text + pos, "node x\nnode t\n");
+    const char *act = act_text[nd->act];
+    if (nd->kind == DF_NET_MLP) { /* cat(x, t), then Linear act ... Linear */
+      pos += sprintf(text + pos, "node cat 2 1 2\n");
+      int last = 3;
+      for (int l = 0; l < nd->nlin; l++) {
+        pos += sprintf(text + pos, "node linear %d %d\n", last, l + 1);
+        last++;
+        if (l + 1 < nd->nlin) { pos += sprintf(text + pos, "node %s %d\n", act, last); last++; }
+      }
+      sprintf(text + pos, "output %d\n", last);
+    } else { /* the time branch, the x branch, summed, act, Linear */
+      sprintf(text + pos, "node fourier 2 gauss %d %.17g\nnode linear 3 1\nnode %s 4\nnode linear 1 2\n"
+              "node add 6 5\nnode %s 7\nnode linear 8 3\noutput 9\n", nd->embed / 2, n->scale, act, act);
+    }
+    int st = df_graph_parse(text, &n->shadow);
+    free(text);
+    if (st) return st;
+  }
+  return df_netdesc_graph(d, n->shadow);
+}
+
+int df_net_jvp(df_net *n, const df_tensor *x, const df_tensor *t, double t0, int nv,
+               const float *const *v, float *const *out)
+{
+  int64_t rows = 0;
+  int st;
+  df_netdesc d;
+  if ((st = net_rows(n, x, &rows))) return st;
+  if (!n->be->net_jvp || !n->be->net_jvp_workspace)
+    return df_fail(DF_EDEVICE, "network Jacobians are not implemented on %s", n->be->name);
+  if (t && (t->numel != rows || !df_same_device(x, t)))
+    return df_fail(DF_EARG, "t must be a number or hold one time per row (%lld)", (long long)rows);
+  if (rows == 0) return DF_OK;
+  if ((st = jvp_desc(n, &d))) return st;
+  int64_t need = n->be->net_jvp_workspace(&d, rows);
+  if (need > n->jws_floats) {
+    free_buf(n->be, n->dev, &n->jws);
+    n->jws_floats = 0;
+    if ((st = alloc_buf(n->be, n->dev, need, &n->jws))) return st;
+    n->jws_floats = need;
+  }
+  return n->be->net_jvp(n->dev, &d, n->params, n->fixed, df_data(x), t ? df_data(t) : NULL, (float)t0,
+                        rows, nv, v, out, n->jws);
+}
+
+int df_net_score_jvp(void *ctx, int nv, float *const *out, const float *const *v,
+                     const df_tensor *x, const df_tensor *t, float t0)
+{
+  df_net_score *ns = (df_net_score *)ctx;
+  df_net *n = ns->net;
+  int st;
+  if (!n->live) return df_fail(DF_ESTATE, "attempt to use a released network");
+  if ((st = df_net_jvp(n, x, t, (double)t0, nv, v, out))) return st;
+  const int output = n->output;
+  const int64_t rows = x->shape[0], N = x->numel;
+  if (output == DF_OUT_SCORE || N == 0) return DF_OK;
+  const df_backend *be = x->be;
+  df_bcast elem; /* elementwise over N */
+  memset(&elem, 0, sizeof elem);
+  elem.shape[0] = elem.shape[1] = elem.shape[2] = 1;
+  elem.shape[3] = N;
+  elem.sa[3] = elem.sb[3] = 1;
+  elem.n = N;
+  if (!t) { /* one factor for all rows, as df_net_score_eval */
+    float a = 1.0f;
+    if ((st = score_factor(output, df_diffuser_sigma2_host(&ns->diff, (double)t0), &a))) return st;
+    for (int j = 0; j < nv && !st; j++) {
+      if (output == DF_OUT_DENOISER) st = be->binary(x->dev, DF_SUB, out[j], out[j], v[j], &elem);
+      if (!st) st = be->binary_scalar(x->dev, DF_MUL, out[j], out[j], a, 0, N);
+    }
+    return st;
+  }
+  if (!df_is_live(&ns->sig) || ns->sig.numel < rows || ns->sig.be != x->be || ns->sig.dev != x->dev) {
+    df_tensor_release(&ns->sig);
+    if ((st = df_tensor_alloc(&ns->sig, x->be, x->dev, 1, &rows))) return st;
+  }
+  float *sig = df_data(&ns->sig);
+  if ((st = be->diffuser_eval(x->dev, &ns->diff, DF_SIGMA, sig, df_data(t), rows))) return st;
+  df_bcast bc; /* [rows, dim] / sigma [rows] per row */
+  memset(&bc, 0, sizeof bc);
+  bc.shape[0] = bc.shape[1] = 1;
+  bc.shape[2] = rows;
+  bc.shape[3] = n->d.dim;
+  bc.sa[2] = n->d.dim;
+  bc.sa[3] = 1;
+  bc.sb[2] = 1;
+  bc.n = N;
+  for (int j = 0; j < nv && !st; j++) {
+    if (output == DF_OUT_DENOISER) {
+      if (!(st = be->binary(x->dev, DF_SUB, out[j], out[j], v[j], &elem)))
+        st = be->binary(x->dev, DF_DIV, out[j], out[j], sig, &bc);
+    }
+    if (!st) st = be->binary(x->dev, DF_DIV, out[j], out[j], sig, &bc);
+    if (!st && output == DF_OUT_NOISE) st = be->binary_scalar(x->dev, DF_MUL, out[j], out[j], -1.0f, 0, N);
+  }
   return st;
 }
 

@@ -25,6 +25,9 @@ typedef struct df_net {
   int cached_has_t;
   float cached_t0;
   float *loss;              /* one float of device memory for dsm_step */
+  struct df_graph *shadow;  /* the seed nets' graph, for their Jacobians (made on first need) */
+  float *jws;               /* the Jacobian-vector products' workspace */
+  int64_t jws_floats;
 } df_net;
 
 /* descriptions: validate the sizes and lay out the parameters */
@@ -51,6 +54,13 @@ int df_net_set(df_net *n, int which, const df_tensor *src);
 int df_net_score_eval(void *net_and_diffuser, df_tensor *out, const df_tensor *x, float t);
 int df_net_score_eval_rows(void *net_and_diffuser, df_tensor *out, const df_tensor *x,
                            const df_tensor *t);
+/* out[j] = J v[j], J = d net(x, t) / d x per row (t one per row, or t0 when NULL); device
+   buffers [rows, dim] */
+int df_net_jvp(df_net *n, const df_tensor *x, const df_tensor *t, double t0, int nv,
+               const float *const *v, float *const *out);
+/* the score's (df_score_src.jvp): the convention's factor applied to the net's J v */
+int df_net_score_jvp(void *net_and_diffuser, int nv, float *const *out, const float *const *v,
+                     const df_tensor *x, const df_tensor *t, float t0);
 /* a whole sampler run natively (df_score_src.run) when the net's device has net_sample */
 int df_net_score_run(void *net_and_diffuser, const df_plan *p, df_tensor *x, int nrec,
                      const int64_t *rec_k, float *const *rec_out, uint64_t seed, uint64_t stream,

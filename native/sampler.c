@@ -200,7 +200,7 @@ done:
 }
 
 int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nrec,
-                   const int64_t *rec_k, df_tensor *const *rec)
+                   const int64_t *rec_k, df_tensor *const *rec, const df_div_opts *div, double *I)
 {
   int64_t rows = 0;
   int d = 0, st;
@@ -211,15 +211,16 @@ int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nre
     return df_fail(DF_EARG, "x must be [B, d] or [B], got %s", df_shape_str(x->ndim, x->shape, b, sizeof b));
   }
   if (src->kind != DF_SCORE_CALLBACK && (st = score_shape(src, x, &rows, &d))) return st;
-  /* the seed's three methods on the uniform grid in t run fused (below); the rest in solver.c */
-  if (s->method > DF_HEUN || s->grid != DF_GRID_UNIFORM || s->space != DF_SPACE_T) {
+  /* the seed's three methods on the uniform grid in t run fused (below); the rest, and runs that
+     integrate log q, in solver.c */
+  if (s->method > DF_HEUN || s->grid != DF_GRID_UNIFORM || s->space != DF_SPACE_T || I) {
     for (int r = 0; r < nrec; r++) {
       if (rec_k[r] < 0 || rec_k[r] > s->steps)
         return df_fail(DF_EARG, "record step %lld is outside 0..%lld", (long long)rec_k[r],
                        (long long)s->steps);
       if ((st = df_tensor_like(rec[r], x))) return st;
     }
-    return df_solve_run(s, src, x, nrec, rec_k, rec);
+    return df_solve_run(s, src, x, nrec, rec_k, rec, div, I);
   }
   /* the grid's smallest t is 1 / steps: sigma^2 there must be a float32 the scores can divide by
      (diffuse.power with a large alpha underflows, and every score would be NaN) */

@@ -63,7 +63,14 @@ typedef struct {
   uint64_t seed, stream, draws; /* the noise: draw number `draws` is elements draws * n + i */
   float *hbuf, *hbuf2;          /* rows floats each on the host (per-row coefficients) */
   df_tensor rowt, rowa, rowb;   /* [rows] device scratch: times, coefficients */
+  /* the divergence (logq, likelihoods): I[r] += w div s per evaluation, probes fixed per solve */
+  const df_div_opts *div;
+  double *I;                    /* NULL: no divergence */
+  int nprobe;                   /* probes (Hutchinson), or d unit vectors (a net's exact) */
+  df_tensor *V, *JV;            /* [nprobe] tensors like x */
 } run;
+
+static int noise(run *c, df_tensor *z);
 
 /* s(x, t) for all rows at one time t into out (like x) */
 static int eval_t(run *c, df_tensor *out, df_tensor *x, double t)
@@ -124,6 +131,124 @@ static int record(df_tensor *x, int64_t k, int nrec, const int64_t *rec_k, df_te
   return DF_OK;
 }
 
+/* ---- divergences ------------------------------------------------------------------------------- */
+
+/* div s per row at x into c->rowa: t one time (trows NULL) or one per row (sigma^2 rows in rowb) */
+static int div_eval(run *c, df_tensor *x, double t, df_tensor *trows)
+{
+  const df_score_src *src = c->src;
+  const int64_t R = c->rows;
+  float *out = df_data(&c->rowa), *s2r = NULL;
+  float s2 = 0.0f;
+  int st;
+  if (trows) {
+    if ((st = c->be->diffuser_eval(c->dev, &src->diff, DF_SIGMA2, df_data(&c->rowb), df_data(trows), R)))
+      return st;
+    s2r = df_data(&c->rowb);
+  } else {
+    s2 = (float)df_diffuser_sigma2_host(&src->diff, t);
+  }
+  if (c->div->mode == DF_DIV_EXACT && src->kind == DF_SCORE_EXACT) { /* -d / sigma^2 */
+    if (!trows) return c->be->fill(c->dev, out, R, -(float)c->d / s2);
+    return c->be->binary_scalar(c->dev, DF_DIV, out, s2r, -(float)c->d, 1, R);
+  }
+  if (c->div->mode == DF_DIV_EXACT && src->kind == DF_SCORE_MIXTURE)
+    return c->be->mixture_div(c->dev, &src->mix, out, df_data(x), s2r, s2, R);
+  /* v^T J v over the probes: J v from the source (exact: -v / sigma^2) */
+  for (int j = 0; j < c->nprobe; j++) {
+    float *jv = df_data(&c->JV[j]), *v = df_data(&c->V[j]);
+    if (src->kind == DF_SCORE_EXACT) {
+      df_tensor *vv[1] = { &c->V[j] };
+      if (trows) { /* -v / sigma_r^2 per row */
+        if ((st = c->be->binary_scalar(c->dev, DF_DIV, df_data(&c->rowt), s2r, -1.0f, 1, R))) return st;
+        const float *vp[1] = { v }, *cp[1] = { df_data(&c->rowt) };
+        const float sp[1] = { 0.0f };
+        if ((st = c->be->rowlin(c->dev, jv, R, c->d, 1, vp, cp, sp))) return st;
+      } else {
+        double co[1] = { -1.0 / (double)s2 };
+        (void)vv;
+        const float *vp[1] = { v }, *cp[1] = { NULL };
+        const float sp[1] = { (float)co[0] };
+        if ((st = c->be->rowlin(c->dev, jv, R, c->d, 1, vp, cp, sp))) return st;
+      }
+    } else if (src->kind == DF_SCORE_MIXTURE) {
+      if ((st = c->be->mixture_jvp(c->dev, &src->mix, jv, df_data(x), v, s2r, s2, R))) return st;
+    }
+  }
+  if (src->kind == DF_SCORE_CALLBACK) {
+    if (!src->jvp) return df_fail(DF_EARG, "this score has no divergence (a Lua function: use a native score or a network)");
+    float *outs[64];
+    const float *vs[64];
+    for (int j = 0; j < c->nprobe; j++) { outs[j] = df_data(&c->JV[j]); vs[j] = df_data(&c->V[j]); }
+    if ((st = src->jvp(src->ctx, c->nprobe, outs, vs, x, trows, (float)t))) return st;
+  }
+  /* the mean of v^T J v over the probes (for unit vectors: the sum of the diagonal) */
+  const int unit = c->div->mode == DF_DIV_EXACT;
+  for (int j = 0; j < c->nprobe; j++) {
+    float *dst = j == 0 ? out : df_data(&c->rowb);
+    if ((st = c->be->rowdot(c->dev, dst, df_data(&c->V[j]), df_data(&c->JV[j]), R, c->d))) return st;
+    if (j > 0) {
+      const float *vp[2] = { out, dst }, *cp[2] = { NULL, NULL };
+      const float sp[2] = { 1.0f, 1.0f };
+      if ((st = c->be->rowlin(c->dev, out, R, 1, 2, vp, cp, sp))) return st;
+    }
+  }
+  if (!unit && c->nprobe > 1)
+    return c->be->binary_scalar(c->dev, DF_MUL, out, out, (float)(1.0 / c->nprobe), 0, R);
+  return DF_OK;
+}
+
+/* I[r] += w div s(x, t) (or w[r], with one time per row) */
+static int div_acc(run *c, df_tensor *x, double t, double w, df_tensor *trows, const double *wr)
+{
+  if (!c->I) return DF_OK;
+  int st = div_eval(c, x, t, trows);
+  if (st || (st = c->be->download(c->dev, c->hbuf2, df_data(&c->rowa), c->rows))) return st;
+  for (int64_t r = 0; r < c->rows; r++) c->I[r] += (wr ? wr[r] : w) * (double)c->hbuf2[r];
+  return DF_OK;
+}
+
+/* the probes of a solve: Hutchinson's (from the run's stream), or a net's d unit vectors */
+static int div_setup(run *c)
+{
+  const df_div_opts *o = c->div;
+  int st;
+  c->nprobe = 0;
+  if (o->mode == DF_DIV_EXACT && c->src->kind != DF_SCORE_CALLBACK) return DF_OK;
+  if (o->mode == DF_DIV_EXACT && c->d > 64)
+    return df_fail(DF_EARG, "an exact divergence of a network in R^%d would take %d passes: use "
+                   "divergence = 'hutchinson'", c->d, c->d);
+  int k = o->mode == DF_DIV_EXACT ? c->d : o->probes;
+  if (k < 1 || k > 64) return df_fail(DF_EARG, "probes must be from 1 to 64 (got %d)", k);
+  c->V = (df_tensor *)calloc((size_t)(2 * k), sizeof(df_tensor));
+  if (!c->V) return df_fail(DF_ENOMEM, "out of memory");
+  c->JV = c->V + k;
+  c->nprobe = k;
+  for (int j = 0; j < k; j++) {
+    if ((st = df_tensor_like(&c->V[j], c->x)) || (st = df_tensor_like(&c->JV[j], c->x))) return st;
+    if (o->mode == DF_DIV_EXACT) { /* e_j: column j of every row */
+      float *h = (float *)calloc((size_t)c->n, sizeof(float));
+      if (!h) return df_fail(DF_ENOMEM, "out of memory");
+      for (int64_t r = 0; r < c->rows; r++) h[r * c->d + j] = 1.0f;
+      st = c->be->upload(c->dev, df_data(&c->V[j]), h, c->n);
+      free(h);
+      if (st) return st;
+    } else {
+      uint64_t base = c->draws++ * (uint64_t)c->n;
+      if ((st = c->be->random_at(c->dev, o->dist, df_data(&c->V[j]), c->n, c->seed, c->stream, base)))
+        return st;
+    }
+  }
+  return DF_OK;
+}
+
+static void div_free(run *c)
+{
+  for (int j = 0; c->V && j < 2 * c->nprobe; j++) df_tensor_release(&c->V[j]);
+  free(c->V);
+  c->V = c->JV = NULL;
+}
+
 /* ---- the fixed-grid methods ----------------------------------------------------------------- */
 
 /* the Langevin corrector at time t (sigma > 0): corrector steps x += e s + sqrt(2 e) z with
@@ -150,11 +275,14 @@ static int fixed_steps(run *c, const double *t, const double *sg, int nrec, cons
   df_sampler *s = c->s;
   const int64_t N = s->steps;
   const int m = s->method, sigma_space = s->space == DF_SPACE_SIGMA;
-  df_tensor s1 = { 0 }, s2 = { 0 }, xp = { 0 }, z = { 0 }, D0 = { 0 }, D1 = { 0 };
+  df_tensor s1 = { 0 }, s2 = { 0 }, xp = { 0 }, z = { 0 }, D0 = { 0 }, D1 = { 0 }, xs4 = { 0 };
   df_tensor *x = c->x;
   int st;
+  if (c->I && m != DF_EULER && m != DF_HEUN && m != DF_RK4 && !(m == DF_DDIM && s->eta == 0.0))
+    return df_fail(DF_EARG, "logq needs a deterministic method with a divergence quadrature: euler, "
+                   "heun, rk4, ddim (eta = 0) or rk45");
   if ((st = df_tensor_like(&s1, x)) || (st = df_tensor_like(&s2, x)) || (st = df_tensor_like(&xp, x)) ||
-      (st = df_tensor_like(&z, x)) ||
+      (st = df_tensor_like(&z, x)) || (m == DF_RK4 && (st = df_tensor_like(&xs4, x))) ||
       (m == DF_DPMPP_2M && ((st = df_tensor_like(&D0, x)) || (st = df_tensor_like(&D1, x)))))
     goto done;
   df_tensor *Dk = &D0, *Dprev = &D1;
@@ -165,11 +293,18 @@ static int fixed_steps(run *c, const double *t, const double *sg, int nrec, cons
     case DF_EULER:
     case DF_HEUN: {
       if ((st = eval_t(c, &s1, x, tk))) break;
-      double c1;
-      if (sigma_space) c1 = a * (a - b); /* x + (b - a)(-a s) */
-      else { double g = df_diffuser_g_host(&s->diff, tk); c1 = 0.5 * g * g * (tk - t1); }
-      const int last = sigma_space ? !(b > 0.0) : k == N - 1 || !(t1 > 0.0);
+      /* w0, w1: the divergence's quadrature weights at the stages (|dI| per unit div) */
+      double c1, w0, w1;
+      if (sigma_space) { c1 = a * (a - b); w0 = a * fabs(a - b); w1 = b * fabs(a - b); }
+      else {
+        double g = df_diffuser_g_host(&s->diff, tk), g1 = df_diffuser_g_host(&s->diff, t1);
+        c1 = 0.5 * g * g * (tk - t1);
+        w0 = 0.5 * g * g * fabs(tk - t1);
+        w1 = 0.5 * g1 * g1 * fabs(tk - t1);
+      }
+      const int last = sigma_space ? !(b > 0.0) : !(t1 > 0.0);
       if (m == DF_EULER || last) {
+        if ((st = div_acc(c, x, tk, w0, NULL, NULL))) break;
         df_tensor *v[2] = { x, &s1 };
         double co[2] = { 1.0, c1 };
         st = lin(c, x, 2, v, co);
@@ -177,7 +312,9 @@ static int fixed_steps(run *c, const double *t, const double *sg, int nrec, cons
       }
       df_tensor *v[3] = { x, &s1, &s2 };
       double co[3] = { 1.0, c1, 0.0 };
-      if ((st = lin(c, &xp, 2, v, co)) || (st = eval_t(c, &s2, &xp, t1))) break;
+      if ((st = div_acc(c, x, tk, 0.5 * w0, NULL, NULL)) || (st = lin(c, &xp, 2, v, co)) ||
+          (st = eval_t(c, &s2, &xp, t1)) || (st = div_acc(c, &xp, t1, 0.5 * w1, NULL, NULL)))
+        break;
       if (sigma_space) { co[1] = 0.5 * (a - b) * a; co[2] = 0.5 * (a - b) * b; }
       else {
         double g1 = df_diffuser_g_host(&s->diff, t1);
@@ -185,6 +322,33 @@ static int fixed_steps(run *c, const double *t, const double *sg, int nrec, cons
         co[2] = 0.25 * g1 * g1 * (tk - t1);
       }
       st = lin(c, x, 3, v, co);
+      break;
+    }
+    case DF_RK4: { /* classic Runge-Kutta in t: k_i = -g^2 s / 2 at the stages */
+      const double h = t1 - tk, tm = tk + 0.5 * h;
+      const double ts[4] = { tk, tm, tm, t1 }, wq[4] = { 1.0 / 6, 1.0 / 3, 1.0 / 3, 1.0 / 6 };
+      df_tensor *kk[4] = { &s1, &s2, &z, &xs4 };
+      for (int i = 0; i < 4 && !st; i++) {
+        df_tensor *at = x;
+        if (i > 0) { /* x + (h / 2 or h) k_(i-1) */
+          double g = df_diffuser_g_host(&s->diff, ts[i - 1]);
+          df_tensor *v[2] = { x, kk[i - 1] };
+          double co[2] = { 1.0, -0.5 * g * g * (i == 3 ? h : 0.5 * h) };
+          if ((st = lin(c, &xp, 2, v, co))) break;
+          at = &xp;
+        }
+        double g = df_diffuser_g_host(&s->diff, ts[i]);
+        if ((st = eval_t(c, kk[i], at, ts[i])) || (st = div_acc(c, at, ts[i], wq[i] * 0.5 * g * g * fabs(h), NULL, NULL)))
+          break;
+      }
+      if (st) break;
+      double co[5] = { 1.0, 0, 0, 0, 0 };
+      for (int i = 0; i < 4; i++) {
+        double g = df_diffuser_g_host(&s->diff, ts[i]);
+        co[i + 1] = -0.5 * g * g * h * wq[i];
+      }
+      df_tensor *v[5] = { x, &s1, &s2, &z, &xs4 };
+      st = lin(c, x, 5, v, co);
       break;
     }
     case DF_EULER_MARUYAMA: { /* in t: x + g^2 s dt + g sqrt(dt) z */
@@ -196,7 +360,7 @@ static int fixed_steps(run *c, const double *t, const double *sg, int nrec, cons
       break;
     }
     case DF_DDIM: { /* D + (sigma_down / sigma)(x - D) + sigma_up z */
-      if ((st = eval_t(c, &s1, x, tk))) break;
+      if ((st = eval_t(c, &s1, x, tk)) || (st = div_acc(c, x, tk, a * fabs(a - b), NULL, NULL))) break;
       double up = b > 0.0 ? s->eta * b * sqrt(fmax(0.0, 1.0 - (b * b) / (a * a))) : 0.0;
       double down = sqrt(fmax(0.0, b * b - up * up));
       df_tensor *v[3] = { x, &s1, &z };
@@ -269,6 +433,7 @@ done:
   df_tensor_release(&z);
   df_tensor_release(&D0);
   df_tensor_release(&D1);
+  df_tensor_release(&xs4);
   return st;
 }
 
@@ -289,14 +454,23 @@ static const double DP_E[7] = { 35.0 / 384 - 5179.0 / 57600, 0.0, 500.0 / 1113 -
                                 125.0 / 192 - 393.0 / 640, -2187.0 / 6784 + 92097.0 / 339200,
                                 11.0 / 84 - 187.0 / 2100, -1.0 / 40 };
 
-/* k = -g(t_r)^2 s(x, t_r) / 2 per row, at the host times th */
-static int rk_f(run *c, df_tensor *k, df_tensor *xs, const double *th, float *hb)
+/* k = -g(t_r)^2 s(x, t_r) / 2 per row, at the host times th; with a divergence, also
+   l[r] = g(t_r)^2 div s / 2 (host) */
+static int rk_f(run *c, df_tensor *k, df_tensor *xs, const double *th, float *hb, double *l)
 {
   int st;
   const int64_t R = c->rows;
   for (int64_t r = 0; r < R; r++) hb[r] = (float)th[r];
   if ((st = c->be->upload(c->dev, df_data(&c->rowt), hb, R)) || (st = eval_rows(c, k, xs, &c->rowt)))
     return st;
+  if (l) {
+    if ((st = div_eval(c, xs, 0.0, &c->rowt)) || (st = c->be->download(c->dev, c->hbuf2, df_data(&c->rowa), R)))
+      return st;
+    for (int64_t r = 0; r < R; r++) {
+      double g = df_diffuser_g_host(&c->s->diff, th[r]);
+      l[r] = 0.5 * g * g * (double)c->hbuf2[r];
+    }
+  }
   for (int64_t r = 0; r < R; r++) {
     double g = df_diffuser_g_host(&c->s->diff, th[r]);
     hb[r] = (float)(-0.5 * g * g);
@@ -307,35 +481,38 @@ static int rk_f(run *c, df_tensor *k, df_tensor *xs, const double *th, float *hb
   return c->be->rowlin(c->dev, df_data(k), R, c->d, 1, vp, cp, sp);
 }
 
-static int rk45(run *c, int nrec, const int64_t *rec_k, df_tensor *const *rec)
+/* x carried from t = ta to tb (either way), every row with its own steps; I (when asked) with
+   the same weights and in the same error norm; the evaluations of each row in s->nfe_rows */
+static int rk45(run *c, double ta, double tb)
 {
   df_sampler *s = c->s;
-  const int64_t R = c->rows;
-  const double t_end = s->t_min;
+  const int64_t R = c->rows, RR = R > 0 ? R : 1;
+  const double dir = tb > ta ? 1.0 : -1.0;
   df_tensor K[7], xs = { 0 }, xn = { 0 }, e = { 0 };
-  memset(K, 0, sizeof K);
-  double *t = (double *)calloc((size_t)(R > 0 ? R : 1), 4 * sizeof(double));
-  float *hb = (float *)malloc((size_t)(R > 0 ? R : 1) * 2 * sizeof(float));
   df_tensor coef[6];
+  memset(K, 0, sizeof K);
   memset(coef, 0, sizeof coef);
+  double *t = (double *)calloc((size_t)RR, (4 + 7) * sizeof(double));
+  float *hb = (float *)malloc((size_t)RR * 2 * sizeof(float));
   int st = DF_OK;
   if (!t || !hb) { st = df_fail(DF_ENOMEM, "out of memory for rk45's rows"); goto done; }
-  double *h = t + R, *th = t + 2 * R, *nfe = t + 3 * R;
-  float *errh = hb + R;
+  double *h = t + RR, *th = t + 2 * RR, *nfe = t + 3 * RR, *L = t + 4 * RR; /* L: 7 stages' l */
+  float *errh = hb + RR;
+  const int withI = c->I != NULL;
   for (int j = 0; j < 7 && !st; j++) st = df_tensor_like(&K[j], c->x);
   for (int j = 0; j < 6 && !st; j++) st = df_tensor_like(&coef[j], &c->rowt);
   if (st || (st = df_tensor_like(&xs, c->x)) || (st = df_tensor_like(&xn, c->x)) ||
-      (st = df_tensor_like(&e, c->x)) || (st = record(c->x, 0, nrec, rec_k, rec)))
+      (st = df_tensor_like(&e, c->x)))
     goto done;
   for (int64_t r = 0; r < R; r++) {
-    t[r] = 1.0;
-    h[r] = -fmin(0.05, 1.0 - t_end); /* the controller adapts it from the first step on */
+    t[r] = ta;
+    h[r] = dir * fmin(0.05, fabs(tb - ta)); /* the controller adapts it from the first step on */
     nfe[r] = 1.0;
   }
-  if ((st = rk_f(c, &K[0], c->x, t, hb))) goto done;
+  if ((st = rk_f(c, &K[0], c->x, t, hb, withI ? L : NULL))) goto done;
   int64_t active = R;
   for (int64_t iter = 0; active > 0 && !st; iter++) {
-    if (iter > 10000000) { st = df_fail(DF_EARG, "rk45 did not reach t_min: the tolerances are too tight"); break; }
+    if (iter > 10000000) { st = df_fail(DF_EARG, "rk45 did not reach its end: the tolerances are too tight"); break; }
     /* stages 2..7: xs = x + h sum_j a_ij K_j, per-row h (0 for finished rows) */
     for (int i = 1; i < 7 && !st; i++) {
       const float *vp[DF_LIN_MAX], *cp[DF_LIN_MAX];
@@ -357,7 +534,7 @@ static int rk45(run *c, int nrec, const int64_t *rec_k, df_tensor *const *rec)
       df_tensor *dst = i == 6 ? &xn : &xs; /* the last stage's point is the 5th-order solution */
       if ((st = c->be->rowlin(c->dev, df_data(dst), R, c->d, nv, vp, cp, sp))) break;
       for (int64_t r = 0; r < R; r++) th[r] = t[r] + DP_C[i] * h[r];
-      st = rk_f(c, &K[i], dst, th, hb);
+      st = rk_f(c, &K[i], dst, th, hb, withI ? L + i * RR : NULL);
     }
     if (st) break;
     /* the error e = h sum_i (b_i - b*_i) K_i, its RMS per row in units of the tolerance */
@@ -386,19 +563,37 @@ static int rk45(run *c, int nrec, const int64_t *rec_k, df_tensor *const *rec)
       if (h[r] == 0.0) { hb[r] = 0.0f; continue; } /* done */
       nfe[r] += 6.0;
       double err = (double)errh[r];
+      double dI = 0.0;
+      if (withI) { /* I's 5th-order increment and its error, in the same norm */
+        double eI = 0.0;
+        for (int i = 0; i < 7; i++) {
+          dI += (i < 6 ? DP_A[6][i] : 0.0) * L[i * RR + r];
+          eI += DP_E[i] * L[i * RR + r];
+        }
+        dI *= fabs(h[r]);
+        eI *= fabs(h[r]);
+        double sc = s->atol + s->rtol * fmax(fabs(c->I[r]), fabs(c->I[r] + dI));
+        err = sqrt(((double)c->d * err * err + (eI / sc) * (eI / sc)) / (double)(c->d + 1));
+      }
       int ok = err <= 1.0;
       if (err != err) { ok = 0; err = 1e10; } /* a NaN stage: smaller steps */
       hb[r] = ok ? 1.0f : 0.0f;
       double fac = err > 0.0 ? 0.9 * pow(err, -0.2) : 5.0;
       fac = fmin(5.0, fmax(0.2, fac));
-      if (ok) t[r] += h[r];
+      if (ok) {
+        t[r] += h[r];
+        if (withI) {
+          c->I[r] += dI;
+          L[r] = L[6 * RR + r]; /* FSAL */
+        }
+      }
       double hn = h[r] * fac;
-      if (ok && !(t[r] - t_end > 1e-12 * fmax(1.0, fabs(t_end)))) {
-        t[r] = t_end;
+      if (ok && !(dir * (tb - t[r]) > 1e-12 * fmax(1.0, fabs(tb)))) {
+        t[r] = tb;
         h[r] = 0.0;
         continue;
       }
-      if (t[r] + hn < t_end) hn = t_end - t[r]; /* land on t_min */
+      if (dir * (t[r] + hn - tb) > 0.0) hn = tb - t[r]; /* land on the end */
       if (fabs(hn) < 1e-14) { st = df_fail(DF_EARG, "rk45's step underflowed at t = %g", t[r]); break; }
       h[r] = hn;
       active++;
@@ -417,20 +612,9 @@ static int rk45(run *c, int nrec, const int64_t *rec_k, df_tensor *const *rec)
         break;
     }
   }
-  if (st) goto done;
-  /* the step from t_min to 0: x + sigma(t_min)^2 s = D */
-  {
-    df_tensor *sc = &K[1];
-    double s2 = df_diffuser_sigma2_host(&s->diff, t_end);
-    if ((st = eval_t(c, sc, c->x, t_end))) goto done;
-    df_tensor *v[2] = { c->x, sc };
-    double co[2] = { 1.0, s2 };
-    if ((st = lin(c, c->x, 2, v, co))) goto done;
-    st = record(c->x, s->steps, nrec, rec_k, rec);
-  }
-  {
+  if (!st) {
     double m = 0.0;
-    for (int64_t r = 0; r < R; r++) m += (nfe[r] + 1.0) / (double)(R > 0 ? R : 1);
+    for (int64_t r = 0; r < R; r++) m += nfe[r] / (double)RR;
     s->nfe_rows = m;
   }
 done:
@@ -444,66 +628,185 @@ done:
   return st;
 }
 
+/* a sampler's rk45 run: from t = 1 down to t_min, then the step to 0, x + sigma(t_min)^2 s = D
+   (no divergence term: the density of x0 is then that of x at t_min, pushed through D) */
+static int rk45_sample(run *c, int nrec, const int64_t *rec_k, df_tensor *const *rec)
+{
+  df_sampler *s = c->s;
+  df_tensor sc = { 0 };
+  int st;
+  if ((st = record(c->x, 0, nrec, rec_k, rec)) || (st = rk45(c, 1.0, s->t_min))) return st;
+  if (c->I) return record(c->x, s->steps, nrec, rec_k, rec); /* logq: x at t_min, no last step */
+  if ((st = df_tensor_like(&sc, c->x)) || (st = eval_t(c, &sc, c->x, s->t_min))) goto done;
+  s->nfe_rows += 1.0;
+  {
+    df_tensor *v[2] = { c->x, &sc };
+    double co[2] = { 1.0, df_diffuser_sigma2_host(&s->diff, s->t_min) };
+    if ((st = lin(c, c->x, 2, v, co))) goto done;
+  }
+  st = record(c->x, s->steps, nrec, rec_k, rec);
+done:
+  df_tensor_release(&sc);
+  return st;
+}
+
 /* ---- the entry -------------------------------------------------------------------------------- */
 
-int df_solve_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nrec,
-                 const int64_t *rec_k, df_tensor *const *rec)
+/* the run context of x, its scratch rows and the run's random stream */
+static int run_open(run *c, df_sampler *s, const df_score_src *src, df_tensor *x,
+                    const df_div_opts *div, double *I)
 {
-  run c;
-  memset(&c, 0, sizeof c);
   uint64_t unused;
   int st;
-  c.s = s;
-  c.src = src;
-  c.x = x;
-  c.be = x->be;
-  c.dev = x->dev;
-  c.rows = x->ndim > 0 ? x->shape[0] : 1;
-  c.d = x->ndim == 2 ? (int)x->shape[1] : 1;
-  c.n = x->numel;
-  if (!c.be->rowlin || !c.be->rowdot || !c.be->errnorm || !c.be->random_at || !c.be->score_eval ||
-      !c.be->diffuser_eval)
-    return df_fail(DF_EDEVICE, "these samplers are not implemented on %s", c.be->name);
-  df_rng_state(&c.seed, &unused);
-  c.stream = df_rng_next_stream(); /* one stream for the run, whatever its method */
+  memset(c, 0, sizeof *c);
+  c->s = s;
+  c->src = src;
+  c->x = x;
+  c->be = x->be;
+  c->dev = x->dev;
+  c->rows = x->ndim > 0 ? x->shape[0] : 1;
+  c->d = x->ndim == 2 ? (int)x->shape[1] : 1;
+  c->n = x->numel;
+  c->div = div;
+  c->I = I;
+  if (!c->be->rowlin || !c->be->rowdot || !c->be->errnorm || !c->be->random_at || !c->be->score_eval ||
+      !c->be->diffuser_eval || (I && !c->be->mixture_div))
+    return df_fail(DF_EDEVICE, "these samplers are not implemented on %s", c->be->name);
+  df_rng_state(&c->seed, &unused);
+  c->stream = df_rng_next_stream(); /* one stream for the run, whatever its method */
   s->nfe = 0;
   s->nfe_rows = 0.0;
-  int64_t one[1] = { c.rows };
-  double *t = NULL, *sg = NULL;
-  if ((st = df_tensor_alloc(&c.rowt, c.be, c.dev, 1, one)) ||
-      (st = df_tensor_alloc(&c.rowa, c.be, c.dev, 1, one)) ||
-      (st = df_tensor_alloc(&c.rowb, c.be, c.dev, 1, one)))
-    goto done;
-  if (!(c.hbuf = (float *)malloc((size_t)(c.rows > 0 ? c.rows : 1) * 2 * sizeof(float)))) {
-    st = df_fail(DF_ENOMEM, "out of memory");
-    goto done;
+  int64_t one[1] = { c->rows };
+  if ((st = df_tensor_alloc(&c->rowt, c->be, c->dev, 1, one)) ||
+      (st = df_tensor_alloc(&c->rowa, c->be, c->dev, 1, one)) ||
+      (st = df_tensor_alloc(&c->rowb, c->be, c->dev, 1, one)))
+    return st;
+  if (!(c->hbuf = (float *)malloc((size_t)(c->rows > 0 ? c->rows : 1) * 2 * sizeof(float))))
+    return df_fail(DF_ENOMEM, "out of memory");
+  c->hbuf2 = c->hbuf + (c->rows > 0 ? c->rows : 1);
+  if (I) {
+    for (int64_t r = 0; r < c->rows; r++) I[r] = 0.0;
+    if (c->n > 0 && (st = div_setup(c))) return st;
   }
-  c.hbuf2 = c.hbuf + (c.rows > 0 ? c.rows : 1);
+  return DF_OK;
+}
+
+static void run_close(run *c)
+{
+  div_free(c);
+  free(c->hbuf);
+  df_tensor_release(&c->rowt);
+  df_tensor_release(&c->rowa);
+  df_tensor_release(&c->rowb);
+}
+
+/* the grid's sigmas a score divides by must square to float32 numbers */
+static int check_grid(const double *t, const double *sg, int64_t N)
+{
+  for (int64_t k = 0; k < N; k++)
+    if (!(sg[k] * sg[k] >= FLT_MIN))
+      return df_fail(DF_EARG, "sigma(t)^2 = %g at t = %g (step %lld) underflows float32: use fewer steps, "
+                     "a larger sigma_min, or a diffuser whose sigma stays above 1.1e-19", sg[k] * sg[k], t[k],
+                     (long long)k);
+  return DF_OK;
+}
+
+int df_solve_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nrec,
+                 const int64_t *rec_k, df_tensor *const *rec, const df_div_opts *div, double *I)
+{
+  run c;
+  double *t = NULL, *sg = NULL;
+  int st = run_open(&c, s, src, x, div, I);
+  if (st) goto done;
   if (c.n == 0) {
     for (int r = 0; r < nrec && !st; r++) st = df_copy(rec[r], x);
     goto done;
   }
   if (s->method == DF_RK45) {
-    st = rk45(&c, nrec, rec_k, rec);
+    st = rk45_sample(&c, nrec, rec_k, rec);
     goto done;
   }
   t = (double *)malloc((size_t)(s->steps + 1) * 2 * sizeof(double));
   if (!t) { st = df_fail(DF_ENOMEM, "out of memory for %lld steps", (long long)s->steps); goto done; }
   sg = t + s->steps + 1;
-  if ((st = df_sampler_grid(s, t, sg))) goto done;
-  for (int64_t k = 0; k < s->steps; k++) /* every sigma a score divides by: a float32 square */
-    if (!(sg[k] * sg[k] >= FLT_MIN)) {
-      st = df_fail(DF_EARG, "sigma(t)^2 = %g at t = %g (step %lld) underflows float32: use fewer steps, "
-                   "a larger sigma_min, or a diffuser whose sigma stays above 1.1e-19", sg[k] * sg[k], t[k],
-                   (long long)k);
-      goto done;
-    }
+  if ((st = df_sampler_grid(s, t, sg)) || (st = check_grid(t, sg, s->steps))) goto done;
   st = fixed_steps(&c, t, sg, nrec, rec_k, rec);
 done:
   free(t);
-  free(c.hbuf);
-  df_tensor_release(&c.rowt);
-  df_tensor_release(&c.rowa);
-  df_tensor_release(&c.rowb);
+  run_close(&c);
+  return st;
+}
+
+int df_likelihood(df_sampler *s, const df_score_src *src, df_tensor *x, const df_div_opts *div,
+                  double *I)
+{
+  run c;
+  double *t = NULL;
+  int st = run_open(&c, s, src, x, div, I);
+  if (st || c.n == 0) goto done;
+  if (s->method == DF_RK45) {
+    st = rk45(&c, s->t_min, 1.0);
+    goto done;
+  }
+  if (s->method != DF_EULER && s->method != DF_HEUN && s->method != DF_RK4) {
+    st = df_fail(DF_EARG, "a likelihood integrates with euler, heun, rk4 or rk45");
+    goto done;
+  }
+  /* t_min = t_0 < t_1 < ... < t_N = 1, uniform, stepped in t */
+  const int64_t N = s->steps;
+  t = (double *)malloc((size_t)(N + 1) * 2 * sizeof(double));
+  if (!t) { st = df_fail(DF_ENOMEM, "out of memory for %lld steps", (long long)N); goto done; }
+  double *sg = t + N + 1;
+  for (int64_t k = 0; k <= N; k++) {
+    t[k] = k == N ? 1.0 : s->t_min + (1.0 - s->t_min) * (double)k / (double)N;
+    sg[k] = sqrt(df_diffuser_sigma2_host(&s->diff, t[k]));
+  }
+  if ((st = check_grid(t, sg, N + 1))) goto done;
+  df_sampler up = *s;
+  up.space = DF_SPACE_T;
+  c.s = &up;
+  st = fixed_steps(&c, t, sg, 0, NULL, NULL);
+  s->nfe = up.nfe;
+done:
+  free(t);
+  run_close(&c);
+  return st;
+}
+
+int df_score_divergence(df_tensor *out, const df_score_src *src, const df_tensor *x,
+                        const df_tensor *t, double t0, const df_div_opts *div)
+{
+  run c;
+  df_sampler s;
+  memset(&s, 0, sizeof s);
+  s.diff = src->diff;
+  double *I = NULL;
+  int st;
+  if ((st = df_need_live(x)) || (st = df_need_live(t))) return st;
+  if (x->ndim > 2) return df_fail(DF_EARG, "x must be [B, d] or [B]");
+  int64_t rows = x->ndim > 0 ? x->shape[0] : 1;
+  if (!(I = (double *)malloc((size_t)(rows > 0 ? rows : 1) * sizeof(double))))
+    return df_fail(DF_ENOMEM, "out of memory");
+  df_tensor xc = { 0 };
+  if ((st = df_tensor_like(&xc, x)) || (st = df_copy(&xc, x))) goto fail;
+  if ((st = run_open(&c, &s, src, &xc, div, I))) goto done;
+  if (t) {
+    if (t->numel != rows || !df_same_device(x, t)) { st = df_fail(DF_EARG, "t must be a number or hold one time per row (%lld)", (long long)rows); goto done; }
+    double lo, hi;
+    if (rows > 0 && (st = df_minmax(t, &lo, &hi))) goto done;
+    if (rows > 0 && !(lo > 0.0 && hi <= 1e30)) { st = df_fail(DF_EARG, "t must be positive and finite (the score is singular at t = 0)"); goto done; }
+    if ((st = df_copy(&c.rowt, t))) goto done;
+  } else if (!(t0 > 0.0) || !isfinite(t0)) {
+    st = df_fail(DF_EARG, "t must be positive and finite (got %g; the score is singular at t = 0)", t0);
+    goto done;
+  }
+  if (rows > 0 && (st = div_eval(&c, &xc, t0, t ? &c.rowt : NULL))) goto done;
+  int64_t shape[1] = { rows };
+  if (!(st = df_tensor_alloc(out, x->be, x->dev, 1, shape)) && rows > 0) st = df_copy(out, &c.rowa);
+done:
+  run_close(&c);
+fail:
+  df_tensor_release(&xc);
+  free(I);
   return st;
 }
