@@ -446,7 +446,7 @@ static df_sampler *check_sampler(lua_State *L, int idx, const char *fname)
 }
 
 static const char *const method_names[] = { "euler", "euler_maruyama", "heun", "ddim", "dpmpp_2m",
-                                            "edm", "pc", "rk45", NULL };
+                                            "edm", "pc", "rk45", "rk4", NULL };
 static const char *const grid_names[] = { "uniform", "karras", "log_sigma", "list", NULL };
 
 /* a number option of the sampler table (nil: def), finite, in [lo, hi] */
@@ -483,7 +483,7 @@ static int d_sampler(lua_State *L)
   for (int i = 0; method_names[i]; i++)
     if (strcmp(m, method_names[i]) == 0) method = i;
   if (method < 0)
-    l_error(L, fname, "unknown method '%s' (euler, euler_maruyama, heun, ddim, dpmpp_2m, edm, pc or rk45)", m);
+    l_error(L, fname, "unknown method '%s' (euler, euler_maruyama, heun, ddim, dpmpp_2m, edm, pc, rk4 or rk45)", m);
   lua_pop(L, 1);
   /* the grid: a name, {name, rho = .., sigma_min = ..}, or a list of times */
   int grid = DF_GRID_UNIFORM, nlist = 0;
@@ -578,7 +578,8 @@ static int d_sampler(lua_State *L)
   s->method = method;
   s->steps = steps;
   s->grid = grid;
-  s->space = method == DF_EULER || method == DF_HEUN ? space : method == DF_EULER_MARUYAMA ? DF_SPACE_T : DF_SPACE_SIGMA;
+  s->space = method == DF_EULER || method == DF_HEUN ? space
+           : method == DF_EULER_MARUYAMA || method == DF_RK4 ? DF_SPACE_T : DF_SPACE_SIGMA;
   s->rho = rho;
   s->sigma_min = sigma_min;
   s->eta = samp_num(L, "eta", 0.0, 0.0, 1.0, fname, "in [0, 1]");
@@ -844,7 +845,8 @@ static void prior_logp(lua_State *L, int idx, const df_tensor *x1, const df_diff
     lua_pushvalue(L, top + 1);
     lua_call(L, 1, 1);
   } else {
-    if (lua_getfield(L, idx, "log_density") == LUA_TNIL)
+    int ty = lua_type(L, idx);
+    if ((ty != LUA_TTABLE && ty != LUA_TUSERDATA) || lua_getfield(L, idx, "log_density") == LUA_TNIL)
       l_error(L, fname, "prior must be a function(x1) or an object with log_density (got %s)",
               luaL_typename(L, idx));
     lua_pushvalue(L, idx);

@@ -1,5 +1,6 @@
 -- diffuse.metrics: how far 1-D samples are from a distribution (exact Wasserstein-1,
--- Kolmogorov-Smirnov with its asymptotic p-value) and sample moments. Pure Lua.
+-- Kolmogorov-Smirnov with its asymptotic p-value), sample moments, and the diagnostics of
+-- importance sampling (ESS, KL, reweighted estimates, log Z, bootstrap errors). Pure Lua.
 --
 -- Samples are a tensor (1-D, [N,1] or [1,N]; read through totable()) or a Lua array of
 -- numbers. Empty samples and NaN or infinite values are errors that name the function.
@@ -563,6 +564,214 @@ function M.score_error(net, diffuser, score, opts)
   end
   for b = 1, nb do out.mean[b] = out.count[b] > 0 and out.mean[b] / out.count[b] or 0 / 0 end
   return mean, out
+end
+
+-- ---- importance sampling ------------------------------------------------------------------------
+
+-- log-weights (or log-densities): a tensor of one value per sample ([N] or [N, 1]) or an array;
+-- -inf is a weight of 0, NaN and +inf are errors
+local function logs_of(x, fname, what)
+  local t
+  if is_tensor(x) then
+    local shape = shape_of(x, fname, what, 3)
+    if #shape > 2 or (#shape == 2 and shape[2] ~= 1) then
+      error(fmt('%s: %s must hold one value per sample ([N] or [N, 1], got %s)', fname, what,
+                table.concat(shape, 'x')), 3)
+    end
+    t = x:totable()
+    if #shape == 2 then for i = 1, #t do t[i] = t[i][1] end end
+  elseif type(x) == 'table' then
+    t = {}
+    for i = 1, #x do
+      if type(x[i]) ~= 'number' then
+        error(fmt('%s: %s must be a tensor or an array of numbers (element %d is a %s)', fname, what, i,
+                  type(x[i])), 3)
+      end
+      t[i] = x[i]
+    end
+  else
+    error(fmt('%s: %s must be a tensor or an array of numbers (got %s)', fname, what, type(x)), 3)
+  end
+  if #t == 0 then error(fmt('%s: %s is empty', fname, what), 3) end
+  for i = 1, #t do
+    local v = t[i]
+    if v ~= v or v == huge then error(fmt('%s: %s holds %s at %d', fname, what, tostring(v), i), 3) end
+  end
+  return t
+end
+
+-- log sum exp of an array, and its largest element
+local function logsumexp(a)
+  local m = -huge
+  for i = 1, #a do if a[i] > m then m = a[i] end end
+  if m == -huge then return -huge, m end
+  local s = 0
+  for i = 1, #a do s = s + exp(a[i] - m) end
+  return m + math.log(s), m
+end
+
+local function pair(a, b, fname, wa, wb)
+  local x, y = logs_of(a, fname, wa), logs_of(b, fname, wb)
+  if #x ~= #y then error(fmt('%s: %s has %d values, %s %d', fname, wa, #x, wb, #y), 3) end
+  return x, y
+end
+
+--- diffuse.metrics.ess(logw) --> ESS / N, ESS: the effective sample size of importance weights
+--- w = exp(logw) (unnormalised: any constant cancels), (sum w)^2 / sum w^2, by log-sum-exp
+function M.ess(logw)
+  local fname = 'diffuse.metrics.ess'
+  local l = logs_of(logw, fname, 'logw')
+  local a = logsumexp(l)
+  local l2 = {}
+  for i = 1, #l do l2[i] = 2 * l[i] end
+  local b = logsumexp(l2)
+  if a == -huge then error(fname .. ': every weight is 0 (logw is -inf throughout)', 2) end
+  local ess = exp(2 * a - b)
+  return ess / #l, ess
+end
+
+--- diffuse.metrics.kl(logq, logp [, {logq = ..., logp = ...}]) --> KL(q || p), its standard
+--- error [, KL(p || q), its standard error]: the reverse KL estimated on samples of q (log-densities
+--- of both at them), and, when given the log-densities of both at samples of p, the forward one.
+--- Both densities normalised (otherwise KL is off by log Z: see log_z).
+function M.kl(logq, logp, p_samples)
+  local fname = 'diffuse.metrics.kl'
+  local q, p = pair(logq, logp, fname, 'logq', 'logp')
+  local function mean_se(a, b)
+    local m, v = 0, 0
+    for i = 1, #a do
+      local d = a[i] - b[i]
+      if d ~= d or abs(d) == huge then error(fmt('%s: log-density difference %s at sample %d', fname, tostring(d), i), 3) end
+      m = m + d / #a
+    end
+    for i = 1, #a do v = v + (a[i] - b[i] - m) ^ 2 end
+    return m, #a > 1 and sqrt(v / (#a - 1) / #a) or 0
+  end
+  local r, rse = mean_se(q, p)
+  if p_samples == nil then return r, rse end
+  if type(p_samples) ~= 'table' or p_samples.logq == nil or p_samples.logp == nil then
+    error(fname .. ': the samples of p must be given as {logq = ..., logp = ...}', 2)
+  end
+  local fq, fp = pair(p_samples.logq, p_samples.logp, fname, 'logq of p\'s samples', 'logp of p\'s samples')
+  local f, fse = mean_se(fp, fq)
+  return r, rse, f, fse
+end
+
+-- normalised weights (sum 1) from log-weights
+local function weights_of(l)
+  local a = logsumexp(l)
+  local w = {}
+  for i = 1, #l do w[i] = exp(l[i] - a) end
+  return w
+end
+
+--- diffuse.metrics.reweight(values, logw) --> estimate, standard error: the self-normalised
+--- importance-sampling estimate sum w v / sum w of E_p[v] and its delta-method standard error
+--- sqrt(sum w^2 (v - estimate)^2) / sum w
+function M.reweight(values, logw)
+  local fname = 'diffuse.metrics.reweight'
+  local v, l = pair(values, logw, fname, 'values', 'logw')
+  for i = 1, #v do
+    if v[i] == -huge then error(fmt('%s: values holds -inf at %d', fname, i), 2) end
+  end
+  if logsumexp(l) == -huge then error(fname .. ': every weight is 0 (logw is -inf throughout)', 2) end
+  local w, est, var = weights_of(l), 0, 0
+  for i = 1, #v do est = est + w[i] * v[i] end
+  for i = 1, #v do var = var + w[i] * w[i] * (v[i] - est) ^ 2 end
+  return est, sqrt(var)
+end
+
+--- diffuse.metrics.log_z(logp, logq) --> log Z, its standard error: log Z = log E_q[p~ / q] for an
+--- unnormalised log p~ evaluated at samples of q (log mean exp, by log-sum-exp; the error by the
+--- delta method, sd(w) / (sqrt(N) mean(w)))
+function M.log_z(logp, logq)
+  local fname = 'diffuse.metrics.log_z'
+  local p, q = pair(logp, logq, fname, 'logp', 'logq')
+  local l = {}
+  for i = 1, #p do l[i] = p[i] - q[i] end
+  local a = logsumexp(l)
+  if a == -huge then error(fname .. ': every weight is 0', 2) end
+  local n, m, v = #l, 0, 0
+  for i = 1, n do m = m + exp(l[i] - a) end -- mean w / exp(a) * n
+  m = m / n
+  for i = 1, n do v = v + (exp(l[i] - a) - m) ^ 2 end
+  local sd = n > 1 and sqrt(v / (n - 1)) or 0
+  return a - math.log(n), sd / (sqrt(n) * m)
+end
+
+--- diffuse.metrics.bootstrap(fn, data [, {n = 1000, seed = 0}]) --> estimate, standard error,
+--- replicates: fn(data) on the data, and the standard deviation of fn over n resamples (with
+--- replacement, the rows of every array resampled together). data: an array of numbers, a tensor
+--- of one value per row, or a table of such (same length), which fn receives resampled as Lua
+--- arrays in the same shape (a table of arrays for a table). The resamples come from a fixed
+--- generator seeded by seed: the same numbers every run.
+function M.bootstrap(fn, data, opts)
+  local fname = 'diffuse.metrics.bootstrap'
+  if type(fn) ~= 'function' then error(fname .. ': fn must be a function of the data', 2) end
+  opts = opts or {}
+  if type(opts) ~= 'table' then error(fname .. ': options must be a table', 2) end
+  for k in pairs(opts) do
+    if k ~= 'n' and k ~= 'seed' then error(fname .. ": unknown option '" .. tostring(k) .. "'", 2) end
+  end
+  local n = opts.n or 1000
+  if math.type(n) ~= 'integer' or n < 2 or n > 1e7 then error(fname .. ': n must be a whole number from 2 to 1e7', 2) end
+  local seed = opts.seed or 0
+  if math.type(seed) ~= 'integer' then error(fname .. ': seed must be an integer', 2) end
+  -- the columns: one array, or a table of arrays
+  local single = is_tensor(data) or (type(data) == 'table' and (#data > 0 and type(data[1]) == 'number'))
+  local cols, keys = {}, {}
+  if single then
+    cols[1] = logs_of(data, fname, 'data')
+  elseif type(data) == 'table' then
+    for k, v in pairs(data) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    if #keys == 0 then error(fname .. ': data is empty', 2) end
+    for i, k in ipairs(keys) do cols[i] = logs_of(data[k], fname, 'data.' .. tostring(k)) end
+  else
+    error(fname .. ': data must be an array, a tensor, or a table of them', 2)
+  end
+  local N = #cols[1]
+  for i = 2, #cols do
+    if #cols[i] ~= N then error(fmt('%s: data.%s has %d values, data.%s %d', fname, tostring(keys[i]), #cols[i],
+                                    tostring(keys[1]), N), 2) end
+  end
+  local function shaped(cs)
+    if single then return cs[1] end
+    local t = {}
+    for i, k in ipairs(keys) do t[k] = cs[i] end
+    return t
+  end
+  local function call(cs)
+    local ok, v = pcall(fn, shaped(cs))
+    if not ok then error(fname .. ': fn failed: ' .. tostring(v), 3) end
+    if type(v) ~= 'number' then error(fname .. ': fn must return a number (got ' .. type(v) .. ')', 3) end
+    return v
+  end
+  local est = call(cols)
+  -- a 64-bit xorshift* generator (fixed, so resamples repeat)
+  local state = (seed ~ 0x2545F4914F6CDD1D) | 1
+  local function next_index()
+    state = state ~ (state >> 12)
+    state = state ~ (state << 25)
+    state = state ~ (state >> 27)
+    local r = (state * 0x2545F4914F6CDD1D) >> 11 -- 53 bits
+    return math.floor(r / 2 ^ 53 * N) + 1
+  end
+  local reps, m = {}, 0
+  for b = 1, n do
+    local idx, cs = {}, {}
+    for i = 1, N do idx[i] = next_index() end
+    for c = 1, #cols do
+      local col, out = cols[c], {}
+      for i = 1, N do out[i] = col[idx[i]] end
+      cs[c] = out
+    end
+    reps[b] = call(cs)
+    m = m + reps[b] / n
+  end
+  local v = 0
+  for b = 1, n do v = v + (reps[b] - m) ^ 2 end
+  return est, sqrt(v / (n - 1)), reps
 end
 
 return M
