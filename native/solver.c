@@ -10,7 +10,7 @@
  * -sigma s, with the denoiser D = x + sigma^2 s; in t it is dx/dt = -g(t)^2 s / 2. How each
  * method reaches t = 0 (sigma = 0, where the score is singular): Euler in sigma ends with the
  * step x + sigma^2 s = D (the denoiser at the last sigma); Heun, EDM and DPM++(2M) take that
- * first-order step last; DDIM's step to 0 is D too; PC's last predictor step is the mean of the
+ * first-order step last; DDIM's step to 0 is D too; RK4 in t takes Euler's step to t = 0; PC's last predictor step is the mean of the
  * reverse-diffusion step to 0, D (no noise, no corrector at sigma = 0); Euler, Heun and Euler-Maruyama in t take
  * Euler's step from t_(N-1) to 0; rk45 integrates in t down to t_min, then the step to 0 is D. */
 #include <float.h>
@@ -324,8 +324,17 @@ static int fixed_steps(run *c, const double *t, const double *sg, int nrec, cons
       st = lin(c, x, 3, v, co);
       break;
     }
-    case DF_RK4: { /* classic Runge-Kutta in t: k_i = -g^2 s / 2 at the stages */
+    case DF_RK4: { /* classic Runge-Kutta in t: k_i = -g^2 s / 2 at the stages; a step that ends
+                      at t = 0, where the score is singular, is Euler's */
       const double h = t1 - tk, tm = tk + 0.5 * h;
+      if (!(t1 > 0.0)) {
+        double g = df_diffuser_g_host(&s->diff, tk);
+        df_tensor *v[2] = { x, &s1 };
+        double co[2] = { 1.0, 0.5 * g * g * (tk - t1) };
+        if ((st = eval_t(c, &s1, x, tk)) || (st = div_acc(c, x, tk, co[1] >= 0 ? co[1] : -co[1], NULL, NULL))) break;
+        st = lin(c, x, 2, v, co);
+        break;
+      }
       const double ts[4] = { tk, tm, tm, t1 }, wq[4] = { 1.0 / 6, 1.0 / 3, 1.0 / 3, 1.0 / 6 };
       df_tensor *kk[4] = { &s1, &s2, &z, &xs4 };
       for (int i = 0; i < 4 && !st; i++) {

@@ -30,6 +30,8 @@ local ARGS = {
   ['time_embedding_study.lua'] = '--steps 30 --seeds 2 --samples 256 --sample-steps 10',
   ['compare_networks.lua'] = '--steps 50 --samples 256 --sample-steps 20 --seeds 2',
   ['mixture.lua'] = '--steps 50 --data 1024 --batch 256 --hidden 8 --samples 512 --sample-steps 20',
+  ['samplers.lua'] = '--points 21 --max-steps 16',
+  ['likelihood.lua'] = '--points 100 --steps 100 --samples 512 --hidden 8',
   ['tensor_tour.lua'] = false,   -- prints only; takes no options
 }
 
