@@ -152,9 +152,15 @@ build/peak: bench/peak.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 $(MARCH) -ffp-contract=fast -o $@ $<
 
-bench: all build/peak
+# the allocation counter bench/solvers.lua runs the loops under (LD_PRELOAD)
+build/alloc.so: bench/alloc.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -fPIC -shared -o $@ $< -ldl
+
+bench: all build/peak build/alloc.so
 	$(BENCH_ENV) $(LUA) bench/tensor.lua
 	$(BENCH_ENV) $(LUA) bench/suite.lua
+	$(BENCH_ENV) $(LUA) bench/solvers.lua
 
 demo: all
 	LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' $(LUA) examples/compare_networks.lua --out out

@@ -189,11 +189,19 @@ static void tile_backward(const df_netdesc *nd, const float *params, const float
    scratch blocks and a gradient accumulator */
 static int64_t ntiles_of(int64_t rows) { return (rows + TILE - 1) / TILE; }
 
+static int64_t time_row_floats(const df_netdesc *nd);
+
+/* (and, last, one row of the values that depend on t alone: a forward at one time) */
 int64_t cpu_net_workspace(const df_netdesc *nd, int64_t rows)
 {
   int64_t nt = ntiles_of(rows);
   return (nt > NPART ? nt : NPART) * frame_floats(nd) +
-         NPART * (2 * (int64_t)nd->maxw * TILE + nd->nparams);
+         NPART * (2 * (int64_t)nd->maxw * TILE + nd->nparams) + time_row_floats(nd);
+}
+
+static float *time_row_of(const df_netdesc *nd, float *ws, int64_t rows)
+{
+  return ws + cpu_net_workspace(nd, rows) - time_row_floats(nd);
 }
 
 static float *part_scratch(const df_netdesc *nd, float *ws, int64_t rows, int p)
@@ -289,8 +297,7 @@ int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const fl
      for every row, so it is computed once, for one row, and copied into every tile: the same
      operations on the same inputs, hence the same values */
   int time_once = (nd->kind == DF_NET_TEMB || nd->kind == DF_NET_GRAPH) && !t && !keep;
-  float *e_row = time_once ? (float *)malloc((size_t)time_row_floats(nd) * sizeof(float)) : NULL;
-  if (time_once && !e_row) return df_fail(DF_ENOMEM, "out of memory for a forward");
+  float *e_row = time_once ? time_row_of(nd, ws, rows) : NULL; /* (no allocation per step) */
   if (time_once) time_table(nd, params, fixed, &t0, 1, e_row, ws); /* (frame 0, before use) */
   /* partitions run in parallel; a kept forward has a frame per tile, else one per partition */
 #pragma omp parallel for schedule(static) if (rows >= PAR_ROWS)
@@ -306,7 +313,6 @@ int cpu_net_forward(int dev, const df_netdesc *nd, const float *params, const fl
       tile_rows(out, f.out, k * TILE, m, nd->dim, 1);
     }
   }
-  free(e_row);
   return DF_OK;
 }
 
