@@ -54,9 +54,9 @@ local function run_error(method, grid, N, score, exact_at)
   return e0, e4, s.nfe
 end
 
--- least-squares slope of log err against log NFE over the four largest step counts before the
+-- least-squares slope of log err against log steps (h = 1 / steps) over the four largest step counts before the
 -- errors stop falling (float32's floor, ~1e-6 here, or exactness)
-local function order(nfe, errs)
+local function order(ns, errs)
   local keep = {}
   for i = 1, #errs do
     if errs[i] < 3e-6 then break end
@@ -65,7 +65,7 @@ local function order(nfe, errs)
   local xs, ys = {}, {}
   for j = math.max(1, #keep - 3), #keep do
     local i = keep[j]
-    xs[#xs + 1] = math.log(nfe[i])
+    xs[#xs + 1] = math.log(ns[i])
     ys[#ys + 1] = math.log(errs[i])
   end
   if #xs < 2 then return nil end
@@ -85,7 +85,7 @@ for _, case in ipairs(cases) do
     local eg, eg4 = run_error(case[1], case[2], N, gauss, flow)
     r.heat[i], r.gauss[i], r.gauss4[i], r.nfe[i] = eh, eg, eg4, nfe
   end
-  r.order_heat, r.order_gauss, r.order_gauss4 = order(r.nfe, r.heat), order(r.nfe, r.gauss), order(r.nfe, r.gauss4)
+  r.order_heat, r.order_gauss, r.order_gauss4 = order(steps, r.heat), order(steps, r.gauss), order(steps, r.gauss4)
   results[#results + 1] = r
 end
 -- rk45 over tolerances, judged at its t_min before the step to 0 (x recovered from x0 = D)
@@ -116,7 +116,7 @@ for _, r in ipairs(results) do
 end
 local text = table.concat(md, '\n')
 print('\n' .. text .. '\n')
-local notes = 'Orders are slopes of the error against the score evaluations (NFE) over the step counts before the error '
+local notes = 'Orders are slopes of the error against the step count (the error ~ h^p, h = 1 / steps) over the step counts before the error '
   .. 'reaches float32\'s floor (~1e-6); "exact" means every error is at that floor (the sigma-space methods on the heat '
   .. 'kernel, whose denoiser is 0). rk4 reaches the floor by 8 steps at t = 0.5, so its order there comes from 2 to 8 steps. '
   .. 'DDIM and Euler in sigma are one method for a variance-exploding diffuser (the same update).'

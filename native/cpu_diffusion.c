@@ -24,6 +24,13 @@ int cpu_score_eval(int dev, const df_mixture *m, float *out, const float *x,
 {
   (void)dev;
   if (m && d > MIX_MAXD) return df_fail(DF_EARG, "mixtures live in at most R^%d", MIX_MAXD);
+  if (!m && (!sig2_rows || d == 1)) { /* the heat kernel's -x / sigma^2 as one flat loop gcc
+                                         vectorises (the per-row loop below runs d = 1 scalar) */
+    const int64_t n = rows * d;
+#pragma omp parallel for schedule(static) if (n > CPU_CHUNK)
+    for (int64_t i = 0; i < n; i++) out[i] = -x[i] / (sig2_rows ? sig2_rows[i] : sig2);
+    return DF_OK;
+  }
 #pragma omp parallel for schedule(static) if (rows * d > CPU_CHUNK || (m && rows > 1024))
   for (int64_t i = 0; i < rows; i++) {
     float s2 = sig2_rows ? sig2_rows[i] : sig2;
@@ -182,10 +189,36 @@ int cpu_sample_step(int dev, int stage, float *x, float *xp, const float *s, con
 
 /* ---- the solvers' per-row operations (solver.c) -------------------------------------------- */
 
+/* rowlin with every coefficient a number: tiles of LIN_TILE elements, each summed in a local
+   array before it is stored (so out may be any of the v, as in the general loop) with the
+   general loop's operations in its order, hence the same values; gcc vectorises the tiles */
+#define LIN_TILE 256
+static void rowlin_scalars(float *out, int64_t n, int nv, const float *const *v, const float *a)
+{
+#pragma omp parallel for schedule(static) if (n > CPU_CHUNK)
+  for (int64_t i0 = 0; i0 < n; i0 += LIN_TILE) {
+    const int m = n - i0 < LIN_TILE ? (int)(n - i0) : LIN_TILE;
+    float acc[LIN_TILE];
+    const float a0 = a[0], *v0 = v[0] + i0;
+    for (int i = 0; i < m; i++) acc[i] = a0 * v0[i];
+    for (int j = 1; j < nv; j++) {
+      const float aj = a[j], *vj = v[j] + i0;
+      for (int i = 0; i < m; i++) acc[i] = acc[i] + aj * vj[i];
+    }
+    memcpy(out + i0, acc, (size_t)m * sizeof(float));
+  }
+}
+
 int cpu_rowlin(int dev, float *out, int64_t rows, int d, int nv, const float *const *v,
                const float *const *coef, const float *s)
 {
   (void)dev;
+  int scalars = 1;
+  for (int j = 0; j < nv; j++) scalars &= coef[j] == NULL;
+  if (scalars) {
+    rowlin_scalars(out, rows * d, nv, v, s);
+    return DF_OK;
+  }
 #pragma omp parallel for schedule(static) if (rows * d > CPU_CHUNK)
   for (int64_t r = 0; r < rows; r++) {
     float a[DF_LIN_MAX];

@@ -95,6 +95,44 @@ describe("README's transcripts", function()
     assert.is_true(checked >= 2, 'README: the taste comments no values')
   end)
 
+  it("'Samplers, time grids and likelihoods' runs after the taste and the nets, printing its comments' values", function()
+    local s = readme()
+    local function lua_block(title)
+      return (block(s:sub((assert(s:find(title, 1, true)))), '```lua\n'):gsub('^```lua\n', ''))
+    end
+    local text = lua_block('## Samplers, time grids and likelihoods')
+    local real_stderr = io.stderr
+    io.stderr = assert(io.open('/dev/null', 'w'))
+    local chunk = lua_block('## A taste') .. lua_block('## Networks you compose') .. text
+    local ok, printed = pcall(capture, assert(load(chunk, '=samplers', 't', setmetatable({}, { __index = _G }))))
+    io.stderr:close()
+    io.stderr = real_stderr
+    assert(ok, printed)
+    -- this block's print lines are the last ones printed; each comment's numbers are the values
+    -- printed, in order, to the comment's decimals
+    local lines, outs = {}, {}
+    for l in text:gmatch('([^\n]*)\n') do if l:match('^print%(') then lines[#lines + 1] = l end end
+    for l in printed:gmatch('([^\n]*)\n') do outs[#outs + 1] = l end
+    local checked = 0
+    for k, line in ipairs(lines) do
+      local out = assert(outs[#outs - #lines + k], 'no output for ' .. line)
+      local vals = {}
+      for v in out:gmatch('%S+') do vals[#vals + 1] = tonumber(v) end
+      local comment = assert(line:match('%-%-%s*(.*)$'), line)
+      local j = 0
+      for num in comment:gsub('%b()', ''):gmatch('[%d%.]+') do
+        if not num:match('^%.') and tonumber(num) then
+          j = j + 1
+          local decimals = #(num:match('%.(%d+)') or '')
+          assert.are.equal(num, ('%.' .. decimals .. 'f'):format(assert(vals[j], line)), line)
+          checked = checked + 1
+        end
+        if j == #vals then break end
+      end
+    end
+    assert.is_true(checked >= 6, 'README: the samplers block comments too few values')
+  end)
+
   it("'Networks you compose' runs after the taste as written", function()
     local s = readme()
     local taste = block(s:sub((assert(s:find('## A taste', 1, true)))), '```lua\n'):gsub('^```lua\n', '')

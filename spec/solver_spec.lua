@@ -189,6 +189,19 @@ describe('convergence orders on Gaussian data', function()
     end
   end)
 
+  it('rk4 on the uniform t grid: order 4 at t0 = 0.5, until float32 rounding (2, 4, 8 steps)', function()
+    -- (by 16 steps its error is at float32's floor, ~1e-6 for these x)
+    local ns, errs = { 2, 4, 8 }, {}
+    for i, N in ipairs(ns) do
+      local s = diffuse.sampler{ diffuser = ve, steps = N, method = 'rk4' }
+      local _, path = s:run(x1, gauss, { record = { N // 2 } })
+      errs[i] = (path[N // 2] - flow(ve:sigma(0.5), ve:sigma(1))):abs():max()
+      assert.are.equal(4 * (N - 1) + 1, s.nfe) -- (its last step, to t = 0, is Euler's)
+    end
+    local p = -slope(ns, errs)
+    assert.is_true(p > 3.5 and p < 4.5, ('rk4: order %.3f (errors %g, %g, %g)'):format(p, errs[1], errs[2], errs[3]))
+  end)
+
   it('rk45 reaches its tolerance within a small factor, with fewer evaluations for looser ones', function()
     local nfes = {}
     for i, tol in ipairs{ 1e-3, 1e-5 } do
