@@ -624,7 +624,8 @@ static const double *sampler_times(lua_State *L, int idx, const df_sampler *s, c
 
 static void prior_logp(lua_State *L, int idx, const df_tensor *x1, const df_diffuser *D, double *out,
                        const char *fname);
-static df_tensor *push_host_tensor(lua_State *L, const double *v, int64_t n, const char *fname);
+static df_tensor *push_host_tensor(lua_State *L, const double *v, int64_t n, const df_tensor *like,
+                                   const char *fname);
 
 /* a Lua function as score: called with a copy of x (so it may keep or change it) and t */
 typedef struct {
@@ -763,7 +764,7 @@ static int sampler_run(lua_State *L)
   }
   if (!logq) return 2;
   for (int64_t r = 0; r < qrows; r++) P[r] -= I[r]; /* log q(x0) = log prior(x1) - I */
-  push_host_tensor(L, P, qrows, fname);
+  push_host_tensor(L, P, qrows, x, fname);
   return 3;
 }
 
@@ -866,11 +867,12 @@ static void prior_logp(lua_State *L, int idx, const df_tensor *x1, const df_diff
   lua_settop(L, top);
 }
 
-static df_tensor *push_host_tensor(lua_State *L, const double *v, int64_t n, const char *fname)
+/* n host doubles as a new float32 tensor [n] on the device of `like` (the rows it describes) */
+static df_tensor *push_host_tensor(lua_State *L, const double *v, int64_t n, const df_tensor *like,
+                                   const char *fname)
 {
-  const df_backend *be;
-  int dev;
-  df_current_device(&be, &dev);
+  const df_backend *be = like->be;
+  int dev = like->dev;
   df_tensor *t = l_newtensor(L);
   float *h = l_hostbuf(L, n > 0 ? n : 1, fname);
   for (int64_t i = 0; i < n; i++) h[i] = (float)v[i];
@@ -942,7 +944,7 @@ static int d_likelihood(lua_State *L)
     lp[r] = P[r] - I[r];
     mean += lp[r] / (double)rows;
   }
-  push_host_tensor(L, lp, rows, fname);
+  push_host_tensor(L, lp, rows, x, fname);
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, (lua_Integer)s.nfe);
   lua_setfield(L, -2, "nfe");
@@ -950,9 +952,9 @@ static int d_likelihood(lua_State *L)
     lua_pushnumber(L, s.nfe_rows);
     lua_setfield(L, -2, "nfe_rows");
   }
-  push_host_tensor(L, P, rows, fname);
+  push_host_tensor(L, P, rows, x, fname);
   lua_setfield(L, -2, "prior");
-  push_host_tensor(L, I, rows, fname);
+  push_host_tensor(L, I, rows, x, fname);
   lua_setfield(L, -2, "integral");
   lua_pushvalue(L, 7);
   lua_setfield(L, -2, "x1");

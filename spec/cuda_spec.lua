@@ -11,7 +11,8 @@
 -- bitwise unless cuBLAS computes a layer, gradients and DSM losses within bounds derived from the
 -- summation order (and, with cuBLAS layers, each layer's rounding carried through the net), Adam
 -- bitwise, a 50-step training run within a first-order drift budget, the training graphs against
--- the plain loop bitwise on the GPU, and a checkpoint from the GPU loaded on the CPU.
+-- the plain loop bitwise on the GPU, and a checkpoint from the GPU loaded on the CPU; composed
+-- networks; then the solvers (every method and grid, divergences, likelihoods, log q), bitwise.
 -- Shapes exercise broadcasting, odd sizes and sizes past one block (1,000,003 elements).
 -- Without a usable GPU every GPU test is pending, never failing; the first test runs anyway and
 -- checks that diffuse.cuda loads and that set_device('cuda') fails cleanly.
@@ -1488,5 +1489,138 @@ describe('cuda composed-network parity', function()
     assert_bitwise(opt.ema:parameters(), bopt.ema:parameters(), 'EMA')
     local x = tensor.randn(50, 1)
     assert_bitwise(net:forward(x:to('cuda'), 0.4), back:forward(x, 0.4), 'forward of the loaded net')
+  end)
+end)
+
+describe('cuda solver parity', function()
+  -- the samplers beyond the fused three, divergences and likelihoods run on either device through
+  -- the backend's per-row operations (rowlin, rowdot, errnorm, random_at, mixture_div,
+  -- mixture_jvp) in the same order with the same roundings: bitwise the CPU's, rk45's per-row step
+  -- choices included
+  local ve = diffuse.ve(1.1)
+  local METHODS = {
+    { method = 'euler', grid = 'karras', steps = 12 },
+    { method = 'heun', grid = 'log_sigma', steps = 9 },
+    { method = 'heun', space = 'sigma', steps = 7 },
+    { method = 'euler', grid = { 1, 0.6, 0.3, 0.1, 0.02, 0 } },
+    { method = 'ddim', grid = 'karras', steps = 10 },
+    { method = 'ddim', grid = 'karras', steps = 10, eta = 1 },
+    { method = 'dpmpp_2m', grid = 'karras', steps = 11 },
+    { method = 'edm', grid = 'karras', steps = 10, S_churn = 20, S_min = 0.05, S_max = 0.8 },
+    { method = 'pc', grid = 'karras', steps = 8, corrector_steps = 2 },
+    { method = 'rk4', steps = 6 },
+    { method = 'rk45', rtol = 1e-4, atol = 1e-4 },
+  }
+
+  local function name_of(o)
+    local g = type(o.grid) == 'table' and 'list' or o.grid or 'uniform'
+    return ('%s (%s%s)'):format(o.method, g, o.eta and ', eta ' .. o.eta or '')
+  end
+
+  -- the same run on both devices from the same seed: x0 and the recorded path
+  local function both(o, score, x1c, seed, run_opts)
+    local out = {}
+    for _, dev in ipairs { 'cpu', 'cuda' } do
+      diffuse.set_device(dev == 'cpu' and 'cpu' or 'cuda', 0)
+      local opts = { diffuser = ve }
+      for k, v in pairs(o) do opts[k] = v end
+      local s = diffuse.sampler(opts)
+      diffuse.seed(seed)
+      local x0, path, logq = s:run(x1c:to(dev), score, run_opts)
+      out[dev] = { x0 = x0, path = path, logq = logq, nfe = s.nfe, nfe_rows = s.nfe_rows }
+      diffuse.set_device('cpu')
+    end
+    return out.cuda, out.cpu
+  end
+
+  gpu_it('every method and grid gives bitwise the CPU\'s samples and paths (exact and mixture scores)', function()
+    local scores = { { 1, diffuse.score.exact(ve), 'exact' }, { 3, diffuse.score.exact(ve), 'exact' } }
+    for i, m in ipairs(mixtures(ve)) do
+      if i <= 2 then scores[#scores + 1] = { m[1], m[2], 'mixture' } end
+    end
+    for _, sc in ipairs(scores) do
+      local x1 = randn_pair({ 1001, sc[1] }, 1600 + sc[1], ve:sigma(1))
+      for _, o in ipairs(METHODS) do
+        local what = ('%s, %s score in R^%d'):format(name_of(o), sc[3], sc[1])
+        local g, c = both(o, sc[2], x1, 1610, { record = { 1 } })
+        assert_bitwise(g.x0, c.x0, what .. ': x0')
+        assert_bitwise(g.path[1], c.path[1], what .. ': the state after one step')
+        assert.are.equal(c.nfe, g.nfe, what .. ': evaluations')
+        assert.are.equal(c.nfe_rows, g.nfe_rows, what .. ': evaluations per row')
+      end
+    end
+  end)
+
+  gpu_it('divergences (closed form and Hutchinson\'s) are bitwise the CPU\'s', function()
+    for i, m in ipairs(mixtures(ve)) do
+      local d, mix = m[1], m[2]
+      local c, g = randn_pair({ 2003, d }, 1620 + i, 2)
+      local ct = tensor.rand(2003) + 0.01
+      local what = ('mixture %d in R^%d'):format(i, d)
+      assert_bitwise(mix:divergence(g, 0.3), mix:divergence(c, 0.3), what .. ': exact divergence')
+      assert_bitwise(mix:divergence(g, ct:to('cuda')), mix:divergence(c, ct), what .. ': t per row')
+      for _, probe in ipairs { 'rademacher', 'gaussian' } do
+        diffuse.seed(1630)
+        local hc = mix:divergence(c, 0.3, { divergence = 'hutchinson', probes = 3, probe = probe })
+        diffuse.seed(1630)
+        local hg = mix:divergence(g, 0.3, { divergence = 'hutchinson', probes = 3, probe = probe })
+        assert_bitwise(hg, hc, what .. ': Hutchinson, ' .. probe)
+      end
+    end
+    local exact = diffuse.score.exact(ve)
+    local c, g = randn_pair({ 999, 2 }, 1640)
+    assert_bitwise(exact:divergence(g, 0.5), exact:divergence(c, 0.5), 'the heat kernel')
+  end)
+
+  gpu_it('likelihoods and a sampler\'s log q are bitwise the CPU\'s', function()
+    local mix = mixtures(ve)[2][2] -- in R^2
+    local c, g = randn_pair({ 777, 2 }, 1650, 1.5)
+    for _, o in ipairs { { method = 'rk45' }, { method = 'heun', steps = 20 }, { method = 'rk4', steps = 8 },
+                         { method = 'rk45', divergence = 'hutchinson', probes = 2 } } do
+      local res = {}
+      for dev, x in pairs { cpu = c, cuda = g } do
+        local args = { diffuser = ve, score = mix, x = x, prior = mix }
+        for k, v in pairs(o) do args[k] = v end
+        diffuse.seed(1651)
+        local lp, info = diffuse.likelihood(args)
+        res[dev] = { lp, info }
+      end
+      local what = 'likelihood, ' .. o.method .. (o.divergence and ', Hutchinson' or '')
+      assert_bitwise(res.cuda[1], res.cpu[1], what .. ': log p')
+      assert_bitwise(res.cuda[2].x1, res.cpu[2].x1, what .. ': x1')
+      assert.are.equal(res.cpu[2].nfe, res.cuda[2].nfe, what .. ': evaluations')
+    end
+    local x1 = randn_pair({ 555, 2 }, 1660, ve:sigma(1))
+    for _, o in ipairs { { method = 'rk45' }, { method = 'heun', steps = 15, grid = 'karras' } } do
+      local gq, cq = both(o, mix, x1, 1661, { logq = true, prior = mix })
+      assert_bitwise(gq.x0, cq.x0, 'logq run, ' .. o.method .. ': x0')
+      assert_bitwise(gq.logq, cq.logq, 'logq run, ' .. o.method .. ': log q')
+    end
+  end)
+
+  gpu_it('a network score runs every method on the GPU as on the CPU; its exact divergence says it is CPU-only', function()
+    diffuse.seed(1670)
+    local net = diffuse.nn.mlp{ dim = 2, hidden = { 16, 16 } }
+    local cnet = diffuse.nn.mlp{ dim = 2, hidden = { 16, 16 } }
+    cnet:set_parameters(net:parameters())
+    net:to('cuda')
+    local gs, cs = diffuse.score.net(net, ve), diffuse.score.net(cnet, ve)
+    local x1c = randn_pair({ 301, 2 }, 1671, ve:sigma(1))
+    for _, o in ipairs(METHODS) do
+      local out = {}
+      for dev, score in pairs { cpu = cs, cuda = gs } do
+        diffuse.set_device(dev == 'cpu' and 'cpu' or 'cuda', 0)
+        local opts = { diffuser = ve }
+        for k, v in pairs(o) do opts[k] = v end
+        local s = diffuse.sampler(opts)
+        diffuse.seed(1672)
+        out[dev] = s:run(x1c:to(dev), score)
+        diffuse.set_device('cpu')
+      end
+      assert_bitwise(out.cuda, out.cpu, name_of(o) .. ', network score: x0')
+    end
+    local g = x1c:to('cuda')
+    assert.has_error(function() gs:divergence(g, 0.5) end,
+      'diffuse.score.divergence: network Jacobians are not implemented on cuda')
   end)
 end)
