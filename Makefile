@@ -135,7 +135,7 @@ valgrind: build-vg/diffuse/core.so
 # The GPU check, as one command (../shared/gpu/README.md): the CUDA parity specs, then the GPU
 # benchmarks. On a machine without a usable GPU the specs are pending.
 test-cuda: all
-	$(BUSTED) --lua=$(LUA) spec/cuda_spec.lua
+	DIFFUSE_EXPECT_CUDA=1 $(BUSTED) --lua=$(LUA) spec/cuda_spec.lua
 
 bench-cuda: all
 	$(BENCH_ENV) $(LUA) bench/cuda.lua

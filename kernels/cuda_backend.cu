@@ -857,6 +857,8 @@ static df_backend cuda_table(void)
   /* score networks and training (cuda_nn.cu) */
   t.net_workspace = cuda_net_workspace;
   t.net_forward = cuda_net_forward;
+  t.net_jvp_workspace = cuda_net_jvp_workspace;
+  t.net_jvp = cuda_net_jvp;
   t.net_backward = cuda_net_backward;
   t.net_sample = cuda_net_sample;
   t.dsm_step = cuda_dsm_step;

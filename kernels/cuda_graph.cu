@@ -115,9 +115,10 @@ __global__ void k_g_bin_bwd(float *gx, int wx, const float *g, int w, const floa
   }
 }
 
-/* ga += g f'(a) for the one-input nodes (val: the node's value, aux: its aux buffer) */
+/* ga += g f'(a) for the one-input nodes (val: the node's value, aux: its aux buffer); with
+   `assign`, ga = g f'(a): the tangent of the node for the tangent g of its input (forward mode) */
 __global__ void k_g_unary_bwd(int op, float *ga, const float *g, const float *a, const float *val,
-                              const float *aux, float c, int64_t n)
+                              const float *aux, float c, int64_t n, int assign)
 {
   for (int64_t i = df_gtid(); i < n; i += df_gstride()) {
     float gi = g[i], d;
@@ -136,7 +137,8 @@ __global__ void k_g_unary_bwd(int op, float *ga, const float *g, const float *a,
     case DF_G_EXP: d = gi * val[i]; break;
     default: d = gi * (2.0f * a[i]); break; /* square */
     }
-    ga[i] += d;
+    if (assign) ga[i] = d;
+    else ga[i] += d;
   }
 }
 
@@ -152,6 +154,35 @@ __global__ void k_g_fourier_bwd(float *gu, const float *g, const float *f, const
       acc += kw * (g[s] * f[c] - g[c] * f[s]);
     }
     gu[r] += acc;
+  }
+}
+
+/* ---- tangents (forward mode: J v node by node, as cpu_graph_tangent) -------------------------- */
+
+/* the tangent of a op b: ta +- tb, or ta b + a tb (a node of t alone has tangent 0: xa, xb) */
+__global__ void k_g_bin_tan(int op, float *out, const float *ta, const float *a, int wa, int xa,
+                            const float *tb, const float *b, int wb, int xb, int w, int64_t rows)
+{
+  for (int64_t j = df_gtid(); j < rows * w; j += df_gstride()) {
+    int64_t r = j / w;
+    int c = (int)(j - r * w);
+    const int64_t ia = r * wa + (wa == 1 ? 0 : c), ib = r * wb + (wb == 1 ? 0 : c);
+    float da = xa ? ta[ia] : 0.0f, db = xb ? tb[ib] : 0.0f;
+    out[j] = op == DF_G_ADD ? da + db : op == DF_G_SUB ? da - db : da * b[ib] + a[ia] * db;
+  }
+}
+
+/* the tangent of [sin k w u, cos k w u]: [k w cos du, -k w sin du] (f: the node's value) */
+__global__ void k_g_fourier_tan(float *out, const float *du, const float *f, const float *w, int nf,
+                                int gauss, int64_t rows)
+{
+  for (int64_t j = df_gtid(); j < rows * nf; j += df_gstride()) {
+    int64_t r = j / nf;
+    int q = (int)(j - r * nf);
+    const float kw = gauss ? w[q] * 6.28318530717958648f : w[q];
+    const int64_t s = r * 2 * nf + q, c = s + nf;
+    out[s] = kw * (f[c] * du[r]);
+    out[c] = -(kw * (f[s] * du[r]));
   }
 }
 
@@ -180,12 +211,11 @@ int need_blas(Pass &p)
   return DF_OK;
 }
 
-int lin_fwd(Pass &p, const df_gnode *n)
+/* out = in W^T + b (bias: false for a tangent, W dA) */
+int lin_fwd(Pass &p, const df_gnode *n, const float *in, float *out, bool bias)
 {
   const df_glayer *L = &p.g->layers[n->layer];
-  const float *W = p.params + L->woff, *B = L->bias ? p.params + L->boff : nullptr;
-  const float *in = buf(p, node(p, n->a)->val);
-  float *out = buf(p, n->val);
+  const float *W = p.params + L->woff, *B = bias && L->bias ? p.params + L->boff : nullptr;
   const int64_t rows = p.rows;
   if (!wide(L->in, L->out)) {
     df_k_lin_fwd<<<grid(rows * L->out), THREADS, 0, p.st>>>(out, in, W, B, rows, L->in, L->out);
@@ -276,7 +306,7 @@ int df_cuda_graph_forward(const char *op, int dev, cudaStream_t st, cublasHandle
     float *out = buf(p, n->val);
     const float *A = n->a >= 0 ? buf(p, node(p, n->a)->val) : nullptr;
     switch (n->op) {
-    case DF_G_LINEAR: TRY(lin_fwd(p, n)); continue;
+    case DF_G_LINEAR: TRY(lin_fwd(p, n, buf(p, node(p, n->a)->val), out, true)); continue;
     case DF_G_CAT: {
       int off = 0;
       for (int k = 0; k < n->ncat; k++) {
@@ -362,7 +392,58 @@ int df_cuda_graph_backward(const char *op, int dev, cudaStream_t st, cublasHandl
     default:
       if (a->grad < 0) continue;
       k_g_unary_bwd<<<grid(N), THREADS, 0, st>>>(n->op, buf(p, a->grad), G, buf(p, a->val), buf(p, n->val),
-                                                 n->aux >= 0 ? buf(p, n->aux) : nullptr, n->c, N);
+                                                 n->aux >= 0 ? buf(p, n->aux) : nullptr, n->c, N, 0);
+      break;
+    }
+    LAUNCHED_P(p);
+  }
+  return DF_OK;
+}
+
+/* the tangents of every node that depends on x, for the tangent of x already in tf at node 0's
+   offset (tf: a second frame like the forward's, rows floats per feature); the forward's values
+   (and aux buffers) must be in ws */
+int df_cuda_graph_tangent(const char *op, int dev, cudaStream_t st, cublasHandle_t *blas,
+                          const df_graph *g, const float *params, const float *fixed, float *ws,
+                          float *tf, int64_t rows)
+{
+  Pass p = { op, dev, st, blas, g, params, fixed, ws + df_cuda_graph_layout(g, rows).frame, rows };
+  Pass tp = p;
+  tp.fr = tf;
+  for (int i = 2; i < g->nnodes; i++) {
+    const df_gnode *n = &g->nodes[i];
+    if (!n->live || !n->xdep) continue;
+    const int64_t N = rows * n->width;
+    float *out = buf(tp, n->val);
+    const df_gnode *a = n->a >= 0 ? node(p, n->a) : nullptr;
+    switch (n->op) {
+    case DF_G_LINEAR: TRY(lin_fwd(p, n, buf(tp, a->val), out, false)); continue;
+    case DF_G_CAT: {
+      CK(op, "cudaMemsetAsync of a tangent", cudaMemsetAsync(out, 0, (size_t)N * sizeof(float), st));
+      int off = 0;
+      for (int k = 0; k < n->ncat; k++) {
+        const df_gnode *c = node(p, g->cat[n->cat0 + k]);
+        if (c->xdep) {
+          k_g_cat<<<grid(rows * c->width), THREADS, 0, st>>>(out, n->width, off, buf(tp, c->val), c->width, rows);
+          LAUNCHED_P(p);
+        }
+        off += c->width;
+      }
+      continue;
+    }
+    case DF_G_ADD: case DF_G_SUB: case DF_G_MUL: {
+      const df_gnode *b = node(p, n->b);
+      k_g_bin_tan<<<grid(N), THREADS, 0, st>>>(n->op, out, buf(tp, a->val), buf(p, a->val), a->width, a->xdep,
+                                               buf(tp, b->val), buf(p, b->val), b->width, b->xdep, n->width, rows);
+      break;
+    }
+    case DF_G_FOURIER:
+      k_g_fourier_tan<<<grid(rows * n->nfreq), THREADS, 0, st>>>(out, buf(tp, a->val), buf(p, n->val),
+                                                                 fixed + n->foff, n->nfreq, n->gauss, rows);
+      break;
+    default:
+      k_g_unary_bwd<<<grid(N), THREADS, 0, st>>>(n->op, out, buf(tp, a->val), buf(p, a->val), buf(p, n->val),
+                                                 n->aux >= 0 ? buf(p, n->aux) : nullptr, n->c, N, 1);
       break;
     }
     LAUNCHED_P(p);

@@ -113,6 +113,11 @@ int df_cuda_graph_forward(const char *op, int dev, cudaStream_t st, cublasHandle
 int df_cuda_graph_backward(const char *op, int dev, cudaStream_t st, cublasHandle_t *blas,
                            const struct df_graph *g, const float *params, const float *fixed,
                            float *ws, int64_t rows, const float *dout, float *grads);
+/* forward mode: the tangents of the nodes that depend on x into tf (a frame like the forward's),
+   for x's tangent already in tf at node 0's offset, after the forward that filled ws */
+int df_cuda_graph_tangent(const char *op, int dev, cudaStream_t st, cublasHandle_t *blas,
+                          const struct df_graph *g, const float *params, const float *fixed,
+                          float *ws, float *tf, int64_t rows);
 
 /* ---- the table members of cuda_diffusion.cu ------------------------------------------------- */
 int cuda_diffuser_eval(int dev, const df_diffuser *D, int what, float *out, const float *t,
@@ -142,6 +147,10 @@ int cuda_mixture_jvp(int dev, const df_mixture *m, float *out, const float *x, c
 
 /* ---- the table members of cuda_nn.cu ------------------------------------------------------- */
 int64_t cuda_net_workspace(const df_netdesc *nd, int64_t rows);
+int64_t cuda_net_jvp_workspace(const df_netdesc *nd, int64_t rows);
+int cuda_net_jvp(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                 const float *x, const float *t, float t0, int64_t rows, int nv,
+                 const float *const *v, float *const *out, float *ws);
 int cuda_net_forward(int dev, const df_netdesc *nd, const float *params, const float *fixed,
                      const float *x, const float *t, float t0, int64_t rows, float *out,
                      float *ws, int keep);

@@ -1442,6 +1442,44 @@ __global__ void k_graph_in(float *xb, float *tb, const float *x, const float *t,
 }
 } // namespace
 
+/* a graph's forward frame (cuda_graph.cu's layout), then a tangent frame of the same size */
+int64_t cuda_net_jvp_workspace(const df_netdesc *nd, int64_t rows)
+{
+  if (rows < 1) rows = 1;
+  if (nd->kind != DF_NET_GRAPH) return 0;
+  return df_cuda_graph_layout(nd->graph, rows).total + rows * nd->graph->frame;
+}
+
+/* out[j] = J v[j]: one forward, then per direction x's tangent into the tangent frame, the
+   tangents node by node, and the output's tangent out (as cpu_net_jvp, the same roundings) */
+int cuda_net_jvp(int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                 const float *x, const float *t, float t0, int64_t rows, int nv,
+                 const float *const *v, float *const *out, float *ws)
+{
+  const char *op = "net_jvp";
+  if (nd->kind != DF_NET_GRAPH) return df_cuda_fail(DF_EARG, "cuda %s takes a graph's description", op);
+  if (rows <= 0) return DF_OK;
+  TRY(df_cuda_use_device(op, dev));
+  const df_graph *g = nd->graph;
+  const size_t bytes = (size_t)(rows * nd->dim) * sizeof(float);
+  float *tf = ws + df_cuda_graph_layout(g, rows).total;
+  k_graph_in<<<grid(rows * (nd->dim + 1)), THREADS>>>(df_cuda_graph_val(g, ws, rows, 0),
+                                                      df_cuda_graph_val(g, ws, rows, 1), x, t, t0,
+                                                      rows, nd->dim);
+  LAUNCHED(op);
+  cublasHandle_t blas = NULL;
+  int st = df_cuda_graph_forward(op, dev, 0, &blas, g, params, fixed, ws, rows);
+  for (int j = 0; j < nv && !st; j++) {
+    cudaError_t e = cudaMemcpyAsync(tf + g->nodes[0].val * rows, v[j], bytes, cudaMemcpyDeviceToDevice, 0);
+    if (e != cudaSuccess) { st = df_cuda_error(op, "cudaMemcpy of a direction", e); break; }
+    if ((st = df_cuda_graph_tangent(op, dev, 0, &blas, g, params, fixed, ws, tf, rows))) break;
+    e = cudaMemcpyAsync(out[j], tf + g->nodes[g->out].val * rows, bytes, cudaMemcpyDeviceToDevice, 0);
+    if (e != cudaSuccess) st = df_cuda_error(op, "cudaMemcpy of a Jacobian-vector product", e);
+  }
+  blas_off(blas);
+  return st;
+}
+
 int cuda_net_forward(int dev, const df_netdesc *nd, const float *params, const float *fixed,
                      const float *x, const float *t, float t0, int64_t rows, float *out,
                      float *ws, int keep)

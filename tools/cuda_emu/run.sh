@@ -78,7 +78,7 @@ ln -sfn "$REPO/build/diffuse/core.so" "$OUT/core.so"
 cd "$REPO"
 set +e
 # shellcheck disable=SC2086
-busted --lua=lua5.4 --cpath="$BUILD/?.so" ${EXTRA_BUSTED:-} spec/cuda_spec.lua
+DIFFUSE_EXPECT_CUDA=1 busted --lua=lua5.4 --cpath="$BUILD/?.so" ${EXTRA_BUSTED:-} spec/cuda_spec.lua
 rc=$?
 t2=$(date +%s)
 echo "run.sh: busted exit status $rc; specs took $((t2 - t1)) s, $((t2 - t0)) s in all"
