@@ -16,15 +16,19 @@ diffuse.train{ net = net, diffuser = ve, data = tensor.zeros(1024, 1), steps = 2
 local nets = diffuse.score.net(net, ve)
 local scores = { { 'exact', exact }, { 'mixture', mix }, { 'network', nets } }
 
+-- fused: the whole run in one backend call (a tile or a row through every step); stepped: a
+-- native loop of whole-batch score evaluations and per-row updates (solver.c). ddim with eta = 0
+-- is Euler in sigma computed the stepped way: the cost of stepping, at equal arithmetic
 local methods = {
   { 'euler (uniform, fused)', { method = 'euler' } },
   { 'heun (uniform, fused)', { method = 'heun' } },
-  { 'euler (karras)', { method = 'euler', grid = 'karras' } },
-  { 'heun (karras)', { method = 'heun', grid = 'karras' } },
-  { 'dpmpp_2m (karras)', { method = 'dpmpp_2m', grid = 'karras' } },
+  { 'euler (karras, fused)', { method = 'euler', grid = 'karras' } },
+  { 'heun (karras, fused)', { method = 'heun', grid = 'karras' } },
+  { 'ddim (karras, stepped)', { method = 'ddim', grid = 'karras' } },
+  { 'dpmpp_2m (karras, stepped)', { method = 'dpmpp_2m', grid = 'karras' } },
   { 'edm (karras, churn)', { method = 'edm', grid = 'karras', S_churn = 10 } },
   { 'pc (karras, 1 corrector)', { method = 'pc', grid = 'karras' } },
-  { 'rk4 (uniform)', { method = 'rk4' } },
+  { 'rk4 (uniform, stepped)', { method = 'rk4' } },
   { 'rk45 (1e-5)', { method = 'rk45', rtol = 1e-5, atol = 1e-5 } },
 }
 

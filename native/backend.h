@@ -37,12 +37,12 @@ enum { DF_STAGE_EULER, DF_STAGE_EM, DF_STAGE_HEUN_PRED, DF_STAGE_HEUN_CORR };
 typedef struct df_plan {
   int method;          /* DF_EULER, DF_EULER_MARUYAMA, DF_HEUN */
   int64_t steps;
-  const float *sig2;   /* sigma(t_k)^2 for k = 0..steps, t_k = 1 - k / steps */
+  const float *sig2;   /* sigma(t_k)^2 for k = 0..steps, t_k the grid's (1 - k / steps: the seed's) */
   const float *c1, *c2; /* per step k < steps: the coefficients of dmath.h's df_step_* rules */
-  /* a network score only (net_sample), k = 0..steps: the time of step k's evaluation, as the
-     step-by-step path passes it, and the factor a_k of the score (out - [x]) a_k, rounded to
-     float (0 where unused): 1 / sigma(t_k) for the seed's output convention; `denoise`: the
-     output is a denoiser, x is subtracted first (df_net_score_eval defines both) */
+  /* k = 0..steps: the time of step k's evaluation, as the step-by-step path passes it; a network
+     score only (net_sample): the factor a_k of the score (out - [x]) a_k, rounded to float (0
+     where unused): 1 / sigma(t_k) for the seed's output convention; `denoise`: the output is a
+     denoiser, x is subtracted first (df_net_score_eval defines both) */
   const float *t, *inv_sigma;
   int denoise;
 } df_plan;

@@ -481,7 +481,7 @@ int df_net_score_run(void *ctx, const df_plan *p, df_tensor *x, int nrec, const 
   if (!tab) return df_fail(DF_ENOMEM, "out of memory for %lld sampler steps", (long long)steps);
   float *tk = tab, *inv = tab + steps + 1;
   for (int64_t k = 0; k <= steps; k++) { /* evaluations happen at t_0 .. t_(steps - 1) */
-    tk[k] = (float)(1.0 - (double)k / (double)steps);
+    tk[k] = p->t[k]; /* (the plan's grid, as the step-by-step path passes it) */
     inv[k] = 0.0f;
     if (k < steps && (st = score_factor(n->output, df_diffuser_sigma2_host(&ns->diff, (double)tk[k]),
                                         &inv[k]))) {

@@ -1,6 +1,8 @@
 /* sampler.c: score sources (exact heat-kernel score, Gaussian mixtures, callbacks) and the
- * reverse-time samplers. A run with a native score is one backend call (sample_fused); any
- * other score is evaluated step by step through its callback, with the same update rules. */
+ * fused reverse-time samplers: Euler, Euler-Maruyama and Heun on any grid that ends at t = 0, in
+ * t or in sigma. A run with a native score is one backend call (sample_fused); a network's too
+ * (net_sample); any other score is evaluated step by step through its callback, with the same
+ * update rules. The other methods, and runs that integrate log q, are solver.c's. */
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -120,31 +122,58 @@ int df_mixture_sample(df_tensor *out, const df_score_src *src, int64_t n, double
 /* ---- samplers ----------------------------------------------------------------------------- */
 
 /* the per-step coefficients, in double from the grid t_k = 1 - k / steps (never accumulated) */
+/* the fused methods' plan on the sampler's grid: sigma(t_k)^2, the step coefficients of
+   dmath.h's df_step_* rules and the evaluation times. On the seed's uniform grid in t exactly the
+   seed's numbers (dt = 1 / steps); on any other grid, in t, dt = t_k - t_(k+1); in sigma (Euler,
+   Heun: dx = -sigma s dsigma), c1 = sigma_k (sigma_k - sigma_(k+1)) and Heun's c2 =
+   sigma_(k+1) (sigma_k - sigma_(k+1)), so that the corrector x + (c1 s + c2 s') / 2 is the
+   trapezoid in sigma. *buf (free it) holds the arrays; the grid must end at t = 0 */
 static int make_plan(const df_sampler *s, df_plan *p, float **buf)
 {
-  int64_t steps = s->steps;
-  float *b = (float *)malloc((size_t)(3 * steps + 1) * sizeof(float));
-  if (!b) return df_fail(DF_ENOMEM, "out of memory for %lld sampler steps", (long long)steps);
-  float *sig2 = b, *c1 = b + steps + 1, *c2 = c1 + steps;
-  double dt = 1.0 / (double)steps;
-  for (int64_t k = 0; k <= steps; k++) {
-    double t = 1.0 - (double)k / (double)steps;
+  const int64_t steps = s->steps;
+  const int uniform_t = s->grid == DF_GRID_UNIFORM && s->space == DF_SPACE_T;
+  float *b = (float *)malloc((size_t)(4 * steps + 2) * sizeof(float));
+  double *gt = uniform_t ? NULL : (double *)malloc((size_t)(2 * (steps + 1)) * sizeof(double));
+  if (!b || (!uniform_t && !gt)) {
+    free(b);
+    free(gt);
+    return df_fail(DF_ENOMEM, "out of memory for %lld sampler steps", (long long)steps);
+  }
+  float *sig2 = b, *c1 = b + steps + 1, *c2 = c1 + steps, *tk = c2 + steps;
+  double *gs = gt ? gt + steps + 1 : NULL;
+  int st = gt ? df_sampler_grid(s, gt, gs) : DF_OK;
+  for (int64_t k = 0; k <= steps && !st; k++) {
+    double t = uniform_t ? 1.0 - (double)k / (double)steps : gt[k];
+    tk[k] = (float)t;
     sig2[k] = (float)df_diffuser_sigma2_host(&s->diff, t);
     if (k == steps) break;
-    double g = df_diffuser_g_host(&s->diff, t);
-    double g1 = df_diffuser_g_host(&s->diff, 1.0 - (double)(k + 1) / (double)steps);
+    double t1 = uniform_t ? 1.0 - (double)(k + 1) / (double)steps : gt[k + 1];
+    double dt = uniform_t ? 1.0 / (double)steps : t - t1;
+    double g = df_diffuser_g_host(&s->diff, t), g1 = df_diffuser_g_host(&s->diff, t1);
+    if (s->space == DF_SPACE_SIGMA) {
+      double a = gs[k], bb = gs[k + 1];
+      c1[k] = (float)(a * (a - bb));
+      c2[k] = s->method == DF_HEUN ? (float)(bb * (a - bb)) : 0.0f;
+      continue;
+    }
     switch (s->method) {
     case DF_EULER: c1[k] = (float)(0.5 * g * g * dt); c2[k] = 0.0f; break;
     case DF_EULER_MARUYAMA: c1[k] = (float)(g * g * dt); c2[k] = (float)(g * sqrt(dt)); break;
     default: c1[k] = (float)(0.5 * g * g * dt); c2[k] = (float)(0.5 * g1 * g1 * dt); break;
     }
   }
+  free(gt);
+  if (st) {
+    free(b);
+    return st;
+  }
   p->method = s->method;
   p->steps = steps;
   p->sig2 = sig2;
   p->c1 = c1;
   p->c2 = c2;
-  p->t = p->inv_sigma = NULL;
+  p->t = tk;
+  p->inv_sigma = NULL;
   *buf = b;
   return DF_OK;
 }
@@ -174,8 +203,7 @@ static int run_steps(df_sampler *s, const df_score_src *src, const df_plan *p, d
       (s->method == DF_HEUN && ((st = df_tensor_like(&xp, x)) || (st = df_tensor_like(&s2, x)))))
     goto done;
   for (int64_t k = 0; k < steps && !st; k++) {
-    float t = (float)(1.0 - (double)k / (double)steps);
-    float t1 = (float)(1.0 - (double)(k + 1) / (double)steps);
+    float t = p->t[k], t1 = p->t[k + 1];
     if ((st = record(x, k, nrec, rec_k, rec)) || (st = src->eval(src->ctx, &sc, x, t))) break;
     s->nfe++;
     float *px = df_data(x), *ps = df_data(&sc);
@@ -211,9 +239,10 @@ int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nre
     return df_fail(DF_EARG, "x must be [B, d] or [B], got %s", df_shape_str(x->ndim, x->shape, b, sizeof b));
   }
   if (src->kind != DF_SCORE_CALLBACK && (st = score_shape(src, x, &rows, &d))) return st;
-  /* the seed's three methods on the uniform grid in t run fused (below); the rest, and runs that
-     integrate log q, in solver.c */
-  if (s->method > DF_HEUN || s->grid != DF_GRID_UNIFORM || s->space != DF_SPACE_T || I) {
+  /* the seed's three methods run fused (below) on any grid that ends at t = 0; the rest, and
+     runs that integrate log q, in solver.c */
+  const int ends_at_0 = s->grid != DF_GRID_LIST || s->times[s->steps] == 0.0;
+  if (s->method > DF_HEUN || !ends_at_0 || I) {
     for (int r = 0; r < nrec; r++) {
       if (rec_k[r] < 0 || rec_k[r] > s->steps)
         return df_fail(DF_EARG, "record step %lld is outside 0..%lld", (long long)rec_k[r],
@@ -222,12 +251,14 @@ int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nre
     }
     return df_solve_run(s, src, x, nrec, rec_k, rec, div, I);
   }
-  /* the grid's smallest t is 1 / steps: sigma^2 there must be a float32 the scores can divide by
-     (diffuse.power with a large alpha underflows, and every score would be NaN) */
-  double s2min = df_diffuser_sigma2_host(&s->diff, 1.0 / (double)s->steps);
-  if (!(s2min >= FLT_MIN))
-    return df_fail(DF_EARG, "sigma(t)^2 = %g at t = 1/%lld underflows float32: use fewer steps or "
-                   "a diffuser whose sigma(t) stays above 1.1e-19 there", s2min, (long long)s->steps);
+  /* the uniform grid's smallest t is 1 / steps: sigma^2 there must be a float32 the scores can
+     divide by (diffuse.power with a large alpha underflows, and every score would be NaN) */
+  if (s->grid == DF_GRID_UNIFORM) {
+    double s2min = df_diffuser_sigma2_host(&s->diff, 1.0 / (double)s->steps);
+    if (!(s2min >= FLT_MIN))
+      return df_fail(DF_EARG, "sigma(t)^2 = %g at t = 1/%lld underflows float32: use fewer steps or "
+                     "a diffuser whose sigma(t) stays above 1.1e-19 there", s2min, (long long)s->steps);
+  }
   for (int r = 0; r < nrec; r++) {
     if (rec_k[r] < 0 || rec_k[r] > s->steps)
       return df_fail(DF_EARG, "record step %lld is outside 0..%lld", (long long)rec_k[r],
@@ -237,6 +268,14 @@ int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nre
   df_plan p;
   float *buf = NULL;
   if ((st = make_plan(s, &p, &buf))) return st;
+  for (int64_t k = 0; k < s->steps; k++) /* (every time a step evaluates the score at) */
+    if (!(p.sig2[k] >= FLT_MIN)) {
+      st = df_fail(DF_EARG, "sigma(t)^2 = %g at t = %g (step %lld) underflows float32: use fewer steps, "
+                   "a larger sigma_min, or a diffuser whose sigma stays above 1.1e-19",
+                   (double)p.sig2[k], (double)p.t[k], (long long)k);
+      free(buf);
+      return st;
+    }
   df_rng_state(&seed, &unused);
   uint64_t stream = df_rng_next_stream(); /* every run takes one stream, whatever its method */
   s->nfe = 0;

@@ -1,7 +1,8 @@
-/* solver.c: the samplers beyond the seed's three fused ones: time grids (uniform, Karras, log
- * sigma, a list of times), steps in sigma as k-diffusion and EDM take them (Euler, Heun, DDIM,
- * DPM-Solver++(2M), EDM's stochastic Heun, predictor-corrector), and adaptive Dormand-Prince with
- * per-row error control. Every method is a native loop of whole-batch score evaluations and
+/* solver.c: time grids (uniform, Karras, log sigma, a list of times) and the samplers beyond the
+ * three fused ones (sampler.c): steps in sigma as k-diffusion and EDM take them (DDIM,
+ * DPM-Solver++(2M), EDM's stochastic Heun, predictor-corrector; Euler and Heun here only when
+ * they integrate log q or end off t = 0), RK4, and adaptive Dormand-Prince with per-row error
+ * control. Every method is a native loop of whole-batch score evaluations and
  * per-row updates through the backend (rowlin & co), so the same code runs on every device, for
  * exact, mixture and network scores alike; randomness comes from the run's counter-based stream
  * (element index = draw * n + i), so a seed gives the same samples on every device.
