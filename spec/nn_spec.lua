@@ -508,8 +508,13 @@ describe('the network score source and bad input', function()
       local net = nc[2]()
       local score = diffuse.score.net(net, ve)
       local x1 = ve:prior(nc[3], nc[4])
-      for _, method in ipairs { 'euler', 'euler_maruyama', 'heun' } do
-        local sampler = diffuse.sampler{ diffuser = ve, steps = 12, method = method }
+      for _, case in ipairs { { method = 'euler' }, { method = 'euler_maruyama' }, { method = 'heun' },
+                              { method = 'euler', grid = 'karras' }, { method = 'heun', grid = 'log_sigma' },
+                              { method = 'heun', space = 'sigma' },
+                              { method = 'euler_maruyama', grid = { 1, 0.8, 0.5, 0.4, 0.3, 0.2, 0.1, 0.08, 0.05, 0.02, 0.01, 0.005, 0 } } } do
+        local method = case.method .. (case.grid and ' ' .. tostring(type(case.grid) == 'table' and 'list' or case.grid) or '')
+          .. (case.space and ' in sigma' or '')
+        local sampler = diffuse.sampler{ diffuser = ve, steps = 12, method = case.method, grid = case.grid, space = case.space }
         diffuse.seed(99)
         local a, pa = sampler:run(x1, score, { record = { 0, 5, 12 } })
         local nfe = sampler.nfe

@@ -189,6 +189,17 @@ describe('convergence orders on Gaussian data', function()
     end
   end)
 
+  it('fused Euler and Heun on sigma grids take the stepped path\'s steps (a log q run steps)', function()
+    for _, o in ipairs { { 'euler', 'karras' }, { 'heun', 'karras' }, { 'heun', 'log_sigma' }, { 'euler', 'uniform', 'sigma' } } do
+      local s = diffuse.sampler{ diffuser = ve, steps = 16, method = o[1], grid = o[2], space = o[3] }
+      local a = s:run(x1, gauss)
+      local b = s:run(x1, gauss, { logq = true }) -- (solver.c: whole-batch steps, the same rules)
+      local scale = a:abs():max()
+      assert.is_true((a - b):abs():max() <= 32 * 2 ^ -23 * scale, o[1] .. ' ' .. o[2] .. ': fused and stepped differ by '
+        .. (a - b):abs():max())
+    end
+  end)
+
   it('rk4 on the uniform t grid: order 4 at t0 = 0.5, until float32 rounding (2, 4, 8 steps)', function()
     -- (by 16 steps its error is at float32's floor, ~1e-6 for these x)
     local ns, errs = { 2, 4, 8 }, {}
