@@ -1440,6 +1440,18 @@ __global__ void k_graph_in(float *xb, float *tb, const float *x, const float *t,
     else tb[j - rows * d] = t ? t[j - rows * d] : t0;
   }
 }
+
+/* x and t into a graph's frame, then its forward (the caller releases *blas) */
+int graph_forward_of(const char *op, int dev, const df_netdesc *nd, const float *params, const float *fixed,
+                     const float *x, const float *t, float t0, int64_t rows, float *ws, cublasHandle_t *blas)
+{
+  const df_graph *g = nd->graph;
+  k_graph_in<<<grid(rows * (nd->dim + 1)), THREADS>>>(df_cuda_graph_val(g, ws, rows, 0),
+                                                      df_cuda_graph_val(g, ws, rows, 1), x, t, t0,
+                                                      rows, nd->dim);
+  LAUNCHED(op);
+  return df_cuda_graph_forward(op, dev, 0, blas, g, params, fixed, ws, rows);
+}
 } // namespace
 
 /* a graph's forward frame (cuda_graph.cu's layout), then a tangent frame of the same size */
@@ -1463,12 +1475,8 @@ int cuda_net_jvp(int dev, const df_netdesc *nd, const float *params, const float
   const df_graph *g = nd->graph;
   const size_t bytes = (size_t)(rows * nd->dim) * sizeof(float);
   float *tf = ws + df_cuda_graph_layout(g, rows).total;
-  k_graph_in<<<grid(rows * (nd->dim + 1)), THREADS>>>(df_cuda_graph_val(g, ws, rows, 0),
-                                                      df_cuda_graph_val(g, ws, rows, 1), x, t, t0,
-                                                      rows, nd->dim);
-  LAUNCHED(op);
   cublasHandle_t blas = NULL;
-  int st = df_cuda_graph_forward(op, dev, 0, &blas, g, params, fixed, ws, rows);
+  int st = graph_forward_of(op, dev, nd, params, fixed, x, t, t0, rows, ws, &blas);
   for (int j = 0; j < nv && !st; j++) {
     cudaError_t e = cudaMemcpyAsync(tf + g->nodes[0].val * rows, v[j], bytes, cudaMemcpyDeviceToDevice, 0);
     if (e != cudaSuccess) { st = df_cuda_error(op, "cudaMemcpy of a direction", e); break; }
@@ -1490,12 +1498,8 @@ int cuda_net_forward(int dev, const df_netdesc *nd, const float *params, const f
   TRY(df_cuda_use_device(op, dev));
   if (nd->kind == DF_NET_GRAPH) {
     const df_graph *g = nd->graph;
-    k_graph_in<<<grid(rows * (nd->dim + 1)), THREADS>>>(df_cuda_graph_val(g, ws, rows, 0),
-                                                        df_cuda_graph_val(g, ws, rows, 1), x, t, t0,
-                                                        rows, nd->dim);
-    LAUNCHED(op);
     cublasHandle_t blas = NULL;
-    int st = df_cuda_graph_forward(op, dev, 0, &blas, g, params, fixed, ws, rows);
+    int st = graph_forward_of(op, dev, nd, params, fixed, x, t, t0, rows, ws, &blas);
     blas_off(blas);
     if (st) return st;
     CK(op, "cudaMemcpy of the output",

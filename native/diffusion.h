@@ -103,6 +103,8 @@ typedef struct df_sampler {
    row), the divergence integral of df_solve_run too. */
 int df_sampler_run(df_sampler *s, const df_score_src *src, df_tensor *x, int nrec,
                    const int64_t *rec_k, df_tensor *const *rec, const df_div_opts *div, double *I);
+/* x into rec[r] for every r whose rec_k[r] is step k (a run's recorded path) */
+int df_sampler_record(df_tensor *x, int64_t k, int nrec, const int64_t *rec_k, df_tensor *const *rec);
 /* the grid of a sampler: t[0..steps] and sigma[0..steps] (host arrays of steps + 1), checked */
 int df_sampler_grid(const df_sampler *s, double *t, double *sigma);
 

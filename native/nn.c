@@ -441,6 +441,32 @@ static int score_factor(int output, double s2, float *a)
   return DF_OK;
 }
 
+/* broadcasts of the score conventions: elementwise over n, and [rows, dim] against [rows] */
+static df_bcast bcast_elem(int64_t n)
+{
+  df_bcast bc;
+  memset(&bc, 0, sizeof bc);
+  bc.shape[0] = bc.shape[1] = bc.shape[2] = 1;
+  bc.shape[3] = n;
+  bc.sa[3] = bc.sb[3] = 1;
+  bc.n = n;
+  return bc;
+}
+
+static df_bcast bcast_rows(int64_t rows, int dim)
+{
+  df_bcast bc;
+  memset(&bc, 0, sizeof bc);
+  bc.shape[0] = bc.shape[1] = 1;
+  bc.shape[2] = rows;
+  bc.shape[3] = dim;
+  bc.sa[2] = dim;
+  bc.sa[3] = 1;
+  bc.sb[2] = 1;
+  bc.n = rows * dim;
+  return bc;
+}
+
 int df_net_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t)
 {
   df_net_score *ns = (df_net_score *)ctx;
@@ -451,12 +477,7 @@ int df_net_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t)
   if (st || (st = forward_into(n, df_data(out), x, NULL, (double)t, 0))) return st; /* out is like x */
   if (n->output == DF_OUT_SCORE || out->numel == 0) return DF_OK;
   if (n->output == DF_OUT_DENOISER) {
-    df_bcast bc; /* out - x, elementwise */
-    memset(&bc, 0, sizeof bc);
-    bc.shape[0] = bc.shape[1] = bc.shape[2] = 1;
-    bc.shape[3] = out->numel;
-    bc.sa[3] = bc.sb[3] = 1;
-    bc.n = out->numel;
+    df_bcast bc = bcast_elem(out->numel); /* out - x */
     if ((st = out->be->binary(out->dev, DF_SUB, df_data(out), df_data(out), df_data(x), &bc)))
       return st;
   }
@@ -534,15 +555,7 @@ int df_net_score_eval_rows(void *ctx, df_tensor *out, const df_tensor *x, const 
   if ((st = df_minmax(&view, &lo, &hi))) return st;
   if (!(lo > 0.0)) return df_fail(DF_EARG, "the network score is singular at t = 0 (sigma(0) = 0)");
   const int output = n->output;
-  df_bcast bc; /* out [rows, dim] / sigma [rows] per row (twice for a denoiser: / sigma^2) */
-  memset(&bc, 0, sizeof bc);
-  bc.shape[0] = bc.shape[1] = 1;
-  bc.shape[2] = rows;
-  bc.shape[3] = n->d.dim;
-  bc.sa[2] = n->d.dim;
-  bc.sa[3] = 1;
-  bc.sb[2] = 1;
-  bc.n = out->numel;
+  df_bcast bc = bcast_rows(rows, n->d.dim); /* out / sigma per row (twice for a denoiser) */
   if (output == DF_OUT_DENOISER) {
     df_bcast be = bc; /* out - x, elementwise */
     be.sb[2] = n->d.dim;
@@ -633,12 +646,7 @@ int df_net_score_jvp(void *ctx, int nv, float *const *out, const float *const *v
   const int64_t rows = x->shape[0], N = x->numel;
   if (output == DF_OUT_SCORE || N == 0) return DF_OK;
   const df_backend *be = x->be;
-  df_bcast elem; /* elementwise over N */
-  memset(&elem, 0, sizeof elem);
-  elem.shape[0] = elem.shape[1] = elem.shape[2] = 1;
-  elem.shape[3] = N;
-  elem.sa[3] = elem.sb[3] = 1;
-  elem.n = N;
+  df_bcast elem = bcast_elem(N);
   if (!t) { /* one factor for all rows, as df_net_score_eval */
     float a = 1.0f;
     if ((st = score_factor(output, df_diffuser_sigma2_host(&ns->diff, (double)t0), &a))) return st;
@@ -654,15 +662,7 @@ int df_net_score_jvp(void *ctx, int nv, float *const *out, const float *const *v
   }
   float *sig = df_data(&ns->sig);
   if ((st = be->diffuser_eval(x->dev, &ns->diff, DF_SIGMA, sig, df_data(t), rows))) return st;
-  df_bcast bc; /* [rows, dim] / sigma [rows] per row */
-  memset(&bc, 0, sizeof bc);
-  bc.shape[0] = bc.shape[1] = 1;
-  bc.shape[2] = rows;
-  bc.shape[3] = n->d.dim;
-  bc.sa[2] = n->d.dim;
-  bc.sa[3] = 1;
-  bc.sb[2] = 1;
-  bc.n = N;
+  df_bcast bc = bcast_rows(rows, n->d.dim); /* [rows, dim] / sigma [rows] per row */
   for (int j = 0; j < nv && !st; j++) {
     if (output == DF_OUT_DENOISER) {
       if (!(st = be->binary(x->dev, DF_SUB, out[j], out[j], v[j], &elem)))

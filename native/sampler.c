@@ -178,7 +178,7 @@ static int make_plan(const df_sampler *s, df_plan *p, float **buf)
   return DF_OK;
 }
 
-static int record(df_tensor *x, int64_t k, int nrec, const int64_t *rec_k, df_tensor *const *rec)
+int df_sampler_record(df_tensor *x, int64_t k, int nrec, const int64_t *rec_k, df_tensor *const *rec)
 {
   for (int r = 0; r < nrec; r++) {
     if (rec_k[r] != k) continue;
@@ -204,7 +204,7 @@ static int run_steps(df_sampler *s, const df_score_src *src, const df_plan *p, d
     goto done;
   for (int64_t k = 0; k < steps && !st; k++) {
     float t = p->t[k], t1 = p->t[k + 1];
-    if ((st = record(x, k, nrec, rec_k, rec)) || (st = src->eval(src->ctx, &sc, x, t))) break;
+    if ((st = df_sampler_record(x, k, nrec, rec_k, rec)) || (st = src->eval(src->ctx, &sc, x, t))) break;
     s->nfe++;
     float *px = df_data(x), *ps = df_data(&sc);
     if (s->method == DF_EULER || (s->method == DF_HEUN && k == steps - 1)) {
@@ -219,7 +219,7 @@ static int run_steps(df_sampler *s, const df_score_src *src, const df_plan *p, d
       }
     }
   }
-  if (!st) st = record(x, steps, nrec, rec_k, rec);
+  if (!st) st = df_sampler_record(x, steps, nrec, rec_k, rec);
 done:
   df_tensor_release(&sc);
   df_tensor_release(&s2);

@@ -122,16 +122,6 @@ static int noise(run *c, df_tensor *z)
   return c->be->random_at(c->dev, DF_NORMAL, df_data(z), c->n, c->seed, c->stream, base);
 }
 
-static int record(df_tensor *x, int64_t k, int nrec, const int64_t *rec_k, df_tensor *const *rec)
-{
-  for (int r = 0; r < nrec; r++) {
-    if (rec_k[r] != k) continue;
-    int st = df_copy(rec[r], x);
-    if (st) return st;
-  }
-  return DF_OK;
-}
-
 /* ---- divergences ------------------------------------------------------------------------------- */
 
 /* div s per row at x into c->rowa: t one time (trows NULL) or one per row (sigma^2 rows in rowb) */
@@ -289,7 +279,7 @@ static int fixed_steps(run *c, const double *t, const double *sg, int nrec, cons
   df_tensor *Dk = &D0, *Dprev = &D1;
   for (int64_t k = 0; k < N && !st; k++) {
     const double tk = t[k], t1 = t[k + 1], a = sg[k], b = sg[k + 1];
-    if ((st = record(x, k, nrec, rec_k, rec))) break;
+    if ((st = df_sampler_record(x, k, nrec, rec_k, rec))) break;
     switch (m) {
     case DF_EULER:
     case DF_HEUN: {
@@ -435,7 +425,7 @@ static int fixed_steps(run *c, const double *t, const double *sg, int nrec, cons
     default: st = df_fail(DF_EARG, "unknown method %d", m); break;
     }
   }
-  if (!st) st = record(x, N, nrec, rec_k, rec);
+  if (!st) st = df_sampler_record(x, N, nrec, rec_k, rec);
 done:
   df_tensor_release(&s1);
   df_tensor_release(&s2);
@@ -645,8 +635,8 @@ static int rk45_sample(run *c, int nrec, const int64_t *rec_k, df_tensor *const 
   df_sampler *s = c->s;
   df_tensor sc = { 0 };
   int st;
-  if ((st = record(c->x, 0, nrec, rec_k, rec)) || (st = rk45(c, 1.0, s->t_min))) return st;
-  if (c->I) return record(c->x, s->steps, nrec, rec_k, rec); /* logq: x at t_min, no last step */
+  if ((st = df_sampler_record(c->x, 0, nrec, rec_k, rec)) || (st = rk45(c, 1.0, s->t_min))) return st;
+  if (c->I) return df_sampler_record(c->x, s->steps, nrec, rec_k, rec); /* logq: x at t_min, no last step */
   if ((st = df_tensor_like(&sc, c->x)) || (st = eval_t(c, &sc, c->x, s->t_min))) goto done;
   s->nfe_rows += 1.0;
   {
@@ -654,7 +644,7 @@ static int rk45_sample(run *c, int nrec, const int64_t *rec_k, df_tensor *const 
     double co[2] = { 1.0, df_diffuser_sigma2_host(&s->diff, s->t_min) };
     if ((st = lin(c, c->x, 2, v, co))) goto done;
   }
-  st = record(c->x, s->steps, nrec, rec_k, rec);
+  st = df_sampler_record(c->x, s->steps, nrec, rec_k, rec);
 done:
   df_tensor_release(&sc);
   return st;
