@@ -230,7 +230,9 @@ describe('importance-sampling diagnostics', function()
   end
   local function kl_closed(m1, v1, m2, v2) return 0.5 * (math.log(v2 / v1) + (v1 + (m1 - m2) ^ 2) / v2 - 1) end
 
-  it('ESS and KL of Gaussians match their closed forms; a discrete sampler with a known density too', function()
+  -- #nosan (here and on the heavy specs below): full-size workloads, seconds natively and an hour under
+  -- valgrind; the same native paths run under the sanitizers at small sizes in the other specs
+  it('ESS and KL of Gaussians match their closed forms; a discrete sampler with a known density too #nosan', function()
     -- E_q[(p/q)^2] by numerical quadrature, to check the closed form itself
     local function e_w2(m1, v1, m2, v2)
       local s, h = 0, 1e-3
@@ -314,7 +316,7 @@ describe('importance-sampling diagnostics', function()
 end)
 
 describe('reweighting a trained net', function()
-  it("importance weights of a trained net's samples recover the mixture's mean and second moment within two standard errors #slow", function()
+  it("importance weights of a trained net's samples recover the mixture's mean and second moment within two standard errors #slow #nosan", function()
     diffuse.seed(21)
     local data = mix:sample(8192)
     local net = diffuse.nn.mlp{ dim = 1, hidden = { 32, 32, 32 } }
