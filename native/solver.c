@@ -669,6 +669,9 @@ static int run_open(run *c, df_sampler *s, const df_score_src *src, df_tensor *x
   c->n = x->numel;
   c->div = div;
   c->I = I;
+  if (x->ndim > 2 || x->ndim < 1) return df_fail(DF_EARG, "x must be [B, d] or [B]");
+  if (src->kind == DF_SCORE_MIXTURE && c->d != src->mix.d) /* (its rows are read d at a time) */
+    return df_fail(DF_EARG, "x has %d columns but the mixture lives in R^%d", c->d, src->mix.d);
   if (!c->be->rowlin || !c->be->rowdot || !c->be->errnorm || !c->be->random_at || !c->be->score_eval ||
       !c->be->diffuser_eval || (I && !c->be->mixture_div))
     return df_fail(DF_EDEVICE, "these samplers are not implemented on %s", c->be->name);

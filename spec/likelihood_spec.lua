@@ -136,6 +136,13 @@ describe('divergences', function()
       'probes must be from 1 to 64')
     assert.error_matches(function() mix:divergence(tensor.zeros(3), 0.5, { probe = 'uniform' }) end,
       "probe must be 'rademacher' or 'gaussian'")
+    -- x of another width than the mixture's (its rows are read d at a time: never past the end)
+    assert.error_matches(function() mix:divergence(tensor.zeros(3, 2), 0.5) end,
+      'diffuse.score.divergence: x has 2 columns but the mixture lives in R%^1')
+    assert.error_matches(function() mix:divergence(tensor.zeros(3, 2), 0.5, { divergence = 'hutchinson' }) end,
+      'x has 2 columns but the mixture lives in R%^1')
+    assert.error_matches(function() diffuse.likelihood{ diffuser = ve, score = mix, x = tensor.zeros(4, 3) } end,
+      'diffuse.likelihood: x has 3 columns but the mixture lives in R%^1')
   end)
 end)
 
