@@ -456,20 +456,48 @@ DF_FN float df_mixture_logterm(const df_mixture *m, int j, float sig2, const flo
   return m->logw[j] - 0.5f * (float)m->d * df_logf(v) - r2 / (2.0f * v);
 }
 
+/* The responsibilities' pieces for one row, by log-sum-exp: lmax = max_j l_j and z = sum_j
+   exp(l_j - lmax) in j order; the exponentials cached in e[] for the first DF_MIX_CACHE
+   components (the rest recomputed by df_mixture_e: the same operations on the same inputs, so
+   the same values either way). On the GPU nothing is cached (local memory costs more than the
+   recomputation). */
+#ifdef __CUDA_ARCH__
+#define DF_MIX_CACHE 1
+#else
+#define DF_MIX_CACHE 32
+#endif
+DF_FN float df_mixture_lse(const df_mixture *m, float sig2, const float *x, float *e, float *lmax)
+{
+  float lm = -INFINITY, z = 0.0f;
+  for (int j = 0; j < m->k; j++) {
+    float l = df_mixture_logterm(m, j, sig2, x);
+    if (j < DF_MIX_CACHE) e[j] = l;
+    lm = l > lm ? l : lm;
+  }
+  for (int j = 0; j < m->k; j++) {
+    float ej = df_expf((j < DF_MIX_CACHE ? e[j] : df_mixture_logterm(m, j, sig2, x)) - lm);
+    if (j < DF_MIX_CACHE) e[j] = ej;
+    z += ej;
+  }
+  *lmax = lm;
+  return z;
+}
+/* exp(l_j - lmax) of component j, after df_mixture_lse filled e */
+DF_FN float df_mixture_e(const df_mixture *m, int j, float sig2, const float *x, const float *e, float lmax)
+{
+  return j < DF_MIX_CACHE ? e[j] : df_expf(df_mixture_logterm(m, j, sig2, x) - lmax);
+}
+
 /* the exact score of the mixture at sigma(t)^2 = sig2 for one row x[0..d): a responsibility-
    weighted sum of the component scores, responsibilities by log-sum-exp so no term overflows */
 DF_FN void df_mixture_score_row(const df_mixture *m, float sig2, const float *x, float *out)
 {
-  float lmax = -INFINITY, z = 0.0f;
-  for (int j = 0; j < m->k; j++) {
-    float l = df_mixture_logterm(m, j, sig2, x);
-    lmax = l > lmax ? l : lmax;
-  }
+  float e[DF_MIX_CACHE], lmax;
+  const float z = df_mixture_lse(m, sig2, x, e, &lmax);
   for (int c = 0; c < m->d; c++) out[c] = 0.0f;
   for (int j = 0; j < m->k; j++) {
-    float e = df_expf(df_mixture_logterm(m, j, sig2, x) - lmax), v = m->var0[j] + sig2;
-    z += e;
-    for (int c = 0; c < m->d; c++) out[c] += e * ((m->mu[j * m->d + c] - x[c]) / v);
+    float ej = df_mixture_e(m, j, sig2, x, e, lmax), v = m->var0[j] + sig2;
+    for (int c = 0; c < m->d; c++) out[c] += ej * ((m->mu[j * m->d + c] - x[c]) / v);
   }
   for (int c = 0; c < m->d; c++) out[c] /= z;
 }
@@ -479,26 +507,22 @@ DF_FN void df_mixture_score_row(const df_mixture *m, float sig2, const float *x,
    the responsibilities and s = sum_j r_j s_j (by log-sum-exp, as the score) */
 DF_FN float df_mixture_div_row(const df_mixture *m, float sig2, const float *x)
 {
-  float lmax = -INFINITY, z = 0.0f, acc = 0.0f;
-  for (int j = 0; j < m->k; j++) {
-    float l = df_mixture_logterm(m, j, sig2, x);
-    lmax = l > lmax ? l : lmax;
-  }
-  for (int j = 0; j < m->k; j++) z += df_expf(df_mixture_logterm(m, j, sig2, x) - lmax);
+  float e[DF_MIX_CACHE], lmax, acc = 0.0f;
+  const float z = df_mixture_lse(m, sig2, x, e, &lmax);
   float s2 = 0.0f;
   for (int c = 0; c < m->d; c++) {
     float sc = 0.0f;
     for (int j = 0; j < m->k; j++) {
-      float r = df_expf(df_mixture_logterm(m, j, sig2, x) - lmax) / z, v = m->var0[j] + sig2;
+      float r = df_mixture_e(m, j, sig2, x, e, lmax) / z, v = m->var0[j] + sig2;
       sc += r * ((m->mu[j * m->d + c] - x[c]) / v);
     }
     s2 += sc * sc;
   }
   for (int j = 0; j < m->k; j++) {
-    float r = df_expf(df_mixture_logterm(m, j, sig2, x) - lmax) / z, v = m->var0[j] + sig2, sj2 = 0.0f;
+    float r = df_mixture_e(m, j, sig2, x, e, lmax) / z, v = m->var0[j] + sig2, sj2 = 0.0f;
     for (int c = 0; c < m->d; c++) {
-      float e = (m->mu[j * m->d + c] - x[c]) / v;
-      sj2 += e * e;
+      float ec = (m->mu[j * m->d + c] - x[c]) / v;
+      sj2 += ec * ec;
     }
     acc += r * (sj2 - (float)m->d / v);
   }
@@ -510,23 +534,19 @@ DF_FN float df_mixture_div_row(const df_mixture *m, float sig2, const float *x)
 DF_FN void df_mixture_jvp_row(const df_mixture *m, float sig2, const float *x, const float *v,
                               float *out)
 {
-  float lmax = -INFINITY, z = 0.0f, sv = 0.0f;
-  for (int j = 0; j < m->k; j++) {
-    float l = df_mixture_logterm(m, j, sig2, x);
-    lmax = l > lmax ? l : lmax;
-  }
-  for (int j = 0; j < m->k; j++) z += df_expf(df_mixture_logterm(m, j, sig2, x) - lmax);
+  float e[DF_MIX_CACHE], lmax, sv = 0.0f;
+  const float z = df_mixture_lse(m, sig2, x, e, &lmax);
   for (int c = 0; c < m->d; c++) { /* s . v */
     float sc = 0.0f;
     for (int j = 0; j < m->k; j++) {
-      float r = df_expf(df_mixture_logterm(m, j, sig2, x) - lmax) / z, vj = m->var0[j] + sig2;
+      float r = df_mixture_e(m, j, sig2, x, e, lmax) / z, vj = m->var0[j] + sig2;
       sc += r * ((m->mu[j * m->d + c] - x[c]) / vj);
     }
     sv += sc * v[c];
   }
   for (int c = 0; c < m->d; c++) out[c] = 0.0f;
   for (int j = 0; j < m->k; j++) {
-    float r = df_expf(df_mixture_logterm(m, j, sig2, x) - lmax) / z, vj = m->var0[j] + sig2;
+    float r = df_mixture_e(m, j, sig2, x, e, lmax) / z, vj = m->var0[j] + sig2;
     float sjv = 0.0f;
     for (int c = 0; c < m->d; c++) sjv += ((m->mu[j * m->d + c] - x[c]) / vj) * v[c];
     for (int c = 0; c < m->d; c++)
@@ -536,12 +556,8 @@ DF_FN void df_mixture_jvp_row(const df_mixture *m, float sig2, const float *x, c
 
 DF_FN float df_mixture_logpdf_row(const df_mixture *m, float sig2, const float *x)
 {
-  float lmax = -INFINITY, z = 0.0f;
-  for (int j = 0; j < m->k; j++) {
-    float l = df_mixture_logterm(m, j, sig2, x);
-    lmax = l > lmax ? l : lmax;
-  }
-  for (int j = 0; j < m->k; j++) z += df_expf(df_mixture_logterm(m, j, sig2, x) - lmax);
+  float e[DF_MIX_CACHE], lmax;
+  const float z = df_mixture_lse(m, sig2, x, e, &lmax);
   return lmax + df_logf(z) - 0.918938533204672742f * (float)m->d; /* log(2 pi) / 2 */
 }
 
