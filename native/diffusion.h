@@ -56,6 +56,9 @@ typedef struct df_score_src {
      with one time per row (t) or t0; device buffers like x */
   int (*jvp)(void *ctx, int nv, float *const *out, const float *const *v, const df_tensor *x,
              const df_tensor *t, float t0);
+  /* optional (an exact divergence computed by the source itself: the groups'): out[r] = div s at
+     (x_r, t_r) (t == NULL: t0), a device buffer of rows floats */
+  int (*div)(void *ctx, float *out, const df_tensor *x, const df_tensor *t, float t0);
   void *ctx;
 } df_score_src;
 

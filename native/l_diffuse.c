@@ -15,6 +15,7 @@
 
 int l_open_tensor(lua_State *L);
 void l_open_nn(lua_State *L);
+void l_open_group(lua_State *L);
 
 /* diffuse.seed([n]): set the seed of all random streams (and restart them); without n, pick
    one from the clock. Returns the seed. */
@@ -180,6 +181,7 @@ DF_EXPORT int luaopen_diffuse_core(lua_State *L)
   lua_setfield(L, -2, "tensor");
   l_open_diffusion(L);
   l_open_nn(L);
+  l_open_group(L);
   lua_pushinteger(L, DF_CORE_ABI);
   lua_setfield(L, -2, "abi");
   return 1;

@@ -305,21 +305,25 @@ static int s_call(lua_State *L)
   return 1;
 }
 
-static l_score *check_mixture(lua_State *L, const char *fname)
+static l_score *check_mixture(lua_State *L, const char *fname, int hook)
 {
   l_score *s = l_checkscore(L, 1, fname, "self");
-  if (s->src.kind != DF_SCORE_MIXTURE) l_error(L, fname, "this score source is not a mixture");
+  if (s->src.kind != DF_SCORE_MIXTURE && !hook)
+    l_error(L, fname, "this score source (%s) has no density: only mixtures and group scores do",
+            s->kind_name ? s->kind_name : s->src.kind == DF_SCORE_EXACT ? "exact" : "callback");
   return s;
 }
 
 static int mix_logdensity(lua_State *L, int expo, const char *fname)
 {
-  l_score *s = check_mixture(L, fname);
+  l_score *s = l_checkscore(L, 1, fname, "self");
+  s = check_mixture(L, fname, s->log_density != NULL);
   df_tensor *x = l_checktensor(L, 2, fname, "x");
   double t0;
   df_tensor *t = time_arg(L, 3, fname, 0.0, &t0);
   df_tensor *out = l_newtensor(L);
-  l_check(L, df_mixture_log_density(out, &s->src, x, t, t0), fname);
+  if (s->log_density) l_check(L, s->log_density(s->owned, out, x, t, t0), fname);
+  else l_check(L, df_mixture_log_density(out, &s->src, x, t, t0), fname);
   if (expo) l_check(L, out->be->unary(out->dev, DF_EXP, df_data(out), df_data(out), out->numel), fname);
   return 1;
 }
@@ -331,12 +335,14 @@ static int s_density(lua_State *L) { return mix_logdensity(L, 1, "diffuse.score.
 static int s_sample(lua_State *L)
 {
   const char *fname = "diffuse.score.sample";
-  l_score *s = check_mixture(L, fname);
+  l_score *s = l_checkscore(L, 1, fname, "self");
+  s = check_mixture(L, fname, s->sample != NULL);
   int64_t n = l_checkint(L, 2, fname, "n");
   if (n < 0) l_error(L, fname, "n must be non-negative (got %lld)", (long long)n);
   double t0 = lua_isnoneornil(L, 3) ? 0.0 : check_time(L, 3, fname);
   df_tensor *out = l_newtensor(L);
-  l_check(L, df_mixture_sample(out, &s->src, n, t0), fname);
+  if (s->sample) l_check(L, s->sample(s->owned, out, n, t0), fname);
+  else l_check(L, df_mixture_sample(out, &s->src, n, t0), fname);
   l_gc_pressure(L, out->numel * 4);
   return 1;
 }

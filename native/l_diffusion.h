@@ -18,6 +18,10 @@ typedef struct l_score {
   void *owned;            /* a callback's context (malloc'd, freed with the source) */
   void (*release_owned)(void *owned); /* what the context holds besides itself (or NULL) */
   int live;               /* 0 once finalised: __gc is reachable through getmetatable */
+  /* optional, for callbacks with densities of their own (the groups'): log p_t at x (t one time
+     t0, or t one per row) and n draws at time t0 */
+  int (*log_density)(void *owned, df_tensor *out, const df_tensor *x, const df_tensor *t, double t0);
+  int (*sample)(void *owned, df_tensor *out, int64_t n, double t0);
 } l_score;
 
 df_diffuser *l_checkdiffuser(lua_State *L, int idx, const char *fname, const char *what);

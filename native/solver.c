@@ -145,6 +145,8 @@ static int div_eval(run *c, df_tensor *x, double t, df_tensor *trows)
   }
   if (c->div->mode == DF_DIV_EXACT && src->kind == DF_SCORE_MIXTURE)
     return c->be->mixture_div(c->dev, &src->mix, out, df_data(x), s2r, s2, R);
+  if (c->div->mode == DF_DIV_EXACT && src->kind == DF_SCORE_CALLBACK && src->div)
+    return src->div(src->ctx, out, x, trows, (float)t);
   /* v^T J v over the probes: J v from the source (exact: -v / sigma^2) */
   for (int j = 0; j < c->nprobe; j++) {
     float *jv = df_data(&c->JV[j]), *v = df_data(&c->V[j]);
@@ -205,7 +207,7 @@ static int div_setup(run *c)
   const df_div_opts *o = c->div;
   int st;
   c->nprobe = 0;
-  if (o->mode == DF_DIV_EXACT && c->src->kind != DF_SCORE_CALLBACK) return DF_OK;
+  if (o->mode == DF_DIV_EXACT && (c->src->kind != DF_SCORE_CALLBACK || c->src->div)) return DF_OK;
   if (o->mode == DF_DIV_EXACT && c->d > 64)
     return df_fail(DF_EARG, "an exact divergence of a network in R^%d would take %d passes: use "
                    "divergence = 'hutchinson'", c->d, c->d);

@@ -37,6 +37,32 @@ local function capture(fn)
   return table.concat(out), table.pack(table.unpack(res, 2, res.n))
 end
 
+-- each print line of a block is matched, in order, with the last lines printed; each number of its
+-- comment must be the value printed there, to the comment's decimals; returns how many were
+local function check_comments(text, printed)
+  local lines, outs = {}, {}
+  for l in text:gmatch('([^\n]*)\n') do if l:match('^print%(') then lines[#lines + 1] = l end end
+  for l in printed:gmatch('([^\n]*)\n') do outs[#outs + 1] = l end
+  local checked = 0
+  for k, line in ipairs(lines) do
+    local out = assert(outs[#outs - #lines + k], 'no output for ' .. line)
+    local vals = {}
+    for v in out:gmatch('%S+') do vals[#vals + 1] = tonumber(v) end
+    local comment = assert(line:match('%-%-%s*(.*)$'), line)
+    local j = 0
+    for num in comment:gsub('%b()', ''):gmatch('[%d%.]+') do
+      if not num:match('^%.') and tonumber(num) then
+        j = j + 1
+        local decimals = #(num:match('%.(%d+)') or '')
+        assert.are.equal(num, ('%.' .. decimals .. 'f'):format(assert(vals[j], line)), line)
+        checked = checked + 1
+      end
+      if j == #vals then break end
+    end
+  end
+  return checked
+end
+
 describe("README's transcripts", function()
   before_each(function() diffuse.seed(0) end) -- a fresh interpreter's state
 
@@ -108,29 +134,17 @@ describe("README's transcripts", function()
     io.stderr:close()
     io.stderr = real_stderr
     assert(ok, printed)
-    -- this block's print lines are the last ones printed; each comment's numbers are the values
-    -- printed, in order, to the comment's decimals
-    local lines, outs = {}, {}
-    for l in text:gmatch('([^\n]*)\n') do if l:match('^print%(') then lines[#lines + 1] = l end end
-    for l in printed:gmatch('([^\n]*)\n') do outs[#outs + 1] = l end
-    local checked = 0
-    for k, line in ipairs(lines) do
-      local out = assert(outs[#outs - #lines + k], 'no output for ' .. line)
-      local vals = {}
-      for v in out:gmatch('%S+') do vals[#vals + 1] = tonumber(v) end
-      local comment = assert(line:match('%-%-%s*(.*)$'), line)
-      local j = 0
-      for num in comment:gsub('%b()', ''):gmatch('[%d%.]+') do
-        if not num:match('^%.') and tonumber(num) then
-          j = j + 1
-          local decimals = #(num:match('%.(%d+)') or '')
-          assert.are.equal(num, ('%.' .. decimals .. 'f'):format(assert(vals[j], line)), line)
-          checked = checked + 1
-        end
-        if j == #vals then break end
-      end
-    end
+    local checked = check_comments(text, printed)
     assert.is_true(checked >= 6, 'README: the samplers block comments too few values')
+  end)
+
+  it("'Groups' prints its comments' values #nosan", function()
+    local s = readme()
+    local text = (block(s:sub((assert(s:find('## Groups: U(1)', 1, true)))), '```lua\n'):gsub('^```lua\n', ''))
+    local chunk = "local diffuse = require 'diffuse'\n" .. text
+    local ok, printed = pcall(capture, assert(load(chunk, '=groups', 't', setmetatable({}, { __index = _G }))))
+    assert(ok, printed)
+    assert.is_true(check_comments(text, printed) >= 4, 'README: the groups block comments too few values')
   end)
 
   -- #nosan: the README's blocks train full-size nets (minutes under valgrind); the specs of each

@@ -32,6 +32,8 @@ local ARGS = {
   ['mixture.lua'] = '--steps 50 --data 1024 --batch 256 --hidden 8 --samples 512 --sample-steps 20',
   ['samplers.lua'] = '--points 21 --max-steps 16',
   ['likelihood.lua'] = '--points 100 --steps 100 --samples 512 --hidden 8',
+  ['su2_denoise.lua'] = '--samples 500 --steps 20',
+  ['group_toys.lua'] = '--samples 256 --data 512 --steps 20 --bootstrap 20',
   ['tensor_tour.lua'] = false,   -- prints only; takes no options
 }
 

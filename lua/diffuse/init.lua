@@ -18,6 +18,12 @@ function diffuse.nn.net(o)
 end
 diffuse.nn.linear, diffuse.nn.cat, diffuse.nn.fourier = graph.linear, graph.cat, graph.fourier
 
+-- samplers and likelihoods on groups (group = G): a thin layer over the native ones
+local groups = require 'diffuse.groups'
+groups.reverse_sde = core.group.reverse_sde
+diffuse.sampler = groups.wrap_sampler(core.sampler)
+diffuse.likelihood = groups.wrap_likelihood(core.likelihood)
+
 -- The CUDA backend is its own shared object; it registers itself with the core when it loads.
 -- It is loaded on first need (diffuse.cuda, cuda_available, or a 'cuda' device named anywhere:
 -- the core calls the loader registered below), since cuBLAS and the CUDA runtime take a tenth of
