@@ -161,6 +161,7 @@ bench: all build/peak build/alloc.so
 	$(BENCH_ENV) $(LUA) bench/tensor.lua
 	$(BENCH_ENV) $(LUA) bench/suite.lua
 	$(BENCH_ENV) $(LUA) bench/solvers.lua
+	$(BENCH_ENV) $(LUA) bench/groups.lua
 
 demo: all
 	LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' $(LUA) examples/compare_networks.lua --out out

@@ -10,7 +10,7 @@ local tensor, plot = diffuse.tensor, diffuse.plot
 local opts = diffuse.cli.parse(arg, {
   out = 'out', device = 'cpu', seed = 0, group = 'su2',
   samples = { 20000, 'heat-kernel draws at t = 1' },
-  steps = { 200, 'steps per unit time (ODE and SDE)' },
+  steps = { 300, 'steps from t = 1 to each t, uniform in log sigma (ODE and SDE)' },
 }, 'su2_denoise.lua: the exact-score ODE and SDE on SU(N) eigenangles against the heat kernel')
 local path = diffuse.cli.setup(opts)
 local clock = diffuse.core.clock
@@ -38,9 +38,12 @@ local fig = plot.figure{ cols = #times, width = 1300, height = 420,
   title = ('%s heat kernel from t = 1: exact-score ODE and SDE against the kernel'):format(G.name) }
 local md = { '| t | sigma | exact E[Tr U] | ODE (heun) | SDE (euler_maruyama) |', '|---|---|---|---|---|' }
 for i, t in ipairs(times) do
-  local steps = math.max(10, math.floor(opts.steps * (1 - t) + 0.5))
-  local grid = {}
-  for k = 0, steps do grid[#grid + 1] = 1 - (1 - t) * k / steps end
+  -- uniform in log sigma: the SDE's drift stiffens as sigma shrinks (Euler-Maruyama is order 1)
+  local steps, grid = opts.steps, {}
+  for k = 0, steps do
+    local sg = D:sigma(1) * (D:sigma(t) / D:sigma(1)) ^ (k / steps)
+    grid[#grid + 1] = k == steps and t or (sg / math.sqrt(3)) ^ (2 / 3)
+  end
   local t0 = clock()
   local ode = diffuse.sampler{ diffuser = D, grid = grid, method = 'heun', group = G }:run(x1, score)
   local t1 = clock()

@@ -213,6 +213,26 @@ static void alt_sum(const reps *R, int su, const double *th, double w, double *n
     for (int j = 0; j < n; j++) lm += l[j];
     lm = su ? lm / n : 0.0;
     for (int j = 0; j < n; j++) pl2 += (l[j] - lm) * (l[j] - lm);
+    if (n == 3 && l[2] == 0) { /* SU(3): each of the six phases is a product of two powers */
+      const int a = l[0], b = l[1];
+      /* exponents of (z0, z1, z2) per permutation, in PERM3's order and signs */
+      const int ex[6][3] = { { a, b, 0 }, { b, 0, a }, { 0, a, b }, { a, 0, b }, { 0, b, a }, { b, a, 0 } };
+      for (int p = 0; p < 6; p++) {
+        const int *x = ex[p];
+        const int u = x[0] ? 0 : 1, v = x[2] ? 2 : 1; /* the two nonzero exponents' angles */
+        const int ku = x[u], kv = x[v];
+        const double re = cs[u][ku] * cs[v][kv] - sn[u][ku] * sn[v][kv];
+        const double im = cs[u][ku] * sn[v][kv] + sn[u][ku] * cs[v][kv];
+        const double sg = p < 3 ? 1.0 : -1.0;
+        const double term = sg * (br * re - bi * im), dterm = sg * (-br * im - bi * re);
+        *num += term;
+        *lap -= pl2 * term;
+        g[0] += dterm * x[0];
+        g[1] += dterm * x[1];
+        g[2] += dterm * x[2];
+      }
+      continue;
+    }
     for (int p = 0; p < np; p++) {
       double re = 1.0, im = 0.0; /* e^{i phi}, phi = sum_j l_{w(j)} theta_j */
       for (int j = 0; j < n; j++) {
@@ -296,6 +316,26 @@ static int reps_alloc(reps *R, const df_group *G, int kmax, double *dim)
   return DF_OK;
 }
 
+/* SU(3): a real class function's terms come in conjugate pairs mu = (p+q, q), mu* = (p+q, p)
+   (l = (l1, l2, 0) and (l1, l1 - l2, 0)) whose contributions are equal (a_mu* chi_mu* is the
+   conjugate of a_mu chi_mu, and the sum takes real parts): keep one of each, doubled */
+static void reps_fold_conjugates(reps *R)
+{
+  if (R->n != 3) return;
+  int keep = 0;
+  for (int r = 0; r < R->nrep; r++) {
+    const int l1 = R->l[3 * r], l2 = R->l[3 * r + 1];
+    if (2 * l2 > l1) continue;
+    const double f = 2 * l2 < l1 ? 2.0 : 1.0;
+    memmove(R->l + (size_t)keep * 3, R->l + (size_t)r * 3, 3 * sizeof(int));
+    R->cas[keep] = R->cas[r];
+    R->cre[keep] = f * R->cre[r];
+    R->cim[keep] = f * R->cim[r];
+    keep++;
+  }
+  R->nrep = keep;
+}
+
 /* put the terms in order of C (the sums stop early) */
 static int reps_sort(reps *R)
 {
@@ -355,7 +395,8 @@ static int heat_reps(const df_group *G, const reps **out)
     if (d * d > dmax) dmax = d * d;
   }
   free(dim);
-  R->lbound = log(dmax);
+  R->lbound = log(2.0 * dmax);
+  reps_fold_conjugates(R);
   st = reps_sort(R);
   if (!st) *out = R;
   return st;
@@ -605,7 +646,6 @@ int df_class_from_action(df_class_fn *cf, const df_group *G, double beta, const 
   double bmax = 1.0, tail = 0.0;
   for (int r = 0; r < R.nrep; r++) {
     double c = hypot(R.cre[r], R.cim[r]), b = c * dim[r];
-    if (getenv("DF_DEBUG_COEF") && R.l[r * n] % 8 == 0) fprintf(stderr, "l %d c %.3g\n", R.l[r * n], c);
     if (R.l[r * n] >= kmax - 8 && c > tail) tail = c;
     if (c < 1e-14) continue;
     if (b > bmax) bmax = b;
@@ -625,7 +665,8 @@ int df_class_from_action(df_class_fn *cf, const df_group *G, double beta, const 
   }
   R.nrep = keep;
   R.lmax = lmax;
-  R.lbound = log(bmax);
+  R.lbound = log(2.0 * bmax);
+  reps_fold_conjugates(&R);
   if ((st = reps_sort(&R))) goto done;
   cf->nrep = R.nrep;
   cf->lmax = R.lmax;
@@ -921,7 +962,7 @@ static void heat_row_draw(const df_group *G, const heat_plan *p, rowrng *g, doub
     double z[DF_GROUP_MAXN];
     for (int i = 0; i < n; i++) z[i] = p->s * rng_n(g);
     project(n, z);
-    memcpy(th, z, sizeof z);
+    memcpy(th, z, (size_t)n * sizeof(double));
     df_group_canon_row(G, th);
     /* f / kappa = sum over shifts of L(x) D e^{-|x|^2/2w^2}; Q = sum of e^{-|x|^2/2s^2} */
     const int R = shift_radius(n, th, p->s);

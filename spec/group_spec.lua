@@ -2,7 +2,8 @@
 -- values (kernels, scores, Haar normalisations, the wrapped/character link, moments), finite
 -- differences of scores and divergences, the heat equation itself, exact draws against their
 -- moments and CDFs, the toy targets' log Z, and the exact-score toy: ESS at the Haar prior's
--- ceiling and log Z within two standard errors.
+-- ceiling and log Z within two standard errors. (#nosan: the tens of thousands of draws and
+-- ODE/SDE runs; the sanitizers run the same code in the specs of smaller size here.)
 local diffuse = require 'diffuse'
 local tensor, metrics = diffuse.tensor, diffuse.metrics
 
@@ -101,7 +102,7 @@ describe('diffuse.group', function()
       end
     end)
 
-    it('integrates to 1 against Haar and obeys the heat equation (with its divergence)', function()
+    it('integrates to 1 against Haar and obeys the heat equation (with its divergence) #nosan', function()
       -- SU(2): the trapezoid rule on [-pi, pi) is exponentially accurate for periodic integrands
       for _, w in ipairs { 0.4, 1.0, 2.0 } do
         local m, th = 2000, {}
@@ -164,7 +165,7 @@ describe('diffuse.group', function()
       assert.is_true(near(math.exp(val(U1, 'haar_log_density', { { 0.3 } })[1]), 1 / (2 * pi), 1e-6))
     end)
 
-    it('draws exactly: E[Tr U] = 0, E|Tr U|^2 = 1, canonical rows', function()
+    it('draws exactly: E[Tr U] = 0, E|Tr U|^2 = 1, canonical rows #nosan', function()
       for _, G in ipairs { SU2, SU3 } do
         diffuse.seed(11)
         local n = 20000
@@ -187,7 +188,7 @@ describe('diffuse.group', function()
   end)
 
   describe('exact heat-kernel draws', function()
-    it('E[Tr U] = N exp(-C_F w^2) at several widths (both proposals)', function()
+    it('E[Tr U] = N exp(-C_F w^2) at several widths (both proposals) #nosan', function()
       for _, G in ipairs { SU2, SU3 } do
         local cf = (G.n ^ 2 - 1) / (2 * G.n)
         for _, w in ipairs { 0.2, 0.6, 1.0, 1.5, 2.5 } do
@@ -210,7 +211,7 @@ describe('diffuse.group', function()
       assert.is_true(near(3 * math.exp(-4 / 3 * 2.25), 0.1493612051, 1e-9))
     end)
 
-    it('SU(2): the draws pass a Kolmogorov-Smirnov test against the kernel CDF', function()
+    it('SU(2): the draws pass a Kolmogorov-Smirnov test against the kernel CDF #nosan', function()
       for _, w in ipairs { 0.5, 1.3, 2.0 } do
         diffuse.seed(31)
         local n = 4000
@@ -352,7 +353,7 @@ describe('toy targets and class-function scores', function()
     end
   end)
 
-  it('samples exactly: the mean of Re Tr U / N (SU(2) -0.227635, SU(3) 0.059925)', function()
+  it('samples exactly: the mean of Re Tr U / N (SU(2) -0.227635, SU(3) 0.059925) #nosan', function()
     for _, case in ipairs { { SU2, 1, -0.227635 }, { SU3, 9, 0.059925 } } do
       local G = case[1]
       local T = diffuse.group.toy_action { group = G, beta = case[2], coeffs = c }
@@ -386,7 +387,7 @@ describe('toy targets and class-function scores', function()
     for _, r in ipairs(rows(x0)) do assert.is_true(math.abs(r[1] + r[2]) < 1e-6 and math.abs(r[1]) <= pi + 1e-6) end
   end)
 
-  it('the exact-score ODE from heat-kernel draws at t = 1 gives the kernel at t = 0.75, 0.5, 0.25', function()
+  it('the exact-score ODE from heat-kernel draws at t = 1 gives the kernel at t = 0.75, 0.5, 0.25 #nosan', function()
     local D = diffuse.power(3, 1)
     for _, G in ipairs { SU2, SU3 } do
       local cf = (G.n ^ 2 - 1) / (2 * G.n)
@@ -412,7 +413,7 @@ describe('toy targets and class-function scores', function()
     end
   end)
 
-  it('the reverse SDE (eigenangle drift of the group noise) from t = 1 gives the kernel at t = 0.75, 0.5, 0.25', function()
+  it('the reverse SDE (eigenangle drift of the group noise) from t = 1 gives the kernel at t = 0.75, 0.5, 0.25 #nosan', function()
     -- Euler-Maruyama is weak order 1 and the drift stiffens as sigma shrinks (cot of the angles'
     -- gaps): steps uniform in log sigma, 300 of them, leave a bias under 2 standard errors here
     -- (SU(3) at t = 0.25: 0.0116, 0.0062, 0.0028 at 100, 200, 400 steps; n = 8000 gives se 0.0011)
@@ -444,7 +445,7 @@ describe('toy targets and class-function scores', function()
     end
   end)
 
-  it('the reverse SDE keeps Haar stationary (a flat target: zero score, the drift of J^2 alone)', function()
+  it('the reverse SDE keeps Haar stationary (a flat target: zero score, the drift of J^2 alone) #nosan', function()
     local D = diffuse.power(3, 1)
     for _, G in ipairs { SU2, SU3 } do
       local flat = diffuse.group.toy_action { group = G, beta = 0, coeffs = { 1 } }
