@@ -1299,3 +1299,82 @@ int df_group_reverse_sde(df_tensor *x, const df_group_score *gs, const double *t
   free(d);
   return st;
 }
+
+/* ---- denoising pairs with group noise -------------------------------------------------------- */
+
+/* Row r: U_t = exp(iA) U_0 with A's eigenangles xs drawn from the heat kernel at width sigma(t_r)
+   and Haar eigenvectors; out_x = U_t's eigenangles, out_s = the noise's score diag(s(xs)) read
+   on U_t's eigenbasis (the target of denoising score matching on the group). SU(2) in the
+   c I + i v.sigma form (unit quaternions): exp(iA) = cos x + i sin x n.sigma, n uniform on the
+   sphere; the product's eigenvector of e^{i theta_t} is m.sigma = +1 (m = v / |v|), and
+   <m+| n.sigma |m+> = n.m. U(1): theta_t = theta_0 + xs, the target the kernel's score at xs. */
+int df_group_dsm_pairs(df_tensor *out_x, df_tensor *out_s, const df_group *G, const df_diffuser *D,
+                       const df_tensor *x0, const df_tensor *t, uint64_t seed, uint64_t stream)
+{
+  double *d = NULL;
+  int st;
+  if (G->kind == DF_GROUP_SU && G->n != 2)
+    return df_fail(DF_EARG, "denoising pairs are implemented for U(1) and SU(2) (SU(3): not yet)");
+  if ((st = df_group_check_points(G, x0)) || (st = df_need_live(t))) return st;
+  const int64_t rows = x0->shape[0];
+  const int n = G->n;
+  if (t->numel != rows) return df_fail(DF_EARG, "t must hold one time per row (%lld)", (long long)rows);
+  if ((st = rows_in(G, x0, &d))) return st;
+  float *tr = (float *)malloc(sizeof(float) * (size_t)(rows > 0 ? rows : 1));
+  double *xs = (double *)malloc(sizeof(double) * (size_t)(rows * n > 0 ? rows * n : 1));
+  double *ss = (double *)malloc(sizeof(double) * (size_t)(rows * n > 0 ? rows * n : 1));
+  if (!tr || !xs || !ss) st = df_fail(DF_ENOMEM, "out of memory");
+  if (!st && rows > 0) st = t->be->download(t->dev, tr, df_data(t), rows);
+  for (int64_t r = 0; !st && r < rows; r++)
+    if (!(df_diffuser_sigma2_host(D, tr[r]) > 0.0) || !isfinite(tr[r]))
+      st = df_fail(DF_EARG, "times must be finite with sigma(t) > 0 (row %lld: t = %g)", (long long)r + 1, tr[r]);
+  if (!st) {
+#pragma omp parallel for schedule(static) if (rows > 256)
+    for (int64_t r = 0; r < rows; r++) {
+      rowrng g;
+      rng_init(&g, seed, stream, r);
+      const double w = sqrt(df_diffuser_sigma2_host(D, tr[r]));
+      double z[DF_GROUP_MAXN] = { 0 }, sc[DF_GROUP_MAXN], lk;
+      if (G->kind == DF_GROUP_U1) {
+        z[0] = wrap_angle(w * rng_n(&g));
+        df_group_heat_row(G, z, w, DF_FORM_AUTO, &lk, sc, NULL);
+        xs[r] = wrap_angle(d[r] + z[0]);
+        ss[r] = sc[0];
+        continue;
+      }
+      heat_plan p = { 0 };
+      heat_plan_make(G, w, &p);
+      heat_row_draw(G, &p, &g, z); /* (x, -x) */
+      df_group_heat_row(G, z, w, DF_FORM_AUTO, &lk, sc, NULL);
+      double nv[3], nn = 0.0;
+      do {
+        nn = 0.0;
+        for (int i = 0; i < 3; i++) {
+          nv[i] = rng_n(&g);
+          nn += nv[i] * nv[i];
+        }
+      } while (!(nn > 1e-20));
+      nn = sqrt(nn);
+      for (int i = 0; i < 3; i++) nv[i] /= nn;
+      const double c1 = cos(z[0]), s1 = sin(z[0]), a = d[r * 2], c2 = cos(a), s2 = sin(a);
+      /* (c1 + i s1 n.sigma)(c2 + i s2 e_z.sigma) */
+      const double C = c1 * c2 - s1 * s2 * nv[2];
+      double V[3] = { c2 * s1 * nv[0] - s1 * s2 * nv[1], c2 * s1 * nv[1] + s1 * s2 * nv[0],
+                      c1 * s2 + c2 * s1 * nv[2] };
+      const double vn = sqrt(V[0] * V[0] + V[1] * V[1] + V[2] * V[2]);
+      const double th = atan2(vn, C);
+      double nm = vn > 0.0 ? (nv[0] * V[0] + nv[1] * V[1] + nv[2] * V[2]) / vn : 1.0;
+      xs[r * 2] = th;
+      xs[r * 2 + 1] = -th;
+      ss[r * 2] = sc[0] * nm;
+      ss[r * 2 + 1] = -sc[0] * nm;
+    }
+  }
+  if (!st) st = rows_out(out_x, x0, xs, rows, n);
+  if (!st) st = rows_out(out_s, x0, ss, rows, n);
+  free(d);
+  free(tr);
+  free(xs);
+  free(ss);
+  return st;
+}

@@ -112,6 +112,10 @@ int df_group_score_div(void *ctx, float *out, const df_tensor *x, const df_tenso
 /* Euler-Maruyama of the reverse SDE on eigenangles over a decreasing grid; x in place */
 int df_group_reverse_sde(df_tensor *x, const df_group_score *gs, const double *times, int nt,
                          uint64_t seed, uint64_t stream);
+/* denoising pairs with group noise: theta_t [B, n] and the target score [B, n] from x0 and one
+   time per row (U(1), SU(2)) */
+int df_group_dsm_pairs(df_tensor *out_x, df_tensor *out_s, const df_group *G, const df_diffuser *D,
+                       const df_tensor *x0, const df_tensor *t, uint64_t seed, uint64_t stream);
 /* log of the eigenangle density at time t (log p_t relative to Haar + log h) */
 int df_group_score_log_density(const df_group_score *gs, df_tensor *out, const df_tensor *x,
                                const df_tensor *t, double t0);

@@ -176,6 +176,24 @@ static int g_check(lua_State *L)
   return 1;
 }
 
+/* G:dsm_pairs(x0, diffuser, t) --> theta_t, target: the noised points and the noise's score on
+   their eigenbasis (t one time per row) */
+static int g_dsm_pairs(lua_State *L)
+{
+  const char *fname = "diffuse.group.dsm_pairs";
+  df_group *G = check_group(L, 1, fname, "self");
+  df_tensor *x0 = l_checktensor(L, 2, fname, "x0");
+  df_diffuser *D = l_checkdiffuser(L, 3, fname, "diffuser");
+  df_tensor *t = l_checktensor(L, 4, fname, "t");
+  uint64_t seed, stream;
+  df_rng_state(&seed, &stream);
+  stream = df_rng_next_stream();
+  df_tensor *xt = l_newtensor(L);
+  df_tensor *st = l_newtensor(L);
+  l_check(L, df_group_dsm_pairs(xt, st, G, D, x0, t, seed, stream), fname);
+  return 2;
+}
+
 static int g_index(lua_State *L)
 {
   df_group *G = check_group(L, 1, "diffuse.group", "self");
@@ -455,7 +473,7 @@ static const luaL_Reg group_methods[] = {
   { "haar", g_haar }, { "haar_log_density", g_haar_log_density }, { "heat_kernel", g_heat_kernel },
   { "heat_log_kernel", g_heat_log_kernel }, { "heat_score", g_heat_score },
   { "heat_divergence", g_heat_divergence }, { "heat_sample", g_heat_sample },
-  { "canonical", g_canonical }, { "check", g_check }, { NULL, NULL }
+  { "canonical", g_canonical }, { "check", g_check }, { "dsm_pairs", g_dsm_pairs }, { NULL, NULL }
 };
 static const luaL_Reg group_meta[] = { { "__tostring", g_tostring }, { "__eq", g_eq }, { NULL, NULL } };
 static const luaL_Reg target_methods[] = {
