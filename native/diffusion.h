@@ -81,6 +81,8 @@ typedef struct df_div_opts {
   int mode;      /* DF_DIV_* */
   int probes;    /* Hutchinson: probes per row */
   int dist;      /* Hutchinson: DF_RADEMACHER or DF_NORMAL (backend.h) */
+  int tangent;   /* probes projected onto rows summing to 0 (eigenangles of SU(N)): the trace of
+                    P J P, the divergence within the group's N - 1 dimensions */
 } df_div_opts;
 /* what euler and heun step in: t (dx/dt = -g^2 s / 2, the seed's) or sigma (dx/dsigma = -sigma s) */
 enum { DF_SPACE_T, DF_SPACE_SIGMA };

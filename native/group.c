@@ -1308,6 +1308,51 @@ int df_group_reverse_sde(df_tensor *x, const df_group_score *gs, const double *t
    c I + i v.sigma form (unit quaternions): exp(iA) = cos x + i sin x n.sigma, n uniform on the
    sphere; the product's eigenvector of e^{i theta_t} is m.sigma = +1 (m = v / |v|), and
    <m+| n.sigma |m+> = n.m. U(1): theta_t = theta_0 + xs, the target the kernel's score at xs. */
+void df_group_dsm_pair_row(const df_group *G, const df_diffuser *D, const double *x0, double t,
+                           uint64_t seed, uint64_t stream, int64_t row, double *xt, double *target)
+{
+  rowrng g;
+  rng_init(&g, seed, stream, row);
+  const double w = sqrt(df_diffuser_sigma2_host(D, t));
+  double z[DF_GROUP_MAXN] = { 0 }, sc[DF_GROUP_MAXN], lk;
+  if (G->kind == DF_GROUP_U1) {
+    z[0] = wrap_angle(w * rng_n(&g));
+    df_group_heat_row(G, z, w, DF_FORM_AUTO, &lk, sc, NULL);
+    xt[0] = wrap_angle(x0[0] + z[0]);
+    target[0] = sc[0];
+    return;
+  }
+  heat_plan p = { 0 };
+  heat_plan_make(G, w, &p);
+  heat_row_draw(G, &p, &g, z); /* (x, -x) */
+  df_group_heat_row(G, z, w, DF_FORM_AUTO, &lk, sc, NULL);
+  double nv[3], nn = 0.0;
+  do {
+    nn = 0.0;
+    for (int i = 0; i < 3; i++) {
+      nv[i] = rng_n(&g);
+      nn += nv[i] * nv[i];
+    }
+  } while (!(nn > 1e-20));
+  nn = sqrt(nn);
+  for (int i = 0; i < 3; i++) nv[i] /= nn;
+  const double c1 = cos(z[0]), s1 = sin(z[0]), a = x0[0], c2 = cos(a), s2 = sin(a);
+  /* (c1 + i s1 n.sigma)(c2 + i s2 e_z.sigma) */
+  const double C = c1 * c2 - s1 * s2 * nv[2];
+  const double V[3] = { c2 * s1 * nv[0] - s1 * s2 * nv[1], c2 * s1 * nv[1] + s1 * s2 * nv[0],
+                        c1 * s2 + c2 * s1 * nv[2] };
+  const double vn = sqrt(V[0] * V[0] + V[1] * V[1] + V[2] * V[2]);
+  const double th = atan2(vn, C);
+  const double nm = vn > 0.0 ? (nv[0] * V[0] + nv[1] * V[1] + nv[2] * V[2]) / vn : 1.0;
+  /* the torus holds both orderings of the eigenvalues (Weyl images, equally likely): a random
+     one, or a net trained on these pairs would only ever see theta_1 >= 0 */
+  const double sw = rng_u(&g) < 0.5 ? 1.0 : -1.0;
+  xt[0] = sw * th;
+  xt[1] = -sw * th;
+  target[0] = sw * sc[0] * nm;
+  target[1] = -sw * sc[0] * nm;
+}
+
 int df_group_dsm_pairs(df_tensor *out_x, df_tensor *out_s, const df_group *G, const df_diffuser *D,
                        const df_tensor *x0, const df_tensor *t, uint64_t seed, uint64_t stream)
 {
@@ -1330,45 +1375,8 @@ int df_group_dsm_pairs(df_tensor *out_x, df_tensor *out_s, const df_group *G, co
       st = df_fail(DF_EARG, "times must be finite with sigma(t) > 0 (row %lld: t = %g)", (long long)r + 1, tr[r]);
   if (!st) {
 #pragma omp parallel for schedule(static) if (rows > 256)
-    for (int64_t r = 0; r < rows; r++) {
-      rowrng g;
-      rng_init(&g, seed, stream, r);
-      const double w = sqrt(df_diffuser_sigma2_host(D, tr[r]));
-      double z[DF_GROUP_MAXN] = { 0 }, sc[DF_GROUP_MAXN], lk;
-      if (G->kind == DF_GROUP_U1) {
-        z[0] = wrap_angle(w * rng_n(&g));
-        df_group_heat_row(G, z, w, DF_FORM_AUTO, &lk, sc, NULL);
-        xs[r] = wrap_angle(d[r] + z[0]);
-        ss[r] = sc[0];
-        continue;
-      }
-      heat_plan p = { 0 };
-      heat_plan_make(G, w, &p);
-      heat_row_draw(G, &p, &g, z); /* (x, -x) */
-      df_group_heat_row(G, z, w, DF_FORM_AUTO, &lk, sc, NULL);
-      double nv[3], nn = 0.0;
-      do {
-        nn = 0.0;
-        for (int i = 0; i < 3; i++) {
-          nv[i] = rng_n(&g);
-          nn += nv[i] * nv[i];
-        }
-      } while (!(nn > 1e-20));
-      nn = sqrt(nn);
-      for (int i = 0; i < 3; i++) nv[i] /= nn;
-      const double c1 = cos(z[0]), s1 = sin(z[0]), a = d[r * 2], c2 = cos(a), s2 = sin(a);
-      /* (c1 + i s1 n.sigma)(c2 + i s2 e_z.sigma) */
-      const double C = c1 * c2 - s1 * s2 * nv[2];
-      double V[3] = { c2 * s1 * nv[0] - s1 * s2 * nv[1], c2 * s1 * nv[1] + s1 * s2 * nv[0],
-                      c1 * s2 + c2 * s1 * nv[2] };
-      const double vn = sqrt(V[0] * V[0] + V[1] * V[1] + V[2] * V[2]);
-      const double th = atan2(vn, C);
-      double nm = vn > 0.0 ? (nv[0] * V[0] + nv[1] * V[1] + nv[2] * V[2]) / vn : 1.0;
-      xs[r * 2] = th;
-      xs[r * 2 + 1] = -th;
-      ss[r * 2] = sc[0] * nm;
-      ss[r * 2 + 1] = -sc[0] * nm;
-    }
+    for (int64_t r = 0; r < rows; r++)
+      df_group_dsm_pair_row(G, D, d + r * n, tr[r], seed, stream, r, xs + r * n, ss + r * n);
   }
   if (!st) st = rows_out(out_x, x0, xs, rows, n);
   if (!st) st = rows_out(out_s, x0, ss, rows, n);

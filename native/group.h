@@ -116,10 +116,24 @@ int df_group_reverse_sde(df_tensor *x, const df_group_score *gs, const double *t
    time per row (U(1), SU(2)) */
 int df_group_dsm_pairs(df_tensor *out_x, df_tensor *out_s, const df_group *G, const df_diffuser *D,
                        const df_tensor *x0, const df_tensor *t, uint64_t seed, uint64_t stream);
+/* one pair: row `row` of (seed, stream) draws the noise; x0, xt, target are n doubles */
+void df_group_dsm_pair_row(const df_group *G, const df_diffuser *D, const double *x0, double t,
+                           uint64_t seed, uint64_t stream, int64_t row, double *xt, double *target);
 /* log of the eigenangle density at time t (log p_t relative to Haar + log h) */
 int df_group_score_log_density(const df_group_score *gs, df_tensor *out, const df_tensor *x,
                                const df_tensor *t, double t0);
 int df_group_score_sample(const df_group_score *gs, df_tensor *out, int64_t n, double t0,
                           uint64_t seed, uint64_t stream);
+
+/* ---- training (group_train.c) ------------------------------------------------------------- */
+
+struct df_net;
+struct df_adam;
+/* steps of DSM with group noise on data [R, n]: batch rows drawn at random (all when batch = R),
+   t = tol + (1 - tol) U; losses [steps]; progress (optional) every `every` steps and at the end */
+int df_group_train(struct df_net *n, struct df_adam *o, const df_group *G, const df_diffuser *D,
+                   const df_tensor *data, int64_t steps, int64_t batch, double tol, df_tensor *losses,
+                   int (*progress)(void *ctx, int64_t step, int64_t total, double loss), void *ctx,
+                   double every);
 
 #endif

@@ -369,6 +369,8 @@ static df_div_opts div_opts(lua_State *L, int opts, const char *fname)
     o.probes = (int)k;
   }
   lua_pop(L, 1);
+  if (l_getopt(L, opts, "tangent") != LUA_TNIL) o.tangent = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   if (l_getopt(L, opts, "probe") != LUA_TNIL) {
     const char *m = l_checkstr(L, -1, fname, "probe");
     if (strcmp(m, "rademacher") == 0) o.dist = DF_RADEMACHER;
@@ -384,7 +386,7 @@ static df_div_opts div_opts(lua_State *L, int opts, const char *fname)
 static int s_divergence(lua_State *L)
 {
   const char *fname = "diffuse.score.divergence";
-  static const char *const opts[] = { "divergence", "probes", "probe", NULL };
+  static const char *const opts[] = { "divergence", "probes", "probe", "tangent", NULL };
   l_score *s = l_checkscore(L, 1, fname, "self");
   df_tensor *x = l_checktensor(L, 2, fname, "x");
   double t0 = 0.0;
@@ -690,7 +692,7 @@ static int lua_score_eval(void *ctx, df_tensor *out, const df_tensor *x, float t
 static int sampler_run(lua_State *L)
 {
   const char *fname = "diffuse.sampler.run";
-  static const char *const opts[] = { "record", "logq", "prior", "divergence", "probes", "probe", NULL };
+  static const char *const opts[] = { "record", "logq", "prior", "divergence", "probes", "probe", "tangent", NULL };
   df_sampler *s = check_sampler(L, 1, fname);
   df_tensor *x1 = l_checktensor(L, 2, fname, "x1");
   l_checkopts(L, 4, fname, opts);
@@ -896,7 +898,7 @@ static int d_likelihood(lua_State *L)
 {
   const char *fname = "diffuse.likelihood";
   static const char *const opts[] = { "diffuser", "score", "x", "method", "steps", "rtol", "atol",
-                                      "t_min", "divergence", "probes", "probe", "prior", NULL };
+                                      "t_min", "divergence", "probes", "probe", "prior", "tangent", NULL };
   if (!lua_istable(L, 1)) l_error(L, fname, "expected {diffuser = ..., score = ..., x = ...}");
   l_checkopts(L, 1, fname, opts);
   lua_settop(L, 1);

@@ -8,6 +8,7 @@
 #include "l_diffusion.h"
 #include "status.h"
 #include "nn.h"
+#include "group.h"
 #include "graph.h"
 
 #define DF_NET_MT "diffuse.net"
@@ -852,6 +853,33 @@ static int core_train(lua_State *L)
   return 1;
 }
 
+/* core.group_train(net, optimizer, group, diffuser, data, steps, batch|nil, tol [, progress_fn])
+   --> losses: denoising score matching with group noise (group_train.c) */
+static int core_group_train(lua_State *L)
+{
+  const char *fname = "diffuse.train";
+  df_net *n = check_net(L, 1, fname, "net");
+  df_adam *o = check_optim(L, 2, fname, "optimizer");
+  df_group *G = (df_group *)luaL_testudata(L, 3, "diffuse.group");
+  if (!G) l_error(L, fname, "group must be a group (diffuse.group.su(2), ...)");
+  df_diffuser *D = l_checkdiffuser(L, 4, fname, "diffuser");
+  df_tensor *data = l_checktensor(L, 5, fname, "data");
+  int64_t steps = l_checkint(L, 6, fname, "steps");
+  int64_t rows = data->ndim > 0 ? data->shape[0] : 0;
+  int64_t batch = lua_isnil(L, 7) ? rows : l_checkint(L, 7, fname, "batch");
+  double tol = l_checknum(L, 8, fname, "tol");
+  lua_getiuservalue(L, 2, 1);
+  if (lua_touserdata(L, -1) != (void *)n) l_error(L, fname, "the optimizer belongs to another network");
+  lua_pop(L, 1);
+  progress_ctx ctx = { L, 9, n, o, data, n->params, df_data(data), n->be, n->dev, rows };
+  int has_fn = lua_isfunction(L, 9);
+  lua_settop(L, 9);
+  df_tensor *losses = l_newtensor(L);
+  l_check(L, df_group_train(n, o, G, D, data, steps, batch, tol, losses, has_fn ? progress_cb : NULL, &ctx,
+                            50.0), fname);
+  return 1;
+}
+
 /* ---- registration ------------------------------------------------------------------------------ */
 
 static const luaL_Reg net_methods[] = {
@@ -902,6 +930,8 @@ void l_open_nn(lua_State *L)
   sub(L, "optim", "load", optim_load);
   sub(L, "loss", "dsm", loss_dsm);
   sub(L, "score", "net", score_net);
+  lua_pushcfunction(L, core_group_train);
+  lua_setfield(L, -2, "group_train");
   lua_pushcfunction(L, core_train);
   lua_setfield(L, -2, "train");
 }

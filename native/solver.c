@@ -219,10 +219,14 @@ static int div_setup(run *c)
   c->nprobe = k;
   for (int j = 0; j < k; j++) {
     if ((st = df_tensor_like(&c->V[j], c->x)) || (st = df_tensor_like(&c->JV[j], c->x))) return st;
-    if (o->mode == DF_DIV_EXACT) { /* e_j: column j of every row */
+    if (o->mode == DF_DIV_EXACT) { /* e_j: column j of every row (P e_j on a group) */
       float *h = (float *)calloc((size_t)c->n, sizeof(float));
       if (!h) return df_fail(DF_ENOMEM, "out of memory");
-      for (int64_t r = 0; r < c->rows; r++) h[r * c->d + j] = 1.0f;
+      const float off = o->tangent ? -1.0f / (float)c->d : 0.0f;
+      for (int64_t r = 0; r < c->rows; r++) {
+        for (int i = 0; i < c->d; i++) h[r * c->d + i] = off;
+        h[r * c->d + j] += 1.0f;
+      }
       st = c->be->upload(c->dev, df_data(&c->V[j]), h, c->n);
       free(h);
       if (st) return st;
@@ -230,6 +234,20 @@ static int div_setup(run *c)
       uint64_t base = c->draws++ * (uint64_t)c->n;
       if ((st = c->be->random_at(c->dev, o->dist, df_data(&c->V[j]), c->n, c->seed, c->stream, base)))
         return st;
+      if (o->tangent) { /* P v: each row's mean removed (once per solve, on the host) */
+        float *h = (float *)malloc(sizeof(float) * (size_t)(c->n > 0 ? c->n : 1));
+        if (!h) return df_fail(DF_ENOMEM, "out of memory");
+        st = c->be->download(c->dev, h, df_data(&c->V[j]), c->n);
+        for (int64_t r = 0; !st && r < c->rows; r++) {
+          double m = 0.0;
+          for (int i = 0; i < c->d; i++) m += h[r * c->d + i];
+          m /= c->d;
+          for (int i = 0; i < c->d; i++) h[r * c->d + i] = (float)(h[r * c->d + i] - m);
+        }
+        if (!st) st = c->be->upload(c->dev, df_data(&c->V[j]), h, c->n);
+        free(h);
+        if (st) return st;
+      }
     }
   }
   return DF_OK;

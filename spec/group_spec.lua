@@ -498,4 +498,43 @@ describe('toy targets and class-function scores', function()
     assert.has_error(function() SU3:dsm_pairs(tensor.zeros(4, 3), D, tensor.full({ 4 }, 0.5)) end,
       'diffuse.group.dsm_pairs: denoising pairs are implemented for U(1) and SU(2) (SU(3): not yet)')
   end)
+
+  it('training with group noise: the net approaches the exact score (SU(2), U(1)), one native call', function()
+    local D = diffuse.power(3, 1)
+    local nn = diffuse.nn
+    for _, case in ipairs { { SU2, { 0.17, -0.65, 1.22 }, 1 }, { U1, { 1 }, 2 } } do
+      local G = case[1]
+      local T = diffuse.group.toy_action { group = G, beta = case[3], coeffs = case[2] }
+      diffuse.seed(37)
+      local data = T:sample(4096)
+      local l1, l2 = nn.linear(32), nn.linear(1)
+      local net = nn.net { dim = G.n, output = 'score', forward = function(x, t)
+        local h = nn.cat { x:sin(), x:cos(), nn.fourier(t, { frequencies = { 0.5, 1, 2, 4, 8 } }) }
+        local o = l2(l1(h):silu())
+        return G.n == 2 and o * x:sin() or o
+      end }
+      local exact = diffuse.score.class_function(G, D, T)
+      local xq = T:sample(2000)
+      local function err(score, t)
+        local xt = G:dsm_pairs(xq, D, tensor.full({ 2000 }, t))
+        return ((score(xt, t) - exact(xt, t)):square():mean()) ^ 0.5
+      end
+      local before = err(diffuse.score.net(net, D), 0.6)
+      local losses = diffuse.train { net = net, diffuser = D, data = data, group = G, steps = 600, batch = 512, lr = 3e-3, tol = 1e-3 }
+      assert.equal(600, losses:size(1))
+      local L = losses:totable()
+      local first, last = 0, 0
+      for i = 1, 50 do first, last = first + L[i] / 50, last + L[#L - 50 + i] / 50 end
+      assert.is_true(last < first, G.name)
+      local after = err(diffuse.score.net(net, D), 0.6)
+      assert.is_true(after < 0.5 * before, ('%s: %g -> %g'):format(G.name, before, after))
+    end
+    local net3 = diffuse.nn.mlp { dim = 3 }
+    assert.has_error(function() diffuse.train { net = net3, diffuser = D, data = SU3:haar(16), group = SU3, steps = 1 } end,
+      'diffuse.train: training on SU(3) is not implemented yet (U(1) and SU(2) are)')
+    assert.has_error(function() diffuse.train { net = diffuse.nn.mlp { dim = 1 }, diffuser = D, data = SU2:haar(16), group = SU2, steps = 1 } end,
+      "diffuse.train: the net's dim (1) must be the group's 2 eigenangles")
+    assert.has_error(function() diffuse.train { net = diffuse.nn.mlp { dim = 2 }, diffuser = D, data = SU2:haar(16), group = SU2, steps = 1, ema = 0.9 } end,
+      'diffuse.train: ema is not available with group = G yet')
+  end)
 end)

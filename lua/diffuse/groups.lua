@@ -44,6 +44,7 @@ function GroupSampler:run(x1, score, opts)
     return x0
   end
   if o.logq and o.prior == nil then o.prior = function(x) return G:haar_log_density(x) end end
+  if o.logq and G.n > 1 and o.tangent == nil then o.tangent = true end -- (N - 1 dimensions)
   local x0, path, logq = self.native:run(x1, score, o)
   return G:canonical(x0), path, logq
 end
@@ -84,6 +85,7 @@ function M.wrap_likelihood(native_likelihood)
     local copy = {}
     for k, v in pairs(o) do if k ~= 'group' then copy[k] = v end end
     if copy.prior == nil then copy.prior = function(x) return G:haar_log_density(x) end end
+    if G.n > 1 and copy.tangent == nil then copy.tangent = true end
     local ok, logp, info = pcall(native_likelihood, copy)
     if not ok then error(logp, 2) end
     if info and info.x1 then info.x1 = G:canonical(info.x1) end

@@ -75,7 +75,7 @@ end
 
 local train_options = { net = true, diffuser = true, data = true, steps = true, lr = true,
                         batch = true, tol = true, progress = true, optimizer = true,
-                        weighting = true, clip = true, schedule = true, ema = true }
+                        weighting = true, clip = true, schedule = true, ema = true, group = true }
 function diffuse.train(o)
   local fname = 'diffuse.train: '
   if type(o) ~= 'table' then error(fname .. 'expected {net = ..., diffuser = ..., data = ...}', 2) end
@@ -138,8 +138,18 @@ function diffuse.train(o)
   elseif o.progress ~= nil and o.progress ~= false then
     error(fname .. 'progress must be true, false or a function(step, total, loss)', 2)
   end
-  local ok, losses = pcall(core.train, o.net, opt, o.diffuser, o.data, steps, o.batch,
-                           o.tol or 1e-5, fn, nil, { weighting = o.weighting, clip = o.clip })
+  local ok, losses
+  if o.group ~= nil then
+    -- denoising score matching with group noise (group_train.c); sigma^2 weighting only
+    for _, k in ipairs{ 'weighting', 'clip', 'ema' } do
+      if o[k] ~= nil then error(fname .. k .. ' is not available with group = G yet', 2) end
+    end
+    ok, losses = pcall(core.group_train, o.net, opt, o.group, o.diffuser, o.data, steps, o.batch,
+                       o.tol or 1e-5, fn)
+  else
+    ok, losses = pcall(core.train, o.net, opt, o.diffuser, o.data, steps, o.batch,
+                       o.tol or 1e-5, fn, nil, { weighting = o.weighting, clip = o.clip })
+  end
   if not ok then
     if bar and bar.tty and bar.last_len > 0 then io.stderr:write('\n') end -- (leave its line)
     -- (raised under pcall, the native messages have no position: they get the caller's)
