@@ -34,6 +34,7 @@ local ARGS = {
   ['likelihood.lua'] = '--points 100 --steps 100 --samples 512 --hidden 8',
   ['su2_denoise.lua'] = '--samples 500 --steps 20',
   ['group_toys.lua'] = '--samples 256 --data 512 --steps 20 --bootstrap 20',
+  ['circle.lua'] = '--steps 30 --data 512 --samples 256 --ode-steps 20',
   ['toy_su2.lua'] = '--steps 30 --data 512 --samples 256 --ode-steps 20 --bootstrap 20',
   ['tensor_tour.lua'] = false,   -- prints only; takes no options
 }
