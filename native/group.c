@@ -791,18 +791,22 @@ static int rows_in(const df_group *G, const df_tensor *theta, double **out)
 }
 
 /* n doubles to a fresh float tensor [rows] or [rows, k] on theta's device */
+/* n doubles into t's device memory as floats */
+static int upload_doubles(df_tensor *t, const double *v, int64_t n)
+{
+  float *h = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+  if (!h) return df_fail(DF_ENOMEM, "out of memory");
+  for (int64_t i = 0; i < n; i++) h[i] = (float)v[i];
+  int st = n > 0 ? t->be->upload(t->dev, df_data(t), h, n) : DF_OK;
+  free(h);
+  return st;
+}
+
 static int rows_out(df_tensor *out, const df_tensor *like, const double *v, int64_t rows, int k)
 {
   int64_t shape[2] = { rows, k };
   int st = df_tensor_alloc(out, like->be, like->dev, k == 0 ? 1 : 2, shape);
-  if (st) return st;
-  const int64_t n = rows * (k ? k : 1);
-  float *h = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-  if (!h) return df_fail(DF_ENOMEM, "out of memory");
-  for (int64_t i = 0; i < n; i++) h[i] = (float)v[i];
-  st = n > 0 ? like->be->upload(like->dev, df_data(out), h, n) : DF_OK;
-  free(h);
-  return st;
+  return st ? st : upload_doubles(out, v, rows * (k ? k : 1));
 }
 
 int df_group_canonical(df_tensor *out, const df_group *G, const df_tensor *theta)
@@ -848,7 +852,7 @@ static void haar_row(const df_group *G, rowrng *g, double *th)
     for (int i = 0; i < n - 1; i++) s += (th[i] = -PI + TWO_PI * rng_u(g));
     if (n == 1) return;
     th[n - 1] = -s;
-    double j2 = exp(2.0 * (weyl_d(n, th) == 0.0 ? -INFINITY : log(fabs(weyl_d(n, th)))));
+    const double dd = weyl_d(n, th), j2 = dd == 0.0 ? 0.0 : exp(2.0 * log(fabs(dd)));
     if (rng_u(g) * jmax < j2) break;
   }
   df_group_canon_row(G, th);
@@ -857,13 +861,7 @@ static void haar_row(const df_group *G, rowrng *g, double *th)
 static int sample_rows(df_tensor *out, const df_group *G, int64_t n, double *d)
 {
   int st = out_like(out, n, G->n);
-  if (st) return st;
-  float *h = (float *)malloc(sizeof(float) * (size_t)(n * G->n > 0 ? n * G->n : 1));
-  if (!h) return df_fail(DF_ENOMEM, "out of memory");
-  for (int64_t i = 0; i < n * G->n; i++) h[i] = (float)d[i];
-  st = n > 0 ? out->be->upload(out->dev, df_data(out), h, n * G->n) : DF_OK;
-  free(h);
-  return st;
+  return st ? st : upload_doubles(out, d, n * G->n);
 }
 
 int df_group_haar(df_tensor *out, const df_group *G, int64_t n, uint64_t seed, uint64_t stream)
@@ -883,15 +881,20 @@ int df_group_haar(df_tensor *out, const df_group *G, int64_t n, uint64_t seed, u
   return st;
 }
 
-int df_group_heat(df_tensor *logk, df_tensor *score, df_tensor *div, const df_group *G,
-                  const df_tensor *theta, const df_tensor *w, double w0, int form)
+/* log, score and divergence per row of theta at width w_r (or w0): the heat kernel in `form`
+   (cf NULL) or the class function cf; outputs NULL are skipped */
+static int eval_points(df_tensor *logk, df_tensor *score, df_tensor *div, const df_group *G,
+                       const df_class_fn *cf, const df_tensor *theta, const df_tensor *w, double w0,
+                       int form)
 {
-  double *d = NULL, *wr = NULL;
+  double *d = NULL;
   int st;
   if ((st = df_group_check_points(G, theta))) return st;
   const int64_t rows = theta->shape[0];
   const int k = G->n;
-  if ((st = df_group_check_widths(w, w0, rows)) || (st = rows_in(G, theta, &d))) return st;
+  if (!cf || w || w0 != 0.0) /* (a class function at w = 0: the target itself) */
+    if ((st = df_group_check_widths(w, w0, rows))) return st;
+  if ((st = rows_in(G, theta, &d))) return st;
   double *lk = (double *)malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1));
   double *sc = (double *)malloc(sizeof(double) * (size_t)(rows * k > 0 ? rows * k : 1));
   double *dv = (double *)malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1));
@@ -899,23 +902,31 @@ int df_group_heat(df_tensor *logk, df_tensor *score, df_tensor *div, const df_gr
   if (!lk || !sc || !dv || (w && !wf)) st = df_fail(DF_ENOMEM, "out of memory");
   if (!st && w && rows > 0) st = w->be->download(w->dev, wf, df_data(w), rows);
   const reps *R;
-  if (!st) st = heat_reps(G, &R); /* (built before the parallel loop) */
+  if (!st && !cf) st = heat_reps(G, &R); /* (built before the parallel loop) */
   if (!st) {
 #pragma omp parallel for schedule(static) if (rows > 256)
-    for (int64_t r = 0; r < rows; r++)
-      df_group_heat_row(G, d + r * k, w ? (double)wf[r] : w0, form, lk + r, score ? sc + r * k : NULL,
-                        div ? dv + r : NULL);
+    for (int64_t r = 0; r < rows; r++) {
+      const double wr = w ? (double)wf[r] : w0;
+      double *sr = score ? sc + r * k : NULL, *dr = div ? dv + r : NULL;
+      if (cf) df_class_row(cf, d + r * k, wr, lk + r, sr, dr);
+      else df_group_heat_row(G, d + r * k, wr, form, lk + r, sr, dr);
+    }
   }
   if (!st && logk) st = rows_out(logk, theta, lk, rows, 0);
   if (!st && score) st = rows_out(score, theta, sc, rows, k);
   if (!st && div) st = rows_out(div, theta, dv, rows, 0);
   free(d);
-  free(wr);
   free(lk);
   free(sc);
   free(dv);
   free(wf);
   return st;
+}
+
+int df_group_heat(df_tensor *logk, df_tensor *score, df_tensor *div, const df_group *G,
+                  const df_tensor *theta, const df_tensor *w, double w0, int form)
+{
+  return eval_points(logk, score, div, G, NULL, theta, w, w0, form);
 }
 
 /* one heat-kernel draw at width w: from Haar with K / K(identity) (K is largest there), or from a
@@ -1005,34 +1016,23 @@ int df_group_heat_sample(df_tensor *out, const df_group *G, int64_t n, double w0
 int df_class_eval(df_tensor *logp, df_tensor *score, df_tensor *div, const df_class_fn *cf,
                   const df_tensor *theta, const df_tensor *w, double w0)
 {
-  const df_group *G = &cf->G;
+  return eval_points(logp, score, div, &cf->G, cf, theta, w, w0, DF_FORM_AUTO);
+}
+
+/* S (with_haar 0) or the unnormalised eigenangle log-density -S + log h (1), per row */
+int df_action_eval(df_tensor *out, const df_group *G, double beta, const double *coef, int ncoef,
+                   const df_tensor *theta, int with_haar)
+{
   double *d = NULL;
   int st;
-  if ((st = df_group_check_points(G, theta))) return st;
+  if ((st = df_group_check_points(G, theta)) || (st = rows_in(G, theta, &d))) return st;
   const int64_t rows = theta->shape[0];
-  const int k = G->n;
-  if (w || w0 != 0.0) /* (w = 0: the target itself) */
-    if ((st = df_group_check_widths(w, w0, rows))) return st;
-  if ((st = rows_in(G, theta, &d))) return st;
-  double *lk = (double *)malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1));
-  double *sc = (double *)malloc(sizeof(double) * (size_t)(rows * k > 0 ? rows * k : 1));
-  double *dv = (double *)malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1));
-  float *wf = w ? (float *)malloc(sizeof(float) * (size_t)(rows > 0 ? rows : 1)) : NULL;
-  if (!lk || !sc || !dv || (w && !wf)) st = df_fail(DF_ENOMEM, "out of memory");
-  if (!st && w && rows > 0) st = w->be->download(w->dev, wf, df_data(w), rows);
-  if (!st) {
-#pragma omp parallel for schedule(static) if (rows > 256)
-    for (int64_t r = 0; r < rows; r++)
-      df_class_row(cf, d + r * k, w ? (double)wf[r] : w0, lk + r, sc + r * k, dv + r);
+  for (int64_t r = 0; r < rows; r++) {
+    const double *th = d + r * G->n, a = df_action_row(G, beta, coef, ncoef, th);
+    d[r] = with_haar ? -a + df_group_haar_logh_row(G, th) : a; /* (row r's slot is read first) */
   }
-  if (!st && logp) st = rows_out(logp, theta, lk, rows, 0);
-  if (!st && score) st = rows_out(score, theta, sc, rows, k);
-  if (!st && div) st = rows_out(div, theta, dv, rows, 0);
+  st = rows_out(out, theta, d, rows, 0);
   free(d);
-  free(lk);
-  free(sc);
-  free(dv);
-  free(wf);
   return st;
 }
 
@@ -1291,11 +1291,7 @@ int df_group_reverse_sde(df_tensor *x, const df_group_score *gs, const double *t
     }
     df_group_canon_row(G, th);
   }
-  float *h = (float *)malloc(sizeof(float) * (size_t)(rows * n > 0 ? rows * n : 1));
-  if (!h) st = df_fail(DF_ENOMEM, "out of memory");
-  for (int64_t i = 0; !st && i < rows * n; i++) h[i] = (float)d[i];
-  if (!st && rows > 0) st = x->be->upload(x->dev, df_data(x), h, rows * n);
-  free(h);
+  st = upload_doubles(x, d, rows * n);
   free(d);
   return st;
 }

@@ -86,6 +86,9 @@ int df_class_eval(df_tensor *logp, df_tensor *score, df_tensor *div, const df_cl
 /* S(theta) of a toy action, per row */
 double df_action_row(const df_group *G, double beta, const double *coef, int ncoef,
                      const double *theta);
+/* per row of theta: S (with_haar 0) or -S + log h, the unnormalised eigenangle log-density (1) */
+int df_action_eval(df_tensor *out, const df_group *G, double beta, const double *coef, int ncoef,
+                   const df_tensor *theta, int with_haar);
 /* n exact draws of exp(-S) h (rejection from the uniform torus under a proven bound) */
 int df_action_sample(df_tensor *out, const df_group *G, double beta, const double *coef,
                      int ncoef, int64_t n, uint64_t seed, uint64_t stream);

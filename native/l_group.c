@@ -279,24 +279,8 @@ static int t_rows(lua_State *L, int what, const char *fname)
 {
   l_target *T = check_target(L, 1, fname, "self");
   df_tensor *theta = l_checktensor(L, 2, fname, "theta");
-  l_check(L, df_group_check_points(&T->G, theta), fname);
-  df_tensor *h = l_newtensor(L);
-  l_check(L, df_group_haar_log_density(h, &T->G, theta), fname); /* (checks the rows too) */
-  const int64_t rows = theta->shape[0];
-  const int k = T->G.n;
-  float *x = l_hostbuf(L, rows * k, fname), *v = l_hostbuf(L, rows, fname);
-  if (rows > 0) {
-    l_check(L, theta->be->download(theta->dev, x, df_data(theta), rows * k), fname);
-    l_check(L, h->be->download(h->dev, v, df_data(h), rows), fname);
-  }
-  for (int64_t r = 0; r < rows; r++) {
-    double th[DF_GROUP_MAXN];
-    for (int j = 0; j < k; j++) th[j] = x[r * k + j];
-    double s = df_action_row(&T->G, T->beta, T->coef, T->ncoef, th);
-    v[r] = (float)(what == 0 ? s : -s + (double)v[r]);
-  }
-  lua_pop(L, 2);
-  if (rows > 0) l_check(L, h->be->upload(h->dev, df_data(h), v, rows), fname);
+  df_tensor *out = l_newtensor(L);
+  l_check(L, df_action_eval(out, &T->G, T->beta, T->coef, T->ncoef, theta, what), fname);
   return 1;
 }
 

@@ -11,6 +11,18 @@ local U1, SU2, SU3 = diffuse.group.u1(), diffuse.group.su(2), diffuse.group.su(3
 local pi = math.pi
 
 local function rows(t) return t:totable() end
+
+-- the sample mean of Re Tr U = sum_j cos theta_j (times scale) over the rows of x, and its s.e.
+local function trace_mean(x, scale)
+  local n, m, m2 = #x, 0, 0
+  for r = 1, n do
+    local a = 0
+    for j = 1, #x[r] do a = a + math.cos(x[r][j]) end
+    a = a * (scale or 1)
+    m, m2 = m + a / n, m2 + a * a / n
+  end
+  return m, math.sqrt((m2 - m * m) / n)
+end
 local function val(G, fn, th, w, o) return G[fn](G, tensor.new(th), w, o):totable() end
 
 -- float32 results: relative tolerance a few ulp of the value, absolute for near-zero scores
@@ -195,13 +207,7 @@ describe('diffuse.group', function()
           diffuse.seed(21)
           local n = 20000
           local x = rows(G:heat_sample(n, w))
-          local m, m2 = 0, 0
-          for r = 1, n do
-            local a = 0
-            for j = 1, G.n do a = a + math.cos(x[r][j]) end
-            m, m2 = m + a / n, m2 + a * a / n
-          end
-          local se = math.sqrt((m2 - m * m) / n)
+          local m, se = trace_mean(x)
           local want = G.n * math.exp(-cf * w * w)
           assert.is_true(math.abs(m - want) < 5 * se + 1e-6, ('%s w %g: %g vs %g (se %g)'):format(G.name, w, m, want, se))
         end
@@ -360,13 +366,7 @@ describe('toy targets and class-function scores', function()
       diffuse.seed(13)
       local n = 20000
       local x = rows(T:sample(n))
-      local m, m2 = 0, 0
-      for r = 1, n do
-        local a = 0
-        for j = 1, G.n do a = a + math.cos(x[r][j]) / G.n end
-        m, m2 = m + a / n, m2 + a * a / n
-      end
-      local se = math.sqrt((m2 - m * m) / n)
+      local m, se = trace_mean(x, 1 / G.n)
       assert.is_true(math.abs(m - case[3]) < 5 * se, ('%s: %g vs %g (se %g)'):format(G.name, m, case[3], se))
     end
   end)
@@ -400,13 +400,7 @@ describe('toy targets and class-function scores', function()
         for k = 0, 100 do grid[#grid + 1] = 1 - (1 - t) * k / 100 end
         local s = diffuse.sampler { diffuser = D, grid = grid, method = 'heun', group = G }
         local x = rows((s:run(x1, hs)))
-        local m, m2 = 0, 0
-        for r = 1, n do
-          local a = 0
-          for j = 1, G.n do a = a + math.cos(x[r][j]) end
-          m, m2 = m + a / n, m2 + a * a / n
-        end
-        local se = math.sqrt((m2 - m * m) / n)
+        local m, se = trace_mean(x)
         local want = G.n * math.exp(-cf * D:sigma(t) ^ 2)
         assert.is_true(math.abs(m - want) < 4 * se, ('%s t %g: %g vs %g (se %g)'):format(G.name, t, m, want, se))
       end
@@ -432,13 +426,7 @@ describe('toy targets and class-function scores', function()
         end
         local s = diffuse.sampler { diffuser = D, grid = grid, method = 'euler_maruyama', group = G }
         local x = rows(s:run(x1, hs))
-        local m, m2 = 0, 0
-        for r = 1, n do
-          local a = 0
-          for j = 1, G.n do a = a + math.cos(x[r][j]) end
-          m, m2 = m + a / n, m2 + a * a / n
-        end
-        local se = math.sqrt((m2 - m * m) / n)
+        local m, se = trace_mean(x)
         local want = G.n * math.exp(-cf * D:sigma(t) ^ 2)
         assert.is_true(math.abs(m - want) < 4 * se, ('%s t %g: %g vs %g (se %g)'):format(G.name, t, m, want, se))
       end
