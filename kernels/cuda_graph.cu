@@ -86,7 +86,33 @@ __global__ void k_g_fourier(float *out, const float *u, const float *w, int nf, 
   }
 }
 
+/* out [rows, 1] = the mean of a's wa columns (MEAN, summed in column order as on the CPU), or
+   column col (COL) */
+__global__ void k_g_reduce(int op, float *out, const float *a, int wa, int col, int64_t rows)
+{
+  for (int64_t r = df_gtid(); r < rows; r += df_gstride()) {
+    if (op == DF_G_COL) {
+      out[r] = a[r * wa + col];
+      continue;
+    }
+    float acc = 0.0f;
+    for (int c = 0; c < wa; c++) acc += a[r * wa + c];
+    out[r] = acc * (1.0f / (float)wa);
+  }
+}
+
 /* ---- backward (every gradient buffer accumulates: +=) ---------------------------------------- */
+
+/* ga [rows, wa] += g / wa (MEAN) or g into column col (COL), for g [rows, 1] */
+__global__ void k_g_reduce_bwd(int op, float *ga, const float *g, int wa, int col, int64_t rows)
+{
+  const float inv = 1.0f / (float)wa;
+  for (int64_t j = df_gtid(); j < rows * wa; j += df_gstride()) {
+    int64_t r = j / wa;
+    if (op == DF_G_MEAN) ga[j] += g[r] * inv;
+    else if ((int)(j - r * wa) == col) ga[j] += g[r];
+  }
+}
 
 /* ga [rows, wa] += columns [off, off + wa) of g [rows, W] */
 __global__ void k_g_cat_bwd(float *ga, const float *g, int W, int off, int wa, int64_t rows)
@@ -328,6 +354,9 @@ int df_cuda_graph_forward(const char *op, int dev, cudaStream_t st, cublasHandle
     case DF_G_FOURIER:
       k_g_fourier<<<grid(rows * n->nfreq), THREADS, 0, st>>>(out, A, fixed + n->foff, n->nfreq, n->gauss, rows);
       break;
+    case DF_G_MEAN: case DF_G_COL:
+      k_g_reduce<<<grid(rows), THREADS, 0, st>>>(n->op, out, A, node(p, n->a)->width, n->col, rows);
+      break;
     default:
       k_g_unary<<<grid(N), THREADS, 0, st>>>(n->op, out, n->aux >= 0 ? buf(p, n->aux) : nullptr, A, N);
       break;
@@ -389,6 +418,10 @@ int df_cuda_graph_backward(const char *op, int dev, cudaStream_t st, cublasHandl
       k_g_fourier_bwd<<<grid(rows), THREADS, 0, st>>>(buf(p, a->grad), G, buf(p, n->val), fixed + n->foff,
                                                       n->nfreq, n->gauss, rows);
       break;
+    case DF_G_MEAN: case DF_G_COL:
+      if (a->grad < 0) continue;
+      k_g_reduce_bwd<<<grid(rows * a->width), THREADS, 0, st>>>(n->op, buf(p, a->grad), G, a->width, n->col, rows);
+      break;
     default:
       if (a->grad < 0) continue;
       k_g_unary_bwd<<<grid(N), THREADS, 0, st>>>(n->op, buf(p, a->grad), G, buf(p, a->val), buf(p, n->val),
@@ -440,6 +473,9 @@ int df_cuda_graph_tangent(const char *op, int dev, cudaStream_t st, cublasHandle
     case DF_G_FOURIER:
       k_g_fourier_tan<<<grid(rows * n->nfreq), THREADS, 0, st>>>(out, buf(tp, a->val), buf(p, n->val),
                                                                  fixed + n->foff, n->nfreq, n->gauss, rows);
+      break;
+    case DF_G_MEAN: case DF_G_COL:
+      k_g_reduce<<<grid(rows), THREADS, 0, st>>>(n->op, out, buf(tp, a->val), a->width, n->col, rows);
       break;
     default:
       k_g_unary_bwd<<<grid(N), THREADS, 0, st>>>(n->op, out, buf(tp, a->val), buf(p, a->val), buf(p, n->val),

@@ -42,6 +42,16 @@ static void fourier(float *out, const float *u, const float *w, int nf, int gaus
   }
 }
 
+/* out [1][T] = the mean of a's w columns, summed in column order (the CUDA kernel's order) */
+static void col_mean(float *out, const float *a, int w)
+{
+  const float inv = 1.0f / (float)w;
+  for (int r = 0; r < TILE; r++) out[r] = 0.0f;
+  for (int c = 0; c < w; c++)
+    for (int r = 0; r < TILE; r++) out[r] += a[c * TILE + r];
+  for (int r = 0; r < TILE; r++) out[r] *= inv;
+}
+
 /* a LINEAR whose only consumer is a SILU, in a forward nothing goes backward from: the silu
    applied to the layer's accumulators (cpu_layers.h), the layer's own value never stored */
 static int fused_forward(const df_graph *g, const df_gnode *lin, int keep)
@@ -108,6 +118,8 @@ static void node_forward(const df_graph *g, int i, const float *params, const fl
     case DF_G_EXP: for (int k = 0; k < N; k++) out[k] = df_expf(A[k]); break;
     case DF_G_SQUARE: for (int k = 0; k < N; k++) out[k] = A[k] * A[k]; break;
     case DF_G_FOURIER: fourier(out, A, fixed + n->foff, n->nfreq, n->gauss); break;
+    case DF_G_MEAN: col_mean(out, A, g->nodes[n->a].width); break;
+    case DF_G_COL: memcpy(out, A + n->col * TILE, TILE * sizeof(float)); break;
     default: break;
     }
   }
@@ -267,6 +279,17 @@ void cpu_graph_backward(const df_graph *g, const float *params, const float *fix
                    n->op == DF_G_SUB ? -1.0f : 1.0f);
       break;
     }
+    case DF_G_MEAN: case DF_G_COL: { /* dA[c] = G / w (MEAN), or G into column col alone */
+      if (!wants(&b, a)) break;
+      float *d = target(&b, a);
+      const int wa = g->nodes[a].width;
+      const float inv = 1.0f / (float)wa;
+      for (int c = 0; c < wa; c++)
+        for (int r = 0; r < TILE; r++)
+          d[c * TILE + r] = n->op == DF_G_MEAN ? G[r] * inv : c == n->col ? G[r] : 0.0f;
+      done(&b, a);
+      break;
+    }
     default: { /* one input, elementwise: dA = G * f'(A) */
       if (!wants(&b, a)) break;
       float *d = target(&b, a);
@@ -391,6 +414,8 @@ void cpu_graph_tangent(const df_graph *g, const float *params, const float *fixe
       }
       break;
     }
+    case DF_G_MEAN: col_mean(out, TA, g->nodes[n->a].width); break;
+    case DF_G_COL: memcpy(out, TA + n->col * TILE, TILE * sizeof(float)); break;
     default: break;
     }
   }

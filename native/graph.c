@@ -15,6 +15,8 @@
  *   node silu|relu|...|square A
  *   node fourier A gauss N SCALE   [sin 2 pi a W, cos 2 pi a W], W ~ N(0, SCALE^2), N of them
  *   node fourier A freqs N W1..WN  [sin w a, cos w a] for the given w
+ *   node mean A                    [B, 1]: the mean of A's columns
+ *   node col A C                   [B, 1]: column C of A (1-based)
  *   output A                       the network's output, [B, D]
  */
 #include <math.h>
@@ -27,7 +29,8 @@
 
 const char *const df_graph_op_names[DF_G_NOPS] = {
   "x", "t", "linear", "cat", "add", "sub", "mul", "addc", "mulc", "rsubc", "divc",
-  "silu", "relu", "tanh", "gelu", "sigmoid", "sin", "cos", "exp", "square", "fourier"
+  "silu", "relu", "tanh", "gelu", "sigmoid", "sin", "cos", "exp", "square", "fourier",
+  "mean", "col"
 };
 
 #define MAX_TEXT ((size_t)1 << 24)
@@ -235,6 +238,12 @@ static int parse_node(rdr *r, df_graph *g, int i, int op, int *cat_cap, int *nex
     g->nfixed += n->nfreq;
     return DF_OK;
   }
+  case DF_G_MEAN: n->width = 1; return DF_OK;
+  case DF_G_COL:
+    if ((st = get_int(r, "a column", 1, A->width, &v))) return st;
+    n->col = (int)v - 1;
+    n->width = 1;
+    return DF_OK;
   default: /* the elementwise functions */
     n->width = A->width;
     return DF_OK;
@@ -377,6 +386,7 @@ static char *canonical(const df_graph *g)
         for (int k = 0; k < n->nfreq; k++) EMIT(" %.9g", (double)g->freqs[n->foff + k]);
       }
       break;
+    case DF_G_COL: EMIT(" %d %d", n->a + 1, n->col + 1); break;
     default: EMIT(" %d", n->a + 1); break;
     }
     EMIT("\n");

@@ -18,6 +18,8 @@ enum {
   DF_G_SILU, DF_G_RELU, DF_G_TANH, DF_G_GELU, DF_G_SIGMOID, DF_G_SIN, DF_G_COS, DF_G_EXP,
   DF_G_SQUARE,
   DF_G_FOURIER,                      /* [sin k w a, cos k w a] of a [B, 1] node, k = 2 pi or 1 */
+  DF_G_MEAN,                         /* [B, 1]: the mean of a's columns (a - a:mean() is tangent) */
+  DF_G_COL,                          /* [B, 1]: column `col` of a */
   DF_G_NOPS
 };
 
@@ -34,6 +36,7 @@ typedef struct df_gnode {
   int cat0, ncat;        /* CAT: its inputs are g->cat[cat0 .. cat0 + ncat) */
   int layer;             /* LINEAR: 0-based layer */
   float c;               /* ADDC MULC RSUBC DIVC */
+  int col;               /* COL: the 0-based column */
   int gauss, nfreq;      /* FOURIER: gauss: sin(2 pi a W), W ~ N(0, scale^2) drawn at creation;
                             else the given angular frequencies: sin(w a) */
   double scale;

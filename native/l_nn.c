@@ -341,6 +341,7 @@ static void graph_lines(luaL_Buffer *b, const df_graph *g)
       else
         snprintf(what, sizeof what, "fourier(%d): [sin, cos](w u), %d given w", n->a + 1, n->nfreq);
       break;
+    case DF_G_COL: snprintf(what, sizeof what, "col(%d, %d)", n->a + 1, n->col + 1); break;
     default: snprintf(what, sizeof what, "%s(%d)", op, n->a + 1); break;
     }
     char id[16], shape[32], params[48] = "";

@@ -1316,6 +1316,14 @@ describe('cuda composed-network parity', function()
                                   nn.fourier(t, { frequencies = { 0.5, 2, 9 } }),
                                   nn.fourier(u, { frequencies = { 1, 3 } }) })
     end },
+    { 'row means and columns (an equivariant head, tangent output)', 3, function(x, t)
+      local L = nn.linear(4)
+      local inv = nn.cat{ x:sin():mean(), x:cos():mean(), t }
+      local o = {}
+      for i = 1, 3 do o[i] = nn.linear(1)(L(nn.cat{ x:col(i):sin(), inv }):tanh()) end
+      local out = nn.cat(o)
+      return out - out:mean()
+    end },
     { 'the feature net (64 wide: cuBLAS)', 1, function(x, t)
       local w = {}
       for k = 1, 25 do w[k] = math.exp(-10 * (k / 25 - 0.5)) end

@@ -93,6 +93,11 @@ local function eval(g, p, fixed, x, t)
         r[c] = op == 'addc' and A[c] + c0 or op == 'mulc' and A[c] * c0
           or op == 'rsubc' and c0 - A[c] or A[c] / c0
       end
+    elseif op == 'mean' then
+      local A, m = v[tonumber(a[1])], 0
+      for c = 1, #A do m = m + A[c] end
+      r[1] = m / #A
+    elseif op == 'col' then r[1] = v[tonumber(a[1])][tonumber(a[2])]
     elseif op == 'fourier' then
       local u = v[tonumber(a[1])][1]
       for j = 1, n.nf do
@@ -165,6 +170,38 @@ describe('composed networks (nn.net)', function()
     end }
     assert.equal('net', net.kind)
     grad_check(net, 70, 12)
+  end)
+
+  it('row means and columns: an equivariant head with tangent output (x:col(i), x:mean())', function()
+    diffuse.seed(12)
+    local L1, L2 = nn.linear(5), nn.linear(1)
+    local net = nn.net{ dim = 3, forward = function(x, t)
+      local inv = nn.cat{ x:sin():mean(), (x * 2):cos():mean(), t }
+      local o = {}
+      for i = 1, 3 do o[i] = L2(L1(nn.cat{ x:col(i):sin(), x:col(i):cos(), inv }):silu()) end
+      local out = nn.cat(o)
+      return out - out:mean() + nn.linear(3)(x):mean() * 0.5
+    end }
+    grad_check(net, 60, 13)
+    -- equivariant: permuting x's columns permutes the output's (up to the last term, the same in
+    -- every column)
+    local x, t = tensor.randn(40, 3), tensor.rand(40)
+    local perm = { 3, 1, 2 }
+    local X = rows(x)
+    local xp = {}
+    for r = 1, 40 do xp[r] = { X[r][perm[1]], X[r][perm[2]], X[r][perm[3]] } end
+    local a, b = rows(net:forward(x, t)), rows(net:forward(tensor.new(xp), t))
+    for r = 1, 40 do
+      for c = 2, 3 do assert.near(a[r][perm[c]] - a[r][perm[1]], b[r][c] - b[r][1], 2e-6) end
+    end
+    local function err(f, msg)
+      local ok, e = pcall(nn.net, { dim = 2, forward = f })
+      assert.is_false(ok)
+      assert.matches(msg, e)
+    end
+    err(function(x) return nn.cat{ x:col(3), x:col(1) } end, 'col: column 3 of a %[B, 2%] node')
+    err(function(x) return nn.cat{ x:col(1.5), x:col(1) } end, 'col: the column must be a whole number')
+    err(function(x) return x:mean() end, 'the forward returned a node of %[B, 1%]')
   end)
 
   it('+ - * of two nodes, with a [B, 1] node broadcasting either side', function()

@@ -50,6 +50,12 @@ describe('divergences', function()
         local h = nn.linear(6)(nn.cat{ x, nn.fourier(t, { frequencies = { 1, 3 } }) }):tanh()
         return nn.linear(2)(h * nn.linear(6)(x):sin() + h:sigmoid()) + x:square() * 0.1
       end } end,
+      function(o) return nn.net{ dim = 2, output = o, forward = function(x, t)
+        local L = nn.linear(4)
+        local inv = nn.cat{ x:sin():mean(), t }
+        local out = nn.cat{ nn.linear(1)(L(nn.cat{ x:col(1), inv }):tanh()), nn.linear(1)(L(nn.cat{ x:col(2), inv }):tanh()) }
+        return out - out:mean() + x * 0.3
+      end } end,
     }
     for i, make in ipairs(nets) do
       for _, output in ipairs{ 'scaled', 'score', 'noise', 'denoiser' } do

@@ -133,7 +133,27 @@ for _, f in ipairs{ 'silu', 'relu', 'tanh', 'gelu', 'sigmoid', 'sin', 'cos', 'ex
   end
 end
 
-local fields = { trace = true, op = true, width = true, id = true, a = true, b = true, c = true,
+--- node:mean() --> [B, 1], the mean of its columns (x - x:mean() projects rows onto sum 0)
+function methods.mean(self)
+  check_node(self, "mean's node")
+  local made = new_node(self.trace, 'mean', 1, { a = self })
+  return made
+end
+
+--- node:col(i) --> [B, 1], its column i (1-based)
+function methods.col(self, i)
+  check_node(self, "col's node")
+  if math.type(i) ~= 'integer' and not (type(i) == 'number' and i == math.floor(i)) then
+    fail(self.trace, 'col: the column must be a whole number (got ' .. kind(i) .. ')')
+  end
+  if i < 1 or i > self.width then
+    fail(self.trace, ('col: column %s of a [B, %d] node'):format(tostring(i), self.width))
+  end
+  local made = new_node(self.trace, 'col', 1, { a = self, column = math.tointeger(i) })
+  return made
+end
+
+local fields = { trace = true, column = true, op = true, width = true, id = true, a = true, b = true, c = true,
                  list = true, layer = true, freqs = true, embed = true, scale = true }
 Node.__index = function(n, k)
   if methods[k] then return methods[k] end
@@ -285,6 +305,7 @@ local function text_of(tr, out)
     elseif op == 'add' or op == 'sub' or op == 'mul' then s = ('node %s %d %d'):format(op, n.a.id, n.b.id)
     elseif op == 'addc' or op == 'mulc' or op == 'rsubc' or op == 'divc' then
       s = ('node %s %d %s'):format(op, n.a.id, num(n.c))
+    elseif op == 'col' then s = ('node col %d %d'):format(n.a.id, n.column)
     elseif op == 'fourier' then
       if n.freqs then
         local ws = {}
