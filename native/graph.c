@@ -136,7 +136,7 @@ static int op_of(const char *w)
 /* a node reference A (1-based, before node `self`) */
 static int get_ref(rdr *r, int self, int *a)
 {
-  long long v;
+  long long v = 0;
   int st = get_int(r, "an input node", 1, DF_GRAPH_MAXNODES, &v);
   if (st) return st;
   if (v >= self + 1) return bad(r, "node %d refers to node %lld, which comes later", self + 1, v);
@@ -148,7 +148,7 @@ static int get_ref(rdr *r, int self, int *a)
 static int parse_node(rdr *r, df_graph *g, int i, int op, int *cat_cap, int *next_layer)
 {
   df_gnode *n = &g->nodes[i];
-  long long v;
+  long long v = 0;
   double c;
   int st;
   n->op = op;
@@ -399,7 +399,7 @@ static char *canonical(const df_graph *g)
 static int parse(rdr *r, const char *text, df_graph *g)
 {
   int node_cap = 0, layer_cap = 0, cat_cap = 0, next_layer = 0, st, have_dim = 0, done = 0;
-  long long v;
+  long long v = 0;
   char w[32];
   const char *line = text;
   g->out = -1;

@@ -929,33 +929,81 @@ int df_group_heat(df_tensor *logk, df_tensor *score, df_tensor *div, const df_gr
   return eval_points(logk, score, div, G, NULL, theta, w, w0, form);
 }
 
-/* one heat-kernel draw at width w: from Haar with K / K(identity) (K is largest there), or from a
-   wrapped Gaussian of width s = w sqrt(1 + 2m / (N - 1)) with the bound below, whichever
-   accepts more; f = K h is the wrap of F(x) = kappa L(x) D(x) e^{-|x|^2 / 2 w^2} and
-   |L D| <= L^2, so f / Q <= kappa a^-m V*, a = 1/(2w^2) - 1/(2s^2), V* = sup L(y)^2 e^{-|y|^2}
-   (at the zeros of the Hermite polynomial H_N: 2/e for N = 2, 13.5 e^-3 for N = 3) */
+/* complex numbers as (re, im) pairs (SU(3) matrices as real and imaginary parts, row-major) */
+typedef struct cx { double re, im; } cx;
+
+static cx cx_mul(cx a, cx b) { cx r = { a.re * b.re - a.im * b.im, a.re * b.im + a.im * b.re }; return r; }
+static cx cx_add(cx a, cx b) { cx r = { a.re + b.re, a.im + b.im }; return r; }
+static cx cx_sub(cx a, cx b) { cx r = { a.re - b.re, a.im - b.im }; return r; }
+static cx cx_conj(cx a) { cx r = { a.re, -a.im }; return r; }
+static cx cx_expi(double x) { cx r = { cos(x), sin(x) }; return r; }
+static double cx_abs(cx a) { return hypot(a.re, a.im); }
+static double cx_re_div(cx a, cx b) /* Re(a / b) */
+{
+  return (a.re * b.re + a.im * b.im) / (b.re * b.re + b.im * b.im);
+}
+
+/* one heat-kernel draw at width w: from Haar with K / K(identity) (K is largest there), or from
+   the eigenvalues of a Gaussian in the Lie algebra (traceless Hermitian, coefficients N(0, w^2)
+   on an orthonormal basis: density Q ∝ L(x)^2 e^{-|x|^2 / 2 w^2}, L = prod x_ij), wrapped,
+   whichever accepts more. f = K h is the wrap of F(x) = kappa L(x) D e^{-|x|^2 / 2 w^2} and
+   |D| <= |L| (|2 sin(u/2)| <= |u|), so a draw is kept with probability sum_n L_n D e_n / sum_n
+   L_n^2 e_n over the shifts; the rate is 1 / (kappa I(w)), I(w) = the integral of L^2 e^{..} over
+   the plane, Mehta's: w^(N^2 - 1) (2 pi)^((N-1)/2) prod_{j<=N} j! / sqrt N (1 as w -> 0) */
 typedef struct heat_plan {
   int gauss;
-  double w, s, logk0, logbound; /* logbound: log(a^-m V*) */
+  double w, logk0;
 } heat_plan;
 
 static void heat_plan_make(const df_group *G, double w, heat_plan *p)
 {
-  const int n = G->n, m = n * (n - 1) / 2;
+  const int n = G->n;
   double id[DF_GROUP_MAXN] = { 0 };
   df_group_heat_row(G, id, w, DF_FORM_AUTO, &p->logk0, NULL, NULL);
-  const double fact = n == 2 ? 2.0 : 6.0, jmax = n == 2 ? 4.0 : 27.0;
+  const double fact = n == 2 ? 2.0 : 6.0, jmax = n == 2 ? 4.0 : 27.0, prodfact = n == 2 ? 2.0 : 12.0;
   const double acc_haar = fact / jmax * exp(-p->logk0);
-  const double r = 1.0 + 2.0 * m / (n - 1.0), s = w * sqrt(r);
-  const double a = 0.5 / (w * w) - 0.5 / (s * s), vstar = n == 2 ? 2.0 * exp(-1.0) : 13.5 * exp(-3.0);
-  p->logbound = -m * log(a) + log(vstar);
-  /* 1 / M' = 1 / (Z_Q kappa a^-m V*): Z_Q = (2 pi s^2)^((N-1)/2) / sqrt(N), kappa = c / (N! (2 pi)^(N-1)) */
-  const double logzq = 0.5 * (n - 1) * log(TWO_PI * s * s) - 0.5 * log((double)n);
+  const double logi = (n * n - 1.0) * log(w) + 0.5 * (n - 1) * log(TWO_PI) + log(prodfact) - 0.5 * log((double)n);
   const double logkappa = log_cw(G, w) - log(fact) - (n - 1) * log(TWO_PI);
-  const double acc_gauss = exp(-(logzq + logkappa + p->logbound));
-  p->gauss = acc_gauss > acc_haar;
+  p->gauss = exp(-(logi + logkappa)) > acc_haar;
   p->w = w;
-  p->s = s;
+}
+
+/* the eigenvalues of a traceless Hermitian N x N (N = 2, 3) with N(0, w^2) coefficients on an
+   orthonormal basis (Tr AB): N = 2, +-|c| / sqrt 2; N = 3, the roots of l^3 - (Tr A^2 / 2) l -
+   det A by Viete's cosines */
+static void algebra_gaussian_eigs(int n, double w, rowrng *g, double *x)
+{
+  if (n == 2) {
+    double c2 = 0.0;
+    for (int i = 0; i < 3; i++) {
+      const double c = w * rng_n(g);
+      c2 += c * c;
+    }
+    x[0] = sqrt(0.5 * c2);
+    x[1] = -x[0];
+    return;
+  }
+  const double r2 = 0.70710678118654752440, r6 = 0.40824829046386301637;
+  const double c1 = w * rng_n(g), c2 = w * rng_n(g);
+  const double d0 = c1 * r2 + c2 * r6, d1 = -c1 * r2 + c2 * r6, d2 = -2.0 * c2 * r6;
+  cx o01 = { w * rng_n(g) * r2, w * rng_n(g) * r2 }, o02 = { w * rng_n(g) * r2, w * rng_n(g) * r2 };
+  cx o12 = { w * rng_n(g) * r2, w * rng_n(g) * r2 };
+  const double m01 = o01.re * o01.re + o01.im * o01.im, m02 = o02.re * o02.re + o02.im * o02.im;
+  const double m12 = o12.re * o12.re + o12.im * o12.im;
+  const double tr2 = d0 * d0 + d1 * d1 + d2 * d2 + 2.0 * (m01 + m02 + m12);
+  /* det = d0 d1 d2 + 2 Re(o01 o12 conj(o02)) - d0 |o12|^2 - d1 |o02|^2 - d2 |o01|^2 */
+  const double det = d0 * d1 * d2 + 2.0 * cx_mul(cx_mul(o01, o12), cx_conj(o02)).re - d0 * m12 - d1 * m02 - d2 * m01;
+  const double p = -0.5 * tr2, q = -det;
+  if (!(p < -1e-300)) {
+    x[0] = x[1] = x[2] = 0.0;
+    return;
+  }
+  const double m = 2.0 * sqrt(-p / 3.0);
+  double c = 3.0 * q / (p * m);
+  c = c > 1.0 ? 1.0 : c < -1.0 ? -1.0 : c;
+  const double a0 = acos(c) / 3.0;
+  for (int k = 0; k < 3; k++) x[k] = m * cos(a0 - k * (TWO_PI / 3.0));
+  x[2] = -(x[0] + x[1]); /* (the sum exactly 0) */
 }
 
 static void heat_row_draw(const df_group *G, const heat_plan *p, rowrng *g, double *th)
@@ -970,22 +1018,18 @@ static void heat_row_draw(const df_group *G, const heat_plan *p, rowrng *g, doub
     }
   }
   for (;;) {
-    double z[DF_GROUP_MAXN];
-    for (int i = 0; i < n; i++) z[i] = p->s * rng_n(g);
-    project(n, z);
-    memcpy(th, z, (size_t)n * sizeof(double));
+    algebra_gaussian_eigs(n, p->w, g, th);
     df_group_canon_row(G, th);
-    /* f / kappa = sum over shifts of L(x) D e^{-|x|^2/2w^2}; Q = sum of e^{-|x|^2/2s^2} */
-    const int R = shift_radius(n, th, p->s);
+    const int R = shift_radius(n, th, p->w);
     int nv[2] = { 0, 0 };
     double x[DF_GROUP_MAXN], gL[DF_GROUP_MAXN], L, f = 0.0, q = 0.0, D = weyl_d(n, th);
     for (nv[0] = -R; nv[0] <= R; nv[0]++)
       for (nv[1] = n > 2 ? -R : 0; nv[1] <= (n > 2 ? R : 0); nv[1]++) {
-        double e = shift_terms(n, th, nv, p->w, x, &L, gL);
-        f += L * D * exp(e);
-        q += exp(e * (p->w * p->w) / (p->s * p->s));
+        const double e = exp(shift_terms(n, th, nv, p->w, x, &L, gL));
+        f += L * D * e;
+        q += L * L * e;
       }
-    if (rng_u(g) * exp(p->logbound) * q <= f) return;
+    if (rng_u(g) * q <= f) return;
   }
 }
 
@@ -1298,6 +1342,140 @@ int df_group_reverse_sde(df_tensor *x, const df_group_score *gs, const double *t
 
 /* ---- denoising pairs with group noise -------------------------------------------------------- */
 
+/* the eigenangles of U in SU(3) from tau = Tr U alone: lambda = e^{i theta} solves
+   lambda^3 - tau lambda^2 + conj(tau) lambda - 1 = 0, i.e. f(theta) = Im(u^3 - tau u) = 0 with
+   u = e^{i theta / 2}. With theta = phi + 2 atan(y), f / cos^3 is a real cubic in y with three real
+   roots; of phi in {0, +-2 pi / 3} the one with the largest leading coefficient keeps every root
+   finite (no two eigenvalues sit at opposite points to all three choices: the angles sum to 0) */
+static void su3_eigenangles(cx tau, double *th)
+{
+  double best[4] = { 0 }, phi = 0.0;
+  for (int k = -1; k <= 1; k++) {
+    const double ph = k * (TWO_PI / 3.0);
+    const cx P = cx_expi(1.5 * ph), Q = cx_mul(tau, cx_expi(0.5 * ph));
+    const double a[4] = { P.im - Q.im, 3.0 * P.re - Q.re, -(3.0 * P.im + Q.im), -(P.re + Q.re) };
+    if (k == -1 || fabs(a[3]) > fabs(best[3])) {
+      memcpy(best, a, sizeof best);
+      phi = ph;
+    }
+  }
+  const double b2 = best[2] / best[3], b1 = best[1] / best[3], b0 = best[0] / best[3];
+  /* y = z - b2/3: z^3 + p z + q = 0, three real roots (p <= 0), Viete's cosines */
+  const double p = b1 - b2 * b2 / 3.0, q = 2.0 * b2 * b2 * b2 / 27.0 - b2 * b1 / 3.0 + b0;
+  double y[3];
+  if (p > -1e-300) {
+    y[0] = y[1] = y[2] = cbrt(-q) - b2 / 3.0;
+  } else {
+    const double m = 2.0 * sqrt(-p / 3.0);
+    double c = 3.0 * q / (p * m);
+    c = c > 1.0 ? 1.0 : c < -1.0 ? -1.0 : c;
+    const double a0 = acos(c) / 3.0;
+    for (int k = 0; k < 3; k++) y[k] = m * cos(a0 - k * (TWO_PI / 3.0)) - b2 / 3.0;
+  }
+  for (int k = 0; k < 3; k++) {
+    for (int it = 0; it < 2; it++) { /* Newton, kept only where it helps (not at double roots) */
+      const double f = ((y[k] + b2) * y[k] + b1) * y[k] + b0, d = (3.0 * y[k] + 2.0 * b2) * y[k] + b1;
+      if (!(fabs(d) > 1e-12)) break;
+      const double yn = y[k] - f / d, fn = ((yn + b2) * yn + b1) * yn + b0;
+      if (!(fabs(fn) < fabs(f))) break;
+      y[k] = yn;
+    }
+    th[k] = phi + 2.0 * atan(y[k]);
+  }
+}
+
+/* a 3x3 unitary from complex Gaussian columns by Gram-Schmidt: Haar up to the columns' phases,
+   which V diag(.) V^dagger does not see */
+static void su3_haar_vectors(rowrng *g, cx V[3][3])
+{
+  for (int c = 0; c < 3; c++) {
+    double nn;
+    do {
+      for (int r = 0; r < 3; r++) {
+        V[r][c].re = rng_n(g);
+        V[r][c].im = rng_n(g);
+      }
+      for (int j = 0; j < c; j++) { /* minus <v_j, v_c> v_j */
+        cx d = { 0.0, 0.0 };
+        for (int r = 0; r < 3; r++) d = cx_add(d, cx_mul(cx_conj(V[r][j]), V[r][c]));
+        for (int r = 0; r < 3; r++) V[r][c] = cx_sub(V[r][c], cx_mul(d, V[r][j]));
+      }
+      nn = 0.0;
+      for (int r = 0; r < 3; r++) nn += V[r][c].re * V[r][c].re + V[r][c].im * V[r][c].im;
+    } while (!(nn > 1e-20));
+    nn = 1.0 / sqrt(nn);
+    for (int r = 0; r < 3; r++) {
+      V[r][c].re *= nn;
+      V[r][c].im *= nn;
+    }
+  }
+}
+
+/* SU(3): U_t = V diag(e^{i xs}) V^dagger diag(e^{i theta_0}); the target on U_t's eigenvector k is
+   <p_k| M |p_k> = Tr(Pi_k M), M = V diag(s(xs)) V^dagger, with Sylvester's projector
+   Pi_k = (U - l_i)(U - l_j) / ((l_k - l_i)(l_k - l_j)): so Re[(Tr U^2 M - (l_i + l_j) Tr U M
+   + l_i l_j Tr M) / ((l_k - l_i)(l_k - l_j))], three traces for all k. Eigenvalues closer than
+   1e-7 share their pair's trace Tr M - target_k equally (the projector of the pair is what is
+   defined there, and the conditional mean of the two is the same by the Weyl symmetry). */
+static void su3_pair(const double *x0, const double *xs, const double *sc, rowrng *g, double *xt,
+                     double *target)
+{
+  cx V[3][3], U[3][3], U2[3][3], M[3][3];
+  su3_haar_vectors(g, V);
+  cx e[3];
+  for (int k = 0; k < 3; k++) e[k] = cx_expi(xs[k]);
+  for (int a = 0; a < 3; a++)
+    for (int b = 0; b < 3; b++) {
+      cx u = { 0.0, 0.0 }, m = { 0.0, 0.0 };
+      for (int k = 0; k < 3; k++) {
+        const cx vv = cx_mul(V[a][k], cx_conj(V[b][k]));
+        u = cx_add(u, cx_mul(e[k], vv));
+        m.re += sc[k] * vv.re;
+        m.im += sc[k] * vv.im;
+      }
+      U[a][b] = cx_mul(u, cx_expi(x0[b]));
+      M[a][b] = m;
+    }
+  for (int a = 0; a < 3; a++)
+    for (int b = 0; b < 3; b++) {
+      cx s = { 0.0, 0.0 };
+      for (int k = 0; k < 3; k++) s = cx_add(s, cx_mul(U[a][k], U[k][b]));
+      U2[a][b] = s;
+    }
+  cx tau = { 0.0, 0.0 }, t1 = { 0.0, 0.0 }, t2 = { 0.0, 0.0 }, t0 = { 0.0, 0.0 };
+  for (int a = 0; a < 3; a++) {
+    tau = cx_add(tau, U[a][a]);
+    t0 = cx_add(t0, M[a][a]);
+    for (int b = 0; b < 3; b++) {
+      t1 = cx_add(t1, cx_mul(U[a][b], M[b][a]));
+      t2 = cx_add(t2, cx_mul(U2[a][b], M[b][a]));
+    }
+  }
+  double th[3];
+  su3_eigenangles(tau, th);
+  cx l[3];
+  for (int k = 0; k < 3; k++) l[k] = cx_expi(th[k]);
+  int near[3][3] = { { 0 } };
+  for (int i = 0; i < 3; i++)
+    for (int j = 0; j < 3; j++) near[i][j] = i != j && cx_abs(cx_sub(l[i], l[j])) < 1e-7;
+  int done[3] = { 0, 0, 0 };
+  for (int k = 0; k < 3; k++) {
+    const int i = (k + 1) % 3, j = (k + 2) % 3;
+    if (near[k][i] || near[k][j]) continue;
+    const cx num = cx_add(cx_sub(t2, cx_mul(cx_add(l[i], l[j]), t1)), cx_mul(cx_mul(l[i], l[j]), t0));
+    target[k] = cx_re_div(num, cx_mul(cx_sub(l[k], l[i]), cx_sub(l[k], l[j])));
+    done[k] = 1;
+  }
+  const int ndone = done[0] + done[1] + done[2];
+  if (ndone < 3) { /* a degenerate pair (ndone 1) or all three equal (ndone 0) */
+    double rest = t0.re;
+    for (int k = 0; k < 3; k++) rest -= done[k] ? target[k] : 0.0;
+    for (int k = 0; k < 3; k++)
+      if (!done[k]) target[k] = rest / (3 - ndone);
+  }
+  memcpy(xt, th, sizeof th);
+}
+
 /* Row r: U_t = exp(iA) U_0 with A's eigenangles xs drawn from the heat kernel at width sigma(t_r)
    and Haar eigenvectors; out_x = U_t's eigenangles, out_s = the noise's score diag(s(xs)) read
    on U_t's eigenbasis (the target of denoising score matching on the group). SU(2) in the
@@ -1322,6 +1500,19 @@ void df_group_dsm_pair_row(const df_group *G, const df_diffuser *D, const double
   heat_plan_make(G, w, &p);
   heat_row_draw(G, &p, &g, z); /* (x, -x) */
   df_group_heat_row(G, z, w, DF_FORM_AUTO, &lk, sc, NULL);
+  if (G->n == 3) {
+    su3_pair(x0, z, sc, &g, xt, target);
+    df_group_canon_row(G, xt); /* (wraps and fixes the sum; the order is kept) */
+    /* a uniformly random one of the 3! orderings (Fisher-Yates), angles and targets together */
+    for (int i = 2; i > 0; i--) {
+      int j = (int)(rng_u(&g) * (i + 1));
+      if (j > i) j = i;
+      double a = xt[i], b = target[i];
+      xt[i] = xt[j], target[i] = target[j];
+      xt[j] = a, target[j] = b;
+    }
+    return;
+  }
   double nv[3], nn = 0.0;
   do {
     nn = 0.0;
@@ -1354,8 +1545,6 @@ int df_group_dsm_pairs(df_tensor *out_x, df_tensor *out_s, const df_group *G, co
 {
   double *d = NULL;
   int st;
-  if (G->kind == DF_GROUP_SU && G->n != 2)
-    return df_fail(DF_EARG, "denoising pairs are implemented for U(1) and SU(2) (SU(3): not yet)");
   if ((st = df_group_check_points(G, x0)) || (st = df_need_live(t))) return st;
   const int64_t rows = x0->shape[0];
   const int n = G->n;

@@ -132,11 +132,11 @@ int df_group_score_sample(const df_group_score *gs, df_tensor *out, int64_t n, d
 
 struct df_net;
 struct df_adam;
+struct df_train_opts;
 /* steps of DSM with group noise on data [R, n]: batch rows drawn at random (all when batch = R),
-   t = tol + (1 - tol) U; losses [steps]; progress (optional) every `every` steps and at the end */
+   t = tol + (1 - tol) U, the loss under opts' weighting, the gradient clipped, Adam, the EMA
+   (nn.h's df_train_opts, as df_train); losses [steps]; progress every `every` steps and at the end */
 int df_group_train(struct df_net *n, struct df_adam *o, const df_group *G, const df_diffuser *D,
-                   const df_tensor *data, int64_t steps, int64_t batch, double tol, df_tensor *losses,
-                   int (*progress)(void *ctx, int64_t step, int64_t total, double loss), void *ctx,
-                   double every);
+                   const df_tensor *data, const struct df_train_opts *opts, df_tensor *losses);
 
 #endif

@@ -1,4 +1,4 @@
-/* group_train.c: denoising score matching with group noise (U(1), SU(2)): each step draws a
+/* group_train.c: denoising score matching with group noise (U(1), SU(2), SU(3)): each step draws a
  * batch of data rows and times, makes the pairs (theta_t, target) of group.c on the host, and
  * runs the net's forward, the loss sigma^2 |s_net - target|^2 under its output convention, the
  * backward and Adam natively. One native call for the whole loop; no Lua per step. */
@@ -11,14 +11,18 @@
 #include <string.h>
 
 int df_group_train(df_net *n, df_adam *o, const df_group *G, const df_diffuser *D,
-                   const df_tensor *data, int64_t steps, int64_t batch, double tol, df_tensor *losses,
-                   df_progress_fn progress, void *ctx, double every)
+                   const df_tensor *data, const df_train_opts *opts, df_tensor *losses)
 {
   int st;
   const int k = G->n;
+  const int64_t steps = opts->steps, batch = opts->batch;
+  const double tol = opts->tol, clip = opts->clip;
+  const int weighting = opts->weighting;
+  df_net *ema = opts->ema;
+  df_progress_fn progress = opts->progress;
+  void *ctx = opts->ctx;
+  double every = opts->every;
   if ((st = df_group_check_points(G, data))) return st;
-  if (G->kind == DF_GROUP_SU && k != 2)
-    return df_fail(DF_EARG, "training on SU(%d) is not implemented yet (U(1) and SU(2) are)", k);
   if (n->d.dim != k) return df_fail(DF_EARG, "the net's dim (%d) must be the group's %d eigenangles", n->d.dim, k);
   const int64_t rows = data->shape[0];
   if (rows < 1) return df_fail(DF_EARG, "data has no rows");
@@ -26,6 +30,12 @@ int df_group_train(df_net *n, df_adam *o, const df_group *G, const df_diffuser *
   if (steps < 0 || steps > DF_MAX_STEPS) return df_fail(DF_EARG, "steps must be from 0 to 2^53");
   if (!(tol > 0.0 && tol < 1.0)) return df_fail(DF_EARG, "tol must be in (0, 1) (got %g)", tol);
   if (!(every >= 1.0)) every = 50.0;
+  if (!(clip >= 0.0) || !(clip <= 3.4e38)) return df_fail(DF_EARG, "clip must be a positive number (got %g)", clip);
+  if ((st = df_check_weighting(weighting, n->output, tol))) return st;
+  if (ema && !(o->ema > 0.0 && o->ema < 1.0)) return df_fail(DF_EARG, "ema must be a decay in (0, 1) (got %g)", o->ema);
+  if (ema && ema->live && (ema->be != n->be || ema->dev != n->dev) && (st = df_net_to(ema, n->be, n->dev)))
+    return st;
+  if ((st = df_net_check_ema(n, ema))) return st;
   const int output = n->output;
   float *hd = (float *)malloc(sizeof(float) * (size_t)(rows * k));
   float *hx = (float *)malloc(sizeof(float) * (size_t)(batch * k)), *ht = (float *)malloc(sizeof(float) * (size_t)batch);
@@ -64,11 +74,14 @@ int df_group_train(df_net *n, df_adam *o, const df_group *G, const df_diffuser *
     df_tensor_release(&OUT);
     if ((st = df_net_forward(n, &OUT, &X, &T, 0.0, 1)) || (st = n->be->download(n->dev, hout, df_data(&OUT), batch * k)))
       break;
-    /* loss = mean over rows of sigma^2 |s - target|^2, s from the output convention */
+    /* loss = mean over rows of w sigma^2 |s - target|^2, s from the output convention, w the
+       weighting's lambda / sigma^2 (1: the seed's) */
     double loss = 0.0;
     const double inv = 1.0 / (double)batch;
     for (int64_t r = 0; r < batch; r++) {
       const double sig2 = df_diffuser_sigma2_host(D, tt[r]), sig = sqrt(sig2);
+      const double gr = df_diffuser_g_host(D, tt[r]);
+      const double wr = df_dsm_weight(weighting, (float)sig2, (float)(gr * gr));
       for (int j = 0; j < k; j++) {
         const double out = hout[r * k + j], y = tg[r * k + j];
         double e, g; /* e: sigma (s - target); g: d loss / d out */
@@ -76,18 +89,21 @@ int df_group_train(df_net *n, df_adam *o, const df_group *G, const df_diffuser *
         else if (output == DF_OUT_NOISE) { e = -out - sig * y; g = -2.0 * e; }
         else if (output == DF_OUT_DENOISER) { e = (out - xt[r * k + j]) / sig - sig * y; g = 2.0 * e / sig; }
         else { e = out - sig * y; g = 2.0 * e; } /* scaled: s = out / sigma */
-        loss += e * e * inv;
-        hout[r * k + j] = (float)(g * inv);
+        loss += wr * e * e * inv;
+        hout[r * k + j] = (float)(wr * g * inv);
       }
     }
     hl[s] = (float)loss;
     if ((st = n->be->upload(n->dev, df_data(&DO), hout, batch * k)) || (st = df_net_zero_grad(n)) ||
-        (st = df_net_backward(n, &DO)) || (st = df_adam_step(o, n)))
+        (st = df_net_backward(n, &DO)) || (clip > 0.0 && (st = df_net_clip_grads(n, clip))) ||
+        (st = df_adam_step(o, n)))
       break;
+    if (ema && (st = n->be->ema(n->dev, ema->params, n->params, n->d.nparams, (float)o->ema))) break;
     /* (every: steps between calls here) */
     if (progress && (s + 1 == steps || (s + 1) % (int64_t)every == 0) && (st = progress(ctx, s + 1, steps, loss)))
       break;
   }
+  if (ema) ema->cached_rows = -1; /* (its parameters moved) */
   if (!st) {
     int64_t shl[1] = { steps };
     if (!(st = df_tensor_alloc(losses, n->be, n->dev, 1, shl)) && steps > 0)

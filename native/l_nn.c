@@ -865,19 +865,29 @@ static int core_group_train(lua_State *L)
   if (!G) l_error(L, fname, "group must be a group (diffuse.group.su(2), ...)");
   df_diffuser *D = l_checkdiffuser(L, 4, fname, "diffuser");
   df_tensor *data = l_checktensor(L, 5, fname, "data");
-  int64_t steps = l_checkint(L, 6, fname, "steps");
+  df_train_opts to;
+  memset(&to, 0, sizeof to);
+  to.steps = l_checkint(L, 6, fname, "steps");
   int64_t rows = data->ndim > 0 ? data->shape[0] : 0;
-  int64_t batch = lua_isnil(L, 7) ? rows : l_checkint(L, 7, fname, "batch");
-  double tol = l_checknum(L, 8, fname, "tol");
+  to.batch = lua_isnil(L, 7) ? rows : l_checkint(L, 7, fname, "batch");
+  to.tol = l_checknum(L, 8, fname, "tol");
   lua_getiuservalue(L, 2, 1);
   if (lua_touserdata(L, -1) != (void *)n) l_error(L, fname, "the optimizer belongs to another network");
   lua_pop(L, 1);
+  static const char *const opts[] = { "weighting", "clip", NULL };
+  l_checkopts(L, 10, fname, opts);
+  to.weighting = opt_weighting(L, 10, fname);
+  to.clip = opt_num(L, 10, "clip", 0.0, fname);
+  if (!(to.clip >= 0.0)) l_error(L, fname, "clip must be a positive number (got %g)", to.clip);
+  to.ema = optim_ema(L, 2);
   progress_ctx ctx = { L, 9, n, o, data, n->params, df_data(data), n->be, n->dev, rows };
   int has_fn = lua_isfunction(L, 9);
-  lua_settop(L, 9);
+  lua_settop(L, 10);
+  to.progress = has_fn ? progress_cb : NULL;
+  to.ctx = &ctx;
+  to.every = 50.0;
   df_tensor *losses = l_newtensor(L);
-  l_check(L, df_group_train(n, o, G, D, data, steps, batch, tol, losses, has_fn ? progress_cb : NULL, &ctx,
-                            50.0), fname);
+  l_check(L, df_group_train(n, o, G, D, data, &to, losses), fname);
   return 1;
 }
 

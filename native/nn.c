@@ -890,7 +890,7 @@ static int check_losses(const df_tensor *losses, int64_t from, int64_t to, float
 
 /* the global gradient norm clipped to at most clip, as torch.nn.utils.clip_grad_norm_:
    grads *= clip / (norm + 1e-6) when that is below 1 */
-static int clip_grads(df_net *n, double clip)
+int df_net_clip_grads(df_net *n, double clip)
 {
   double ss;
   int st = n->be->reduce_all(n->dev, DF_RSSD, n->grads, n->d.nparams, 0.0, &ss);
@@ -901,7 +901,7 @@ static int clip_grads(df_net *n, double clip)
 }
 
 /* an EMA net must mirror the trained one */
-static int check_ema(const df_net *n, const df_net *e)
+int df_net_check_ema(const df_net *n, const df_net *e)
 {
   if (!e) return DF_OK;
   if (!e->live) return df_fail(DF_ESTATE, "attempt to use a released EMA network");
@@ -931,7 +931,7 @@ int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
   if (ema && ema->live && (ema->be != n->be || ema->dev != n->dev) &&
       (st = df_net_to(ema, n->be, n->dev))) /* (the EMA follows its net, as Adam's state) */
     return st;
-  if ((st = check_ema(n, ema))) return st;
+  if ((st = df_net_check_ema(n, ema))) return st;
   if ((st = check_data(data, "data"))) return st;
   if (o->t > DF_MAX_STEPS - steps)
     return df_fail(DF_EARG, "the optimizer has taken %lld steps: %lld more would pass 2^53",
@@ -976,7 +976,7 @@ int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
             (st = n->be->dsm_step(n->dev, &n->d, n->params, n->fixed, n->grads, &job,
                                   df_data(losses) + j, n->ws)))
           return st;
-        if (opts->clip > 0.0 && (st = clip_grads(n, opts->clip))) return st;
+        if (opts->clip > 0.0 && (st = df_net_clip_grads(n, opts->clip))) return st;
         o->t++;
         df_adam_hp hp = adam_constants(o);
         if ((st = n->be->adam(n->dev, n->params, n->grads, o->m, o->v, o->n, &hp))) return st;
@@ -993,7 +993,7 @@ int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
       if ((st = opts->progress(opts->ctx, k, steps, (double)l))) return st;
       /* the progress function may have used the net (a forward of another size reallocates its
          workspace, and a failed allocation leaves none) */
-      if ((st = ensure_ws(n, batch)) || (st = check_ema(n, ema))) return st;
+      if ((st = ensure_ws(n, batch)) || (st = df_net_check_ema(n, ema))) return st;
       n->cached_rows = -1; /* (the steps reuse the workspace a forward there kept) */
       if (ema) ema->cached_rows = -1;
       last = wall();

@@ -124,6 +124,10 @@ typedef struct df_train_opts {
 } df_train_opts;
 int df_train(df_net *n, df_adam *o, const df_diffuser *D, const df_tensor *data,
              const df_train_opts *opts, df_tensor *losses);
+/* the gradient scaled to a global norm of at most clip (torch's clip_grad_norm_) */
+int df_net_clip_grads(df_net *n, double clip);
+/* DF_OK when e (NULL: none) can hold the EMA of n's weights */
+int df_net_check_ema(const df_net *n, const df_net *e);
 /* a copy of n (same description and device, the same parameters): an EMA's start */
 int df_net_clone(df_net *dst, const df_net *n);
 

@@ -36,6 +36,7 @@ local ARGS = {
   ['group_toys.lua'] = '--samples 256 --data 512 --steps 20 --bootstrap 20',
   ['circle.lua'] = '--steps 30 --data 512 --samples 256 --ode-steps 20',
   ['toy_su2.lua'] = '--steps 30 --data 512 --samples 256 --ode-steps 20 --bootstrap 20',
+  ['toy_su3.lua'] = '--steps 20 --batch 256 --data 512 --samples 128 --ode-steps 10 --bootstrap 20',
   ['tensor_tour.lua'] = false,   -- prints only; takes no options
 }
 

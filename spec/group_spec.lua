@@ -483,22 +483,75 @@ describe('toy targets and class-function scores', function()
       assert.is_true(math.abs(m1) < 5 * math.sqrt((v1 - m1 ^ 2) / n), a)
       assert.is_true(math.abs(m2) < 5 * math.sqrt((v2 - m2 ^ 2) / n), a)
     end
-    assert.has_error(function() SU3:dsm_pairs(tensor.zeros(4, 3), D, tensor.full({ 4 }, 0.5)) end,
-      'diffuse.group.dsm_pairs: denoising pairs are implemented for U(1) and SU(2) (SU(3): not yet)')
   end)
 
-  it('training with group noise: the net approaches the exact score (SU(2), U(1)), one native call', function()
+  it('denoising pairs on SU(3) (3x3 matrices): exact at the identity, the character moments, Stein-consistent #nosan', function()
+    local D = diffuse.power(3, 1)
+    diffuse.seed(31)
+    -- at the identity U_t = exp(iA): the kernel's score at theta_t
+    local xt, tg = SU3:dsm_pairs(tensor.zeros(4000, 3), D, tensor.full({ 4000 }, 0.5))
+    assert.is_true((tg - SU3:heat_score(xt, D:sigma(0.5))):abs():max() < 2e-6)
+    assert.is_true(tg:sum(2):abs():max() < 1e-6)
+    -- elsewhere: E[Tr U_t] = Tr U_0 exp(-C_F w^2) (the products of matrices), and the Stein identity
+    -- of the eigenangle density p h on the torus for v = J^2 phi e (e tangent, phi = cos theta_1):
+    -- E[J^2 (phi e.s + e.grad phi + 2 phi e.c)] = 0, c_i = sum_j cot(theta_ij / 2); 5 errors
+    local n = 20000
+    for _, x0 in ipairs{ { 2.5, -1.0, -1.5 }, { 2.0, 2.0, -4.0 } } do
+      local pts = {}
+      for r = 1, n do pts[r] = x0 end
+      local t = 0.4
+      local X = rows((SU3:dsm_pairs(tensor.new(pts), D, tensor.full({ n }, t))))
+      local f = math.exp(-4 / 3 * D:sigma(t) ^ 2)
+      local er, ei = 0, 0
+      for j = 1, 3 do er, ei = er + math.cos(x0[j]) * f, ei + math.sin(x0[j]) * f end
+      local re, im, vr, vi = 0, 0, 0, 0
+      for r = 1, n do
+        local a, b = 0, 0
+        for j = 1, 3 do a, b = a + math.cos(X[r][j]), b + math.sin(X[r][j]) end
+        re, im, vr, vi = re + a / n, im + b / n, vr + a * a / n, vi + b * b / n
+      end
+      assert.is_true(math.abs(re - er) < 5 * math.sqrt((vr - re ^ 2) / n), 're ' .. re .. ' ' .. er)
+      assert.is_true(math.abs(im - ei) < 5 * math.sqrt((vi - im ^ 2) / n), 'im ' .. im .. ' ' .. ei)
+      local x, s = SU3:dsm_pairs(tensor.new(pts), D, tensor.rand(n) * 0.8 + 0.2)
+      X = rows(x)
+      local S = rows(s)
+      for _, e in ipairs{ { 1, -1, 0 }, { 1, 1, -2 } } do
+        local m, v = 0, 0
+        for r = 1, n do
+          local th, sr = X[r], S[r]
+          local J2, c = 1, { 0, 0, 0 }
+          for i = 1, 3 do
+            for j = 1, 3 do
+              if i ~= j then
+                c[i] = c[i] + 1 / math.tan((th[i] - th[j]) / 2)
+                if i < j then J2 = J2 * (2 - 2 * math.cos(th[i] - th[j])) end
+              end
+            end
+          end
+          local phi = math.cos(th[1])
+          local es, ec = 0, 0
+          for i = 1, 3 do es, ec = es + e[i] * sr[i], ec + e[i] * c[i] end
+          local fr = J2 * (phi * es - e[1] * math.sin(th[1]) + 2 * phi * ec)
+          m, v = m + fr / n, v + fr * fr / n
+        end
+        assert.is_true(math.abs(m) < 5 * math.sqrt((v - m * m) / n), ('%s, e %s: %g'):format(table.concat(x0, ' '), table.concat(e, ' '), m))
+      end
+    end
+  end)
+
+  it('training with group noise: the net approaches the exact score (SU(2), U(1), SU(3)), one native call', function()
     local D = diffuse.power(3, 1)
     local nn = diffuse.nn
-    for _, case in ipairs { { SU2, { 0.17, -0.65, 1.22 }, 1 }, { U1, { 1 }, 2 } } do
+    for _, case in ipairs { { SU2, { 0.17, -0.65, 1.22 }, 1 }, { U1, { 1 }, 2 }, { SU3, { 0.17, -0.65, 1.22 }, 9 } } do
       local G = case[1]
       local T = diffuse.group.toy_action { group = G, beta = case[3], coeffs = case[2] }
       diffuse.seed(37)
       local data = T:sample(4096)
-      local l1, l2 = nn.linear(32), nn.linear(1)
+      local l1, l2 = nn.linear(32), nn.linear(G.n == 3 and 3 or 1)
       local net = nn.net { dim = G.n, output = 'score', forward = function(x, t)
         local h = nn.cat { x:sin(), x:cos(), nn.fourier(t, { frequencies = { 0.5, 1, 2, 4, 8 } }) }
         local o = l2(l1(h):silu())
+        if G.n == 3 then return o - o:mean() end -- (tangent)
         return G.n == 2 and o * x:sin() or o
       end }
       local exact = diffuse.score.class_function(G, D, T)
@@ -517,12 +570,31 @@ describe('toy targets and class-function scores', function()
       local after = err(diffuse.score.net(net, D), 0.6)
       assert.is_true(after < 0.5 * before, ('%s: %g -> %g'):format(G.name, before, after))
     end
-    local net3 = diffuse.nn.mlp { dim = 3 }
-    assert.has_error(function() diffuse.train { net = net3, diffuser = D, data = SU3:haar(16), group = SU3, steps = 1 } end,
-      'diffuse.train: training on SU(3) is not implemented yet (U(1) and SU(2) are)')
     assert.has_error(function() diffuse.train { net = diffuse.nn.mlp { dim = 1 }, diffuser = D, data = SU2:haar(16), group = SU2, steps = 1 } end,
       "diffuse.train: the net's dim (1) must be the group's 2 eigenangles")
-    assert.has_error(function() diffuse.train { net = diffuse.nn.mlp { dim = 2 }, diffuser = D, data = SU2:haar(16), group = SU2, steps = 1, ema = 0.9 } end,
-      'diffuse.train: ema is not available with group = G yet')
+    -- the training options: an EMA (one step: d p0 + (1 - d) p1), gradient clipping (a tiny norm
+    -- leaves Adam's first step at about clip / eps of its size), the weightings
+    local net = diffuse.nn.mlp { dim = 2, hidden = { 8 } }
+    local p0 = net:parameters():totable()
+    local _, _, ema = diffuse.train { net = net, diffuser = D, data = SU2:haar(64), group = SU2, steps = 1, lr = 1e-2, ema = 0.9 }
+    local p1, pe = net:parameters():totable(), ema:parameters():totable()
+    local moved = 0
+    for i = 1, #p0 do
+      assert.near(0.9 * p0[i] + 0.1 * p1[i], pe[i], 1e-7 * (1 + math.abs(p0[i])))
+      moved = math.max(moved, math.abs(p1[i] - p0[i]))
+    end
+    assert.is_true(moved > 5e-3)
+    local c0 = net:parameters():totable()
+    diffuse.train { net = net, diffuser = D, data = SU2:haar(64), group = SU2, steps = 1, lr = 1e-2, clip = 1e-14,
+                    optimizer = diffuse.optim.adam(net, { lr = 1e-2 }) }
+    local c1, cm = net:parameters():totable(), 0
+    for i = 1, #c0 do cm = math.max(cm, math.abs(c1[i] - c0[i])) end
+    assert.is_true(cm < 1e-4, cm)
+    for _, wt in ipairs { 'likelihood', 'none' } do
+      local l = diffuse.train { net = net, diffuser = D, data = SU2:haar(64), group = SU2, steps = 3, weighting = wt, tol = 1e-3 }
+      assert.equal(3, l:size(1))
+    end
+    assert.has_error(function() diffuse.train { net = net, diffuser = D, data = SU2:haar(16), group = SU2, steps = 1, weighting = 'l2' } end,
+      "diffuse.train: weighting must be 'sigma2', 'likelihood' or 'none' (got 'l2')")
   end)
 end)

@@ -140,12 +140,9 @@ function diffuse.train(o)
   end
   local ok, losses
   if o.group ~= nil then
-    -- denoising score matching with group noise (group_train.c); sigma^2 weighting only
-    for _, k in ipairs{ 'weighting', 'clip', 'ema' } do
-      if o[k] ~= nil then error(fname .. k .. ' is not available with group = G yet', 2) end
-    end
+    -- denoising score matching with group noise (group_train.c)
     ok, losses = pcall(core.group_train, o.net, opt, o.group, o.diffuser, o.data, steps, o.batch,
-                       o.tol or 1e-5, fn)
+                       o.tol or 1e-5, fn, { weighting = o.weighting, clip = o.clip })
   else
     ok, losses = pcall(core.train, o.net, opt, o.diffuser, o.data, steps, o.batch,
                        o.tol or 1e-5, fn, nil, { weighting = o.weighting, clip = o.clip })
