@@ -47,10 +47,8 @@ for _, case in ipairs{ { 'exact', exact }, { 'learned', learned } } do
   local x0, _, logq = s:run(x1, case[2], { logq = true })
   local secs = clock() - t0
   local logp = vm:log_density(x0)
-  local ess = metrics.ess(logp - logq)
-  local kl, kl_se = metrics.kl(logq, logp - vm:log_z())
-  local z, z_se = metrics.log_z(logp, logq)
-  md[#md + 1] = ('| %s | %.5f | %.5f ± %.5f | %.5f ± %.5f | %.2f |'):format(case[1], ess, kl, kl_se, z, z_se, secs)
+  local r = metrics.importance(logp, logq, { log_z = vm:log_z(), bootstrap = 0 })
+  md[#md + 1] = ('| %s | %.5f | %.5f ± %.5f | %.5f ± %.5f | %.2f |'):format(case[1], r.ess, r.kl, r.kl_se, r.log_z, r.log_z_se, secs)
   results[case[1]] = x0
 end
 print(('\nthe net trained in %.1f s (final loss %.4f)\n'):format(t_train, losses[losses:size(1)]))

@@ -37,17 +37,10 @@ local x1 = G:haar(opts.samples)
 local s = diffuse.sampler{ diffuser = D, steps = opts.steps, method = opts.method, group = G }
 local x0, _, logq = timed('sampling with log q', function() return s:run(x1, score, { logq = true }) end)
 local logp = target:log_density(x0)
-local lw = logp - logq
-local ess = metrics.ess(lw)
-local kl, kl_se = metrics.kl(logq, logp - target:log_z())
-local z, z_se = metrics.log_z(logp, logq)
-local _, ess_se, _, zb, zb_se
-timed('bootstrap', function()
-  _, ess_se = metrics.bootstrap(function(l) return (metrics.ess(l)) end, lw:totable(), { n = opts.bootstrap })
-  zb, zb_se = metrics.bootstrap(function(c) return (metrics.log_z(c[1], c[2])) end,
-                                { logp:totable(), logq:totable() }, { n = opts.bootstrap })
-end)
 local exact = target:log_z()
+local r = timed('bootstrap', function() return metrics.importance(logp, logq, { log_z = exact, bootstrap = opts.bootstrap }) end)
+local ess, ess_se, kl, kl_se, zb, zb_se = r.ess, r.ess_se, r.kl, r.kl_se, r.log_z, r.log_z_se
+local _, z_se = metrics.log_z(logp, logq)
 print(('\n%s, %s %d steps, %d samples: ESS/N = %.5f (bootstrap s.e. %.5f), KL(q || p) = %.5f ± %.5f'):format(
   G.name, opts.method, opts.steps, opts.samples, ess, ess_se, kl, kl_se))
 print(('log Z = %.5f ± %.5f (bootstrap; delta method %.5f) against the exact %.6f: %.2f bootstrap errors'):format(

@@ -86,13 +86,10 @@ for run = 0, opts.seeds - 1 do
   local x0, _, logq = s:run(G:haar(opts.samples), diffuse.score.net(net, D), { logq = true })
   local t_samp = clock() - t0
   local logp = target:log_density(x0)
-  local lw = logp - logq
-  local ess = metrics.ess(lw)
-  local kl, kl_se = metrics.kl(logq, logp - exact)
   t0 = clock()
-  local _, ess_se = metrics.bootstrap(function(l) return (metrics.ess(l)) end, lw:totable(), { n = opts.bootstrap })
-  local z, z_se = metrics.bootstrap(function(c) return (metrics.log_z(c[1], c[2])) end, { logp:totable(), logq:totable() }, { n = opts.bootstrap })
+  local r = metrics.importance(logp, logq, { log_z = exact, bootstrap = opts.bootstrap })
   local t_boot = clock() - t0
+  local ess, ess_se, kl, kl_se, z, z_se = r.ess, r.ess_se, r.kl, r.kl_se, r.log_z, r.log_z_se
   sum_ess = sum_ess + ess
   worst = math.max(worst, math.abs(z - exact) / z_se)
   md[#md + 1] = ('| %d | %.2f | %.1f | %.2f | %.2f | %.5f ± %.5f | %.5f ± %.5f | %.5f ± %.5f | %.2f |'):format(seed, t_data, t_train,

@@ -28,6 +28,32 @@ local function val(G, fn, th, w, o) return G[fn](G, tensor.new(th), w, o):totabl
 -- float32 results: relative tolerance a few ulp of the value, absolute for near-zero scores
 local function near(a, b, rel, abs) return math.abs(a - b) <= (rel or 3e-7) * math.abs(b) + (abs or 0) end
 
+-- the Kolmogorov-Smirnov statistic of SU(2) rows' |theta| (density 2 K h on [0, pi]) against the
+-- heat kernel at width w (its CDF by the trapezoid rule on 4000 intervals), its p-value, and the
+-- CDF's total mass
+local function su2_ks(x, w)
+  local n, th = #x, {}
+  for r = 1, n do th[r] = math.abs(x[r][1]) end
+  table.sort(th)
+  local m, grid = 4000, {}
+  for i = 0, m do local a = pi * i / m; grid[#grid + 1] = { a, -a } end
+  local G = tensor.new(grid)
+  local k, h = rows(SU2:heat_kernel(G, w)), rows(SU2:haar_log_density(G))
+  local cdf, acc = { 0 }, 0
+  for i = 2, m + 1 do
+    acc = acc + (k[i] * math.exp(h[i]) + k[i - 1] * math.exp(h[i - 1])) * pi / m -- 2 x trapezoid / 2
+    cdf[i] = acc
+  end
+  local d = 0
+  for r = 1, n do
+    local u = th[r] / pi * m
+    local i = math.floor(u)
+    local F = cdf[i + 1] + (cdf[math.min(i + 2, m + 1)] - cdf[i + 1]) * (u - i)
+    d = math.max(d, math.abs(F - r / n), math.abs(F - (r - 1) / n))
+  end
+  return d, metrics.kolmogorov_sf(d * math.sqrt(n)), acc
+end
+
 describe('diffuse.group', function()
   it('names its groups and checks N', function()
     assert.equal('SU(2)', SU2.name)
@@ -222,27 +248,9 @@ describe('diffuse.group', function()
         diffuse.seed(31)
         local n = 4000
         local x = rows(SU2:heat_sample(n, w))
-        local th = {}
-        for r = 1, n do th[r] = math.abs(x[r][1]) end -- |th| on [0, pi]: density 2 K h
-        table.sort(th)
-        local m, grid = 4000, {}
-        for i = 0, m do local a = pi * i / m; grid[#grid + 1] = { a, -a } end
-        local G = tensor.new(grid)
-        local k, h = rows(SU2:heat_kernel(G, w)), rows(SU2:haar_log_density(G))
-        local cdf, acc = { 0 }, 0
-        for i = 2, m + 1 do
-          acc = acc + (k[i] * math.exp(h[i]) + k[i - 1] * math.exp(h[i - 1])) * pi / m -- 2 x trapezoid / 2
-          cdf[i] = acc
-        end
-        local d = 0
-        for r = 1, n do
-          local u = th[r] / pi * m
-          local i = math.floor(u)
-          local F = cdf[i + 1] + (cdf[math.min(i + 2, m + 1)] - cdf[i + 1]) * (u - i)
-          d = math.max(d, math.abs(F - r / n), math.abs(F - (r - 1) / n))
-        end
-        assert.is_true(math.abs(acc - 1) < 1e-5)
-        assert.is_true(metrics.kolmogorov_sf(d * math.sqrt(n)) > 1e-3, ('w %g: D %g'):format(w, d))
+        local d, p, mass = su2_ks(x, w)
+        assert.is_true(math.abs(mass - 1) < 1e-5)
+        assert.is_true(p > 1e-3, ('w %g: D %g'):format(w, d))
       end
     end)
 
@@ -403,6 +411,10 @@ describe('toy targets and class-function scores', function()
         local m, se = trace_mean(x)
         local want = G.n * math.exp(-cf * D:sigma(t) ^ 2)
         assert.is_true(math.abs(m - want) < 4 * se, ('%s t %g: %g vs %g (se %g)'):format(G.name, t, m, want, se))
+        if G == SU2 then -- 1-D: the whole marginal, by KS
+          local d, p = su2_ks(x, D:sigma(t))
+          assert.is_true(p > 1e-3, ('ODE t %g: KS D %g, p %g'):format(t, d, p))
+        end
       end
     end
   end)
@@ -429,6 +441,10 @@ describe('toy targets and class-function scores', function()
         local m, se = trace_mean(x)
         local want = G.n * math.exp(-cf * D:sigma(t) ^ 2)
         assert.is_true(math.abs(m - want) < 4 * se, ('%s t %g: %g vs %g (se %g)'):format(G.name, t, m, want, se))
+        if G == SU2 then
+          local d, p = su2_ks(x, D:sigma(t))
+          assert.is_true(p > 1e-3, ('SDE t %g: KS D %g, p %g'):format(t, d, p))
+        end
       end
     end
   end)

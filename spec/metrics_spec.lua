@@ -270,3 +270,37 @@ describe('diffuse.metrics.wasserstein1 with a float32 CDF', function()
     assert.near(b, a, 1e-6)
   end)
 end)
+
+describe('diffuse.metrics.importance', function()
+  it('the diagnostics of q = N(0, 1) against p~ = 5 N(0.3, 1): ESS exp(-mu^2), KL mu^2 / 2, log Z log 5', function()
+    diffuse.seed(77)
+    local n, mu = 20000, 0.3
+    local x = tensor.randn(n):totable()
+    local lq, lp = {}, {}
+    for i = 1, n do
+      lq[i] = -0.5 * x[i] ^ 2 - 0.5 * math.log(2 * math.pi)
+      lp[i] = -0.5 * (x[i] - mu) ^ 2 - 0.5 * math.log(2 * math.pi) + math.log(5)
+    end
+    local r = metrics.importance(lp, lq, { log_z = math.log(5), bootstrap = 200 })
+    assert.are.equal(n, r.n)
+    near(math.exp(-mu * mu), r.ess, 5 * r.ess_se, 'ess')
+    near(math.log(5), r.log_z, 5 * r.log_z_se, 'log Z')
+    near(mu * mu / 2, r.kl, 5 * r.kl_se, 'kl')
+    near((r.log_z - math.log(5)) / r.log_z_se, r.errors, 1e-12, 'errors')
+    -- the same numbers as the pieces
+    local lw = {}
+    for i = 1, n do lw[i] = lp[i] - lq[i] end
+    assert.are.equal(metrics.ess(lw), r.ess)
+    assert.are.equal(select(2, metrics.bootstrap(function(l) return (metrics.ess(l)) end, lw, { n = 200 })), r.ess_se)
+    local z, zse = metrics.log_z(lp, lq)
+    assert.are.equal(z, r.log_z)
+    local d = metrics.importance(lp, lq, { bootstrap = 0 })
+    assert.are.equal(zse, d.log_z_se)
+    assert.is_nil(d.ess_se)
+    assert.is_nil(d.errors)
+    assert.has_error(function() metrics.importance(lp, lq, { bootstrap = 1 }) end,
+      'diffuse.metrics.importance: bootstrap must be 0 (none) or a whole number of resamples from 2 to 1e7 (got 1)')
+    assert.has_error(function() metrics.importance(lp, lq, { exact = 1 }) end, "diffuse.metrics.importance: unknown option 'exact'")
+    assert.has_error(function() metrics.importance(lp, { 1 }) end, 'diffuse.metrics.importance: logp has 20000 values, logq 1')
+  end)
+end)

@@ -774,4 +774,43 @@ function M.bootstrap(fn, data, opts)
   return est, sqrt(v / (n - 1)), reps
 end
 
+--- diffuse.metrics.importance(logp, logq [, {log_z = exact, bootstrap = 1000, seed = 0}]) --> a
+--- table: the importance-sampling diagnostics of samples of q against an unnormalised log p~ at
+--- them: n, ess (ESS / N) and ess_se, log_z and log_z_se (both errors by the bootstrap;
+--- bootstrap = 0: ess_se nil, log_z_se by the delta method), kl and kl_se (KL(q || p), p normalised
+--- by the exact log Z when given, else by the estimate), and with log_z given, errors: (estimate -
+--- exact) / log_z_se
+function M.importance(logp, logq, opts)
+  local fname = 'diffuse.metrics.importance'
+  local p, q = pair(logp, logq, fname, 'logp', 'logq')
+  opts = opts or {}
+  if type(opts) ~= 'table' then error(fname .. ': options must be a table', 2) end
+  for k in pairs(opts) do
+    if k ~= 'log_z' and k ~= 'bootstrap' and k ~= 'seed' then error(fname .. ": unknown option '" .. tostring(k) .. "'", 2) end
+  end
+  local exact, nb = opts.log_z, opts.bootstrap or 1000
+  if exact ~= nil and (type(exact) ~= 'number' or exact ~= exact or abs(exact) == huge) then
+    error(fname .. ': log_z must be a finite number (got ' .. tostring(exact) .. ')', 2)
+  end
+  if math.type(nb) ~= 'integer' or nb == 1 or nb < 0 or nb > 1e7 then
+    error(fname .. ': bootstrap must be 0 (none) or a whole number of resamples from 2 to 1e7 (got ' .. tostring(nb) .. ')', 2)
+  end
+  local lw = {}
+  for i = 1, #p do lw[i] = p[i] - q[i] end
+  local r = { n = #p }
+  r.ess = M.ess(lw)
+  r.log_z, r.log_z_se = M.log_z(p, q)
+  if nb > 0 then
+    local bo, est = { n = nb, seed = opts.seed }, nil
+    est, r.ess_se = M.bootstrap(function(l) return (M.ess(l)) end, lw, bo)
+    est, r.log_z_se = M.bootstrap(function(c) return (M.log_z(c[1], c[2])) end, { p, q }, bo)
+  end
+  local norm = exact or r.log_z
+  local pn = {}
+  for i = 1, #p do pn[i] = p[i] - norm end
+  r.kl, r.kl_se = M.kl(q, pn)
+  if exact then r.errors = (r.log_z - exact) / r.log_z_se end
+  return r
+end
+
 return M
