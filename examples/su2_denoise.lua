@@ -1,7 +1,7 @@
 -- examples/su2_denoise.lua: the heat kernel on SU(2) (and SU(3)) on eigenangles. Exact draws at
 -- t = 1 (power diffuser kappa 3, alpha 1: sigma(1) = sqrt 3) are carried back by the exact score
 -- of the kernel, with the probability-flow ODE (Heun) and with the reverse SDE (Euler-Maruyama with
--- the eigenangle drift of the group noise), then by a net trained on data at the identity with
+-- the group's own noise multiplied on as matrices), then by a net trained on data at the identity with
 -- group noise (denoising score matching; the toy notebook's net composed with nn.net) and the same
 -- ODE; at t = 0.75, 0.5, 0.25 their histograms of |theta| are drawn against the exact kernel's
 -- density 2 K h, and E[Tr U] against N exp(-C_F sigma^2).

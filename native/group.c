@@ -1289,11 +1289,16 @@ int df_group_score_sample(const df_group_score *gs, df_tensor *out, int64_t n, d
 
 /* ---- the reverse SDE on eigenangles -------------------------------------------------------- */
 
-/* Euler-Maruyama on the grid times[0] = 1 > ... > times[nt - 1], every row on its own stream
-   of normals: theta <- theta + (g^2 s + (g^2 / 2) P grad log J^2) dt + g sqrt(dt) P z, with g
-   at the step's start (the drift the group noise implies on eigenangles, groups.md); the last
-   step to t = 0 adds no noise if its score is singular there (the heat kernel): the drift is
-   taken at the step's start, where sigma > 0. x is [B, N], replaced by the canonical result. */
+/* Euler-Maruyama on the group on the grid times[0] > ... > times[nt - 1], every row on its own
+   streams: U <- exp(i g sqrt(dt) Z) exp(i g^2 s dt) U with g at the step's start, the noise a draw
+   of the group's Brownian motion (the heat kernel at width g sqrt(dt), Haar eigenvectors), so on
+   eigenangles the drift g^2 s plus whatever the noise implies (groups.md: (g^2 / 2) P grad log
+   J^2, singular where angles meet, which an eigenangle step would have to take explicitly). The
+   score is taken at the step's start, where sigma > 0. x is [B, N], replaced by the canonical
+   result. */
+static void group_noise_row(const df_group *G, const heat_plan *p, const double *x0, rowrng *g,
+                            int shuffle, double *xt, double *target); /* (with the pairs, below) */
+
 int df_group_reverse_sde(df_tensor *x, const df_group_score *gs, const double *times, int nt,
                          uint64_t seed, uint64_t stream)
 {
@@ -1314,6 +1319,20 @@ int df_group_reverse_sde(df_tensor *x, const df_group_score *gs, const double *t
   }
   const int64_t rows = x->shape[0];
   const int n = G->n, su = G->kind == DF_GROUP_SU;
+  /* each step: the drift g^2 s dt on eigenangles, then the group's own noise, a heat-kernel draw
+     at width g sqrt(dt) with Haar eigenvectors multiplied on as a matrix (group_noise_row): the
+     Dyson drift of the eigenangles comes with it, never evaluated, so nothing is singular where
+     angles meet */
+  heat_plan *plan = (heat_plan *)calloc((size_t)(nt > 1 ? nt - 1 : 1), sizeof(heat_plan));
+  if (!plan) {
+    free(d);
+    return df_fail(DF_ENOMEM, "out of memory");
+  }
+  for (int k = 0; k + 1 < nt; k++) {
+    const double gg = df_diffuser_g_host(&gs->diff, times[k]);
+    plan[k].w = gg * sqrt(times[k] - times[k + 1]);
+    if (su && plan[k].w > 0.0) heat_plan_make(G, plan[k].w, &plan[k]);
+  }
 #pragma omp parallel for schedule(static) if (rows > 64)
   for (int64_t r = 0; r < rows; r++) {
     rowrng g;
@@ -1323,18 +1342,18 @@ int df_group_reverse_sde(df_tensor *x, const df_group_score *gs, const double *t
       const double t = times[k], dt = t - times[k + 1];
       const double gg = df_diffuser_g_host(&gs->diff, t), g2 = gg * gg;
       const double w = sqrt(df_diffuser_sigma2_host(&gs->diff, t));
-      double s[DF_GROUP_MAXN], lk, z[DF_GROUP_MAXN], gd[DF_GROUP_MAXN] = { 0 }, logd, lapd, sign;
+      double s[DF_GROUP_MAXN], lk, y[DF_GROUP_MAXN];
       if (su) project(n, th);
       if (gs->cf) df_class_row(gs->cf, th, w, &lk, s, NULL);
       else df_group_heat_row(G, th, w, DF_FORM_AUTO, &lk, s, NULL);
-      if (su) denom(n, th, &logd, gd, &lapd, &sign); /* grad log J^2 = 2 grad log |D| */
-      for (int i = 0; i < n; i++) z[i] = rng_n(&g);
-      if (su) project(n, z);
-      const double sq = gg * sqrt(dt);
-      for (int i = 0; i < n; i++) th[i] += (g2 * s[i] + g2 * gd[i]) * dt + sq * z[i];
+      for (int i = 0; i < n; i++) y[i] = th[i] + g2 * s[i] * dt;
+      if (su) df_group_canon_row(G, y);
+      if (plan[k].w > 0.0) group_noise_row(G, &plan[k], y, &g, 0, th, NULL);
+      else memcpy(th, y, (size_t)n * sizeof(double));
     }
     df_group_canon_row(G, th);
   }
+  free(plan);
   st = upload_doubles(x, d, rows * n);
   free(d);
   return st;
@@ -1430,12 +1449,18 @@ static void su3_pair(const double *x0, const double *xs, const double *sc, rowrn
       for (int k = 0; k < 3; k++) {
         const cx vv = cx_mul(V[a][k], cx_conj(V[b][k]));
         u = cx_add(u, cx_mul(e[k], vv));
-        m.re += sc[k] * vv.re;
-        m.im += sc[k] * vv.im;
+        if (sc) {
+          m.re += sc[k] * vv.re;
+          m.im += sc[k] * vv.im;
+        }
       }
       U[a][b] = cx_mul(u, cx_expi(x0[b]));
       M[a][b] = m;
     }
+  if (!target) { /* the product's eigenangles alone (a step of group noise) */
+    su3_eigenangles(cx_add(cx_add(U[0][0], U[1][1]), U[2][2]), xt);
+    return;
+  }
   for (int a = 0; a < 3; a++)
     for (int b = 0; b < 3; b++) {
       cx s = { 0.0, 0.0 };
@@ -1476,40 +1501,43 @@ static void su3_pair(const double *x0, const double *xs, const double *sc, rowrn
   memcpy(xt, th, sizeof th);
 }
 
-/* Row r: U_t = exp(iA) U_0 with A's eigenangles xs drawn from the heat kernel at width sigma(t_r)
-   and Haar eigenvectors; out_x = U_t's eigenangles, out_s = the noise's score diag(s(xs)) read
-   on U_t's eigenbasis (the target of denoising score matching on the group). SU(2) in the
-   c I + i v.sigma form (unit quaternions): exp(iA) = cos x + i sin x n.sigma, n uniform on the
-   sphere; the product's eigenvector of e^{i theta_t} is m.sigma = +1 (m = v / |v|), and
-   <m+| n.sigma |m+> = n.m. U(1): theta_t = theta_0 + xs, the target the kernel's score at xs. */
-void df_group_dsm_pair_row(const df_group *G, const df_diffuser *D, const double *x0, double t,
-                           uint64_t seed, uint64_t stream, int64_t row, double *xt, double *target)
+/* U' = exp(iA) U_0 for U_0 = diag(e^{i x0}), A with eigenangles from the heat kernel at width w
+   (plan p) and Haar eigenvectors: a draw of the group's Brownian motion from U_0 over w^2 (the
+   reverse SDE's noise), and, with target, the noise's score read on U''s eigenbasis (the target of
+   denoising score matching). xt gets U''s eigenangles, canonical; shuffle: in a uniformly random
+   one of their N! orders (the Weyl images are equally likely), else in the order they come.
+   SU(2) in the c I + i v.sigma form (unit quaternions): exp(iA) = cos x + i sin x n.sigma, n
+   uniform on the sphere; the product's eigenvector of e^{i theta_t} is m.sigma = +1 (m = v / |v|),
+   and <m+| n.sigma |m+> = n.m. SU(3) as 3x3 matrices (su3_pair). U(1): theta_0 + xs. */
+static void group_noise_row(const df_group *G, const heat_plan *p, const double *x0, rowrng *g,
+                            int shuffle, double *xt, double *target)
 {
-  rowrng g;
-  rng_init(&g, seed, stream, row);
-  const double w = sqrt(df_diffuser_sigma2_host(D, t));
+  const double w = p->w;
   double z[DF_GROUP_MAXN] = { 0 }, sc[DF_GROUP_MAXN], lk;
   if (G->kind == DF_GROUP_U1) {
-    z[0] = wrap_angle(w * rng_n(&g));
-    df_group_heat_row(G, z, w, DF_FORM_AUTO, &lk, sc, NULL);
+    z[0] = wrap_angle(w * rng_n(g));
     xt[0] = wrap_angle(x0[0] + z[0]);
-    target[0] = sc[0];
+    if (target) {
+      df_group_heat_row(G, z, w, DF_FORM_AUTO, &lk, sc, NULL);
+      target[0] = sc[0];
+    }
     return;
   }
-  heat_plan p = { 0 };
-  heat_plan_make(G, w, &p);
-  heat_row_draw(G, &p, &g, z); /* (x, -x) */
-  df_group_heat_row(G, z, w, DF_FORM_AUTO, &lk, sc, NULL);
+  heat_row_draw(G, p, g, z);
+  if (target) df_group_heat_row(G, z, w, DF_FORM_AUTO, &lk, sc, NULL);
   if (G->n == 3) {
-    su3_pair(x0, z, sc, &g, xt, target);
+    su3_pair(x0, z, target ? sc : NULL, g, xt, target);
     df_group_canon_row(G, xt); /* (wraps and fixes the sum; the order is kept) */
-    /* a uniformly random one of the 3! orderings (Fisher-Yates), angles and targets together */
-    for (int i = 2; i > 0; i--) {
-      int j = (int)(rng_u(&g) * (i + 1));
+    if (!shuffle) return;
+    for (int i = 2; i > 0; i--) { /* Fisher-Yates, angles and targets together */
+      int j = (int)(rng_u(g) * (i + 1));
       if (j > i) j = i;
-      double a = xt[i], b = target[i];
-      xt[i] = xt[j], target[i] = target[j];
-      xt[j] = a, target[j] = b;
+      double a = xt[i];
+      xt[i] = xt[j], xt[j] = a;
+      if (target) {
+        a = target[i];
+        target[i] = target[j], target[j] = a;
+      }
     }
     return;
   }
@@ -1517,7 +1545,7 @@ void df_group_dsm_pair_row(const df_group *G, const df_diffuser *D, const double
   do {
     nn = 0.0;
     for (int i = 0; i < 3; i++) {
-      nv[i] = rng_n(&g);
+      nv[i] = rng_n(g);
       nn += nv[i] * nv[i];
     }
   } while (!(nn > 1e-20));
@@ -1530,14 +1558,27 @@ void df_group_dsm_pair_row(const df_group *G, const df_diffuser *D, const double
                         c1 * s2 + c2 * s1 * nv[2] };
   const double vn = sqrt(V[0] * V[0] + V[1] * V[1] + V[2] * V[2]);
   const double th = atan2(vn, C);
-  const double nm = vn > 0.0 ? (nv[0] * V[0] + nv[1] * V[1] + nv[2] * V[2]) / vn : 1.0;
-  /* the torus holds both orderings of the eigenvalues (Weyl images, equally likely): a random
-     one, or a net trained on these pairs would only ever see theta_1 >= 0 */
-  const double sw = rng_u(&g) < 0.5 ? 1.0 : -1.0;
+  /* without shuffle theta_1 stays the angle on e_z's side (U_0's order, for small noise) */
+  const double sw = shuffle ? (rng_u(g) < 0.5 ? 1.0 : -1.0) : (V[2] >= 0.0 ? 1.0 : -1.0);
   xt[0] = sw * th;
   xt[1] = -sw * th;
-  target[0] = sw * sc[0] * nm;
-  target[1] = -sw * sc[0] * nm;
+  if (target) {
+    const double nm = vn > 0.0 ? (nv[0] * V[0] + nv[1] * V[1] + nv[2] * V[2]) / vn : 1.0;
+    target[0] = sw * sc[0] * nm;
+    target[1] = -sw * sc[0] * nm;
+  }
+}
+
+/* row r of the denoising pairs at time t (streams as df_group_dsm_pairs) */
+void df_group_dsm_pair_row(const df_group *G, const df_diffuser *D, const double *x0, double t,
+                           uint64_t seed, uint64_t stream, int64_t row, double *xt, double *target)
+{
+  rowrng g;
+  rng_init(&g, seed, stream, row);
+  heat_plan p = { 0 };
+  p.w = sqrt(df_diffuser_sigma2_host(D, t));
+  if (G->kind == DF_GROUP_SU) heat_plan_make(G, p.w, &p);
+  group_noise_row(G, &p, x0, &g, 1, xt, target);
 }
 
 int df_group_dsm_pairs(df_tensor *out_x, df_tensor *out_s, const df_group *G, const df_diffuser *D,

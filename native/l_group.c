@@ -426,7 +426,7 @@ static int s_class_function(lua_State *L)
 }
 
 /* diffuse.group.reverse_sde(x, score, times): x (a copy) carried down the grid by the reverse
-   SDE on eigenangles; score a group score (heat or class_function) */
+   SDE on the group (eigenangles in and out); score a group score (heat or class_function) */
 static int g_reverse_sde(lua_State *L)
 {
   const char *fname = "diffuse.group.reverse_sde";

@@ -34,7 +34,7 @@ function GroupSampler:run(x1, score, opts)
     for k, v in pairs(opts) do o[k] = v end
   end
   if self.method == 'euler_maruyama' then
-    -- the reverse SDE with the eigenangle drift of the group noise (native, per row)
+    -- the reverse SDE with the group's own noise, as matrices (native, per row)
     for k in pairs(o) do
       if k ~= 'record' then error("diffuse.sampler.run: option '" .. tostring(k) .. "' is not available for the reverse SDE on a group", 2) end
     end
