@@ -10,6 +10,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* the score of row r's output under the convention (the loss's, below) summed over the angles,
+   against the sum of its sizes: more than 1e-4 of it (float32 roundings are 1e-7) is an error */
+static int check_tangent(const float *out, const float *x, const double *t, int64_t batch, int k,
+                         int output, const df_diffuser *D)
+{
+  for (int64_t r = 0; r < batch; r++) {
+    const double sig = sqrt(df_diffuser_sigma2_host(D, t[r]));
+    double sum = 0.0, size = 0.0;
+    for (int j = 0; j < k; j++) {
+      const double o = out[r * k + j];
+      const double sc = output == DF_OUT_SCORE ? o : output == DF_OUT_NOISE ? -o / sig
+                      : output == DF_OUT_DENOISER ? (o - x[r * k + j]) / (sig * sig) : o / sig;
+      sum += sc;
+      size += fabs(sc);
+    }
+    if (fabs(sum) > 1e-4 * size + 1e-30)
+      return df_fail(DF_EARG, "the net's score must be tangent on SU(%d) (rows summing to 0), but "
+                     "row %lld sums to %g of %g: end its forward with o - o:mean() (or, for SU(2), "
+                     "a [B, 1] factor times x:sin())", k, (long long)r + 1, sum, size);
+  }
+  return DF_OK;
+}
+
 int df_group_train(df_net *n, df_adam *o, const df_group *G, const df_diffuser *D,
                    const df_tensor *data, const df_train_opts *opts, df_tensor *losses)
 {
@@ -74,6 +97,10 @@ int df_group_train(df_net *n, df_adam *o, const df_group *G, const df_diffuser *
     df_tensor_release(&OUT);
     if ((st = df_net_forward(n, &OUT, &X, &T, 0.0, 1)) || (st = n->be->download(n->dev, hout, df_data(&OUT), batch * k)))
       break;
+    /* on SU(N) the score the net gives must be tangent (rows summing to 0): the first batch is
+       checked, since a net that is not would train on the tangent part only and push a sampler's
+       rows off the group (the common slip: an SU(3) head without o - o:mean()) */
+    if (s == 0 && G->kind == DF_GROUP_SU && (st = check_tangent(hout, hx, tt, batch, k, output, D))) break;
     /* loss = mean over rows of w sigma^2 |s - target|^2, s from the output convention, w the
        weighting's lambda / sigma^2 (1: the seed's) */
     double loss = 0.0;

@@ -590,7 +590,10 @@ describe('toy targets and class-function scores', function()
       "diffuse.train: the net's dim (1) must be the group's 2 eigenangles")
     -- the training options: an EMA (one step: d p0 + (1 - d) p1), gradient clipping (a tiny norm
     -- leaves Adam's first step at about clip / eps of its size), the weightings
-    local net = diffuse.nn.mlp { dim = 2, hidden = { 8 } }
+    local k1, k2 = nn.linear(8), nn.linear(1)
+    local net = nn.net { dim = 2, output = 'score', forward = function(x, t)
+      return k2(k1(nn.cat { x:sin(), x:cos(), t }):silu()) * x:sin()
+    end }
     local p0 = net:parameters():totable()
     local _, _, ema = diffuse.train { net = net, diffuser = D, data = SU2:haar(64), group = SU2, steps = 1, lr = 1e-2, ema = 0.9 }
     local p1, pe = net:parameters():totable(), ema:parameters():totable()
@@ -610,6 +613,10 @@ describe('toy targets and class-function scores', function()
       local l = diffuse.train { net = net, diffuser = D, data = SU2:haar(64), group = SU2, steps = 3, weighting = wt, tol = 1e-3 }
       assert.equal(3, l:size(1))
     end
+    -- a score that is not tangent is an error at the first batch (SU(N); U(1) has no constraint)
+    local flat = diffuse.nn.mlp { dim = 3, hidden = { 8 } }
+    assert.error_matches(function() diffuse.train { net = flat, diffuser = D, data = SU3:haar(16), group = SU3, steps = 1 } end,
+      "^diffuse.train: the net's score must be tangent on SU%(3%) %(rows summing to 0%), but row 1 sums to .*: end its forward with o %- o:mean%(%)")
     assert.has_error(function() diffuse.train { net = net, diffuser = D, data = SU2:haar(16), group = SU2, steps = 1, weighting = 'l2' } end,
       "diffuse.train: weighting must be 'sigma2', 'likelihood' or 'none' (got 'l2')")
   end)
