@@ -121,6 +121,10 @@ int df_group_train(df_net *n, df_adam *o, const df_group *G, const df_diffuser *
       }
     }
     hl[s] = (float)loss;
+    if (!isfinite(hl[s])) { /* (as df_train: the step that diverged, before Adam spreads it) */
+      st = df_fail(DF_EARG, "training diverged at step %lld: loss = %g", (long long)s + 1, (double)hl[s]);
+      break;
+    }
     if ((st = n->be->upload(n->dev, df_data(&DO), hout, batch * k)) || (st = df_net_zero_grad(n)) ||
         (st = df_net_backward(n, &DO)) || (clip > 0.0 && (st = df_net_clip_grads(n, clip))) ||
         (st = df_adam_step(o, n)))

@@ -613,6 +613,8 @@ describe('toy targets and class-function scores', function()
       local l = diffuse.train { net = net, diffuser = D, data = SU2:haar(64), group = SU2, steps = 3, weighting = wt, tol = 1e-3 }
       assert.equal(3, l:size(1))
     end
+    assert.error_matches(function() diffuse.train { net = net, diffuser = D, data = SU2:haar(64), group = SU2, steps = 20, lr = 1e30 } end,
+      '^diffuse.train: training diverged at step %d+: loss = ')
     -- a score that is not tangent is an error at the first batch (SU(N); U(1) has no constraint)
     local flat = diffuse.nn.mlp { dim = 3, hidden = { 8 } }
     assert.error_matches(function() diffuse.train { net = flat, diffuser = D, data = SU3:haar(16), group = SU3, steps = 1 } end,
