@@ -10,11 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* the score of row r's output under the convention (the loss's, below) summed over the angles,
-   against the sum of its sizes: more than 1e-4 of it (float32 roundings are 1e-7) is an error */
+/* the scores of the first batch (the loss's convention, below) summed over the angles, row by row,
+   against the sum of their sizes: a net that is not tangent misses on nearly every row by a sizable
+   fraction, a tangent one (o - o:mean()) only where float32 cancellation leaves a row small next
+   to the o it came from; so more than half the rows off by 1e-3 is the error */
 static int check_tangent(const float *out, const float *x, const double *t, int64_t batch, int k,
                          int output, const df_diffuser *D)
 {
+  int64_t off = 0, first = -1;
+  double fsum = 0.0, fsize = 0.0;
   for (int64_t r = 0; r < batch; r++) {
     const double sig = sqrt(df_diffuser_sigma2_host(D, t[r]));
     double sum = 0.0, size = 0.0;
@@ -25,11 +29,16 @@ static int check_tangent(const float *out, const float *x, const double *t, int6
       sum += sc;
       size += fabs(sc);
     }
-    if (fabs(sum) > 1e-4 * size + 1e-30)
-      return df_fail(DF_EARG, "the net's score must be tangent on SU(%d) (rows summing to 0), but "
-                     "row %lld sums to %g of %g: end its forward with o - o:mean() (or, for SU(2), "
-                     "a [B, 1] factor times x:sin())", k, (long long)r + 1, sum, size);
+    if (fabs(sum) > 1e-3 * size + 1e-30) {
+      if (first < 0) first = r, fsum = sum, fsize = size;
+      off++;
+    }
   }
+  if (2 * off > batch)
+    return df_fail(DF_EARG, "the net's score must be tangent on SU(%d) (rows summing to 0), but "
+                   "%lld of %lld rows are not (row %lld sums to %g of %g): end its forward with "
+                   "o - o:mean() (or, for SU(2), a [B, 1] factor times x:sin())", k, (long long)off,
+                   (long long)batch, (long long)first + 1, fsum, fsize);
   return DF_OK;
 }
 

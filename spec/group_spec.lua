@@ -618,7 +618,7 @@ describe('toy targets and class-function scores', function()
     -- a score that is not tangent is an error at the first batch (SU(N); U(1) has no constraint)
     local flat = diffuse.nn.mlp { dim = 3, hidden = { 8 } }
     assert.error_matches(function() diffuse.train { net = flat, diffuser = D, data = SU3:haar(16), group = SU3, steps = 1 } end,
-      "^diffuse.train: the net's score must be tangent on SU%(3%) %(rows summing to 0%), but row 1 sums to .*: end its forward with o %- o:mean%(%)")
+      "^diffuse.train: the net's score must be tangent on SU%(3%) %(rows summing to 0%), but 16 of 16 rows are not %(row 1 sums to .*%): end its forward with o %- o:mean%(%)")
     assert.has_error(function() diffuse.train { net = net, diffuser = D, data = SU2:haar(16), group = SU2, steps = 1, weighting = 'l2' } end,
       "diffuse.train: weighting must be 'sigma2', 'likelihood' or 'none' (got 'l2')")
   end)
