@@ -968,6 +968,21 @@ static void heat_plan_make(const df_group *G, double w, heat_plan *p)
   p->w = w;
 }
 
+/* the three real roots of z^3 + p z + q = 0 (p <= 0: a Hermitian matrix's, or a unitary's in the
+   tan(theta/2) variable) by Viete's cosines; p = 0 to rounding: the triple root cbrt(-q) */
+static void depressed_cubic_roots(double p, double q, double *z)
+{
+  if (!(p < -1e-300)) {
+    z[0] = z[1] = z[2] = cbrt(-q);
+    return;
+  }
+  const double m = 2.0 * sqrt(-p / 3.0);
+  double c = 3.0 * q / (p * m);
+  c = c > 1.0 ? 1.0 : c < -1.0 ? -1.0 : c;
+  const double a0 = acos(c) / 3.0;
+  for (int k = 0; k < 3; k++) z[k] = m * cos(a0 - k * (TWO_PI / 3.0));
+}
+
 /* the eigenvalues of a traceless Hermitian N x N (N = 2, 3) with N(0, w^2) coefficients on an
    orthonormal basis (Tr AB): N = 2, +-|c| / sqrt 2; N = 3, the roots of l^3 - (Tr A^2 / 2) l -
    det A by Viete's cosines */
@@ -993,16 +1008,7 @@ static void algebra_gaussian_eigs(int n, double w, rowrng *g, double *x)
   const double tr2 = d0 * d0 + d1 * d1 + d2 * d2 + 2.0 * (m01 + m02 + m12);
   /* det = d0 d1 d2 + 2 Re(o01 o12 conj(o02)) - d0 |o12|^2 - d1 |o02|^2 - d2 |o01|^2 */
   const double det = d0 * d1 * d2 + 2.0 * cx_mul(cx_mul(o01, o12), cx_conj(o02)).re - d0 * m12 - d1 * m02 - d2 * m01;
-  const double p = -0.5 * tr2, q = -det;
-  if (!(p < -1e-300)) {
-    x[0] = x[1] = x[2] = 0.0;
-    return;
-  }
-  const double m = 2.0 * sqrt(-p / 3.0);
-  double c = 3.0 * q / (p * m);
-  c = c > 1.0 ? 1.0 : c < -1.0 ? -1.0 : c;
-  const double a0 = acos(c) / 3.0;
-  for (int k = 0; k < 3; k++) x[k] = m * cos(a0 - k * (TWO_PI / 3.0));
+  depressed_cubic_roots(-0.5 * tr2, -det, x);
   x[2] = -(x[0] + x[1]); /* (the sum exactly 0) */
 }
 
@@ -1379,18 +1385,10 @@ static void su3_eigenangles(cx tau, double *th)
     }
   }
   const double b2 = best[2] / best[3], b1 = best[1] / best[3], b0 = best[0] / best[3];
-  /* y = z - b2/3: z^3 + p z + q = 0, three real roots (p <= 0), Viete's cosines */
-  const double p = b1 - b2 * b2 / 3.0, q = 2.0 * b2 * b2 * b2 / 27.0 - b2 * b1 / 3.0 + b0;
+  /* y = z - b2/3: z^3 + p z + q = 0 */
   double y[3];
-  if (p > -1e-300) {
-    y[0] = y[1] = y[2] = cbrt(-q) - b2 / 3.0;
-  } else {
-    const double m = 2.0 * sqrt(-p / 3.0);
-    double c = 3.0 * q / (p * m);
-    c = c > 1.0 ? 1.0 : c < -1.0 ? -1.0 : c;
-    const double a0 = acos(c) / 3.0;
-    for (int k = 0; k < 3; k++) y[k] = m * cos(a0 - k * (TWO_PI / 3.0)) - b2 / 3.0;
-  }
+  depressed_cubic_roots(b1 - b2 * b2 / 3.0, 2.0 * b2 * b2 * b2 / 27.0 - b2 * b1 / 3.0 + b0, y);
+  for (int k = 0; k < 3; k++) y[k] -= b2 / 3.0;
   for (int k = 0; k < 3; k++) {
     for (int it = 0; it < 2; it++) { /* Newton, kept only where it helps (not at double roots) */
       const double f = ((y[k] + b2) * y[k] + b1) * y[k] + b0, d = (3.0 * y[k] + 2.0 * b2) * y[k] + b1;

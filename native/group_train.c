@@ -10,22 +10,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* the scores of the first batch (the loss's convention, below) summed over the angles, row by row,
-   against the sum of their sizes: a net that is not tangent misses on nearly every row by a sizable
-   fraction, a tangent one (o - o:mean()) only where float32 cancellation leaves a row small next
-   to the o it came from; so more than half the rows off by 1e-3 is the error */
-static int check_tangent(const float *out, const float *x, const double *t, int64_t batch, int k,
-                         int output, const df_diffuser *D)
+/* the scores of the first batch summed over the angles, row by row, against the sum of their
+   sizes: a net that is not tangent misses on nearly every row by a sizable fraction, a tangent
+   one (o - o:mean()) only where float32 cancellation leaves a row small next to the o it came
+   from; so more than half the rows off by 1e-3 is the error. Every output convention's score is
+   (out - [x for a denoiser]) times a factor of the row's time, which the ratio does not see. */
+static int check_tangent(const float *out, const float *x, int64_t batch, int k, int output)
 {
   int64_t off = 0, first = -1;
   double fsum = 0.0, fsize = 0.0;
   for (int64_t r = 0; r < batch; r++) {
-    const double sig = sqrt(df_diffuser_sigma2_host(D, t[r]));
     double sum = 0.0, size = 0.0;
     for (int j = 0; j < k; j++) {
-      const double o = out[r * k + j];
-      const double sc = output == DF_OUT_SCORE ? o : output == DF_OUT_NOISE ? -o / sig
-                      : output == DF_OUT_DENOISER ? (o - x[r * k + j]) / (sig * sig) : o / sig;
+      const double sc = (double)out[r * k + j] - (output == DF_OUT_DENOISER ? (double)x[r * k + j] : 0.0);
       sum += sc;
       size += fabs(sc);
     }
@@ -109,7 +106,7 @@ int df_group_train(df_net *n, df_adam *o, const df_group *G, const df_diffuser *
     /* on SU(N) the score the net gives must be tangent (rows summing to 0): the first batch is
        checked, since a net that is not would train on the tangent part only and push a sampler's
        rows off the group (the common slip: an SU(3) head without o - o:mean()) */
-    if (s == 0 && G->kind == DF_GROUP_SU && (st = check_tangent(hout, hx, tt, batch, k, output, D))) break;
+    if (s == 0 && G->kind == DF_GROUP_SU && (st = check_tangent(hout, hx, batch, k, output))) break;
     /* loss = mean over rows of w sigma^2 |s - target|^2, s from the output convention, w the
        weighting's lambda / sigma^2 (1: the seed's) */
     double loss = 0.0;

@@ -27,6 +27,13 @@ static df_group *check_group(lua_State *L, int idx, const char *fname, const cha
   return G;
 }
 
+/* the seed and a fresh stream for one native draw (each call its own stream, as tensor.randn) */
+static void draw_streams(uint64_t *seed, uint64_t *stream)
+{
+  df_rng_state(seed, stream);
+  *stream = df_rng_next_stream();
+}
+
 static l_target *check_target(lua_State *L, int idx, const char *fname, const char *what)
 {
   l_target *T = (l_target *)luaL_testudata(L, idx, DF_TARGET_MT);
@@ -123,8 +130,7 @@ static int g_heat_sample(lua_State *L)
   double w0 = l_checknum(L, 3, fname, "w");
   if (!(w0 > 0.0) || !isfinite(w0)) l_error(L, fname, "w must be a finite width > 0 (got %g)", w0);
   uint64_t seed, stream;
-  df_rng_state(&seed, &stream);
-  stream = df_rng_next_stream();
+  draw_streams(&seed, &stream);
   df_tensor *out = l_newtensor(L);
   l_check(L, df_group_heat_sample(out, G, n, w0, seed, stream), fname);
   return 1;
@@ -136,8 +142,7 @@ static int g_haar(lua_State *L)
   df_group *G = check_group(L, 1, fname, "self");
   int64_t n = count_arg(L, 2, fname);
   uint64_t seed, stream;
-  df_rng_state(&seed, &stream);
-  stream = df_rng_next_stream();
+  draw_streams(&seed, &stream);
   df_tensor *out = l_newtensor(L);
   l_check(L, df_group_haar(out, G, n, seed, stream), fname);
   return 1;
@@ -186,8 +191,7 @@ static int g_dsm_pairs(lua_State *L)
   df_diffuser *D = l_checkdiffuser(L, 3, fname, "diffuser");
   df_tensor *t = l_checktensor(L, 4, fname, "t");
   uint64_t seed, stream;
-  df_rng_state(&seed, &stream);
-  stream = df_rng_next_stream();
+  draw_streams(&seed, &stream);
   df_tensor *xt = l_newtensor(L);
   df_tensor *st = l_newtensor(L);
   l_check(L, df_group_dsm_pairs(xt, st, G, D, x0, t, seed, stream), fname);
@@ -300,8 +304,7 @@ static int t_sample(lua_State *L)
   l_target *T = check_target(L, 1, fname, "self");
   int64_t n = count_arg(L, 2, fname);
   uint64_t seed, stream;
-  df_rng_state(&seed, &stream);
-  stream = df_rng_next_stream();
+  draw_streams(&seed, &stream);
   df_tensor *out = l_newtensor(L);
   l_check(L, df_action_sample(out, &T->G, T->beta, T->coef, T->ncoef, n, seed, stream), fname);
   return 1;
@@ -363,8 +366,7 @@ static int gs_log_density(void *owned, df_tensor *out, const df_tensor *x, const
 static int gs_sample(void *owned, df_tensor *out, int64_t n, double t0)
 {
   uint64_t seed, stream;
-  df_rng_state(&seed, &stream);
-  stream = df_rng_next_stream();
+  draw_streams(&seed, &stream);
   return df_group_score_sample((const df_group_score *)owned, out, n, t0, seed, stream);
 }
 
@@ -447,8 +449,7 @@ static int g_reverse_sde(lua_State *L)
   const df_group_score *gs = (const df_group_score *)s->owned;
   l_check(L, df_group_canonical(out, &gs->G, x), fname);
   uint64_t seed, stream;
-  df_rng_state(&seed, &stream);
-  stream = df_rng_next_stream();
+  draw_streams(&seed, &stream);
   l_check(L, df_group_reverse_sde(out, gs, tm, (int)nt, seed, stream), fname);
   return 1;
 }

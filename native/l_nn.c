@@ -813,9 +813,31 @@ static int progress_cb(void *ctx, int64_t step, int64_t total, double loss)
   return DF_OK;
 }
 
+/* what core.train and core.group_train share: steps, batch|nil (all rows) and tol from index
+   `at`, the {weighting, clip} table at index `opts`; the optimizer (index 2) must be the net's
+   (index 1), and its EMA, if it has one, is kept up to date */
+static void train_args(lua_State *L, const char *fname, int at, int opts, const df_net *n,
+                       const df_tensor *data, df_train_opts *to)
+{
+  static const char *const names[] = { "weighting", "clip", NULL };
+  memset(to, 0, sizeof *to);
+  to->steps = l_checkint(L, at, fname, "steps");
+  const int64_t rows = data->ndim > 0 ? data->shape[0] : 0;
+  to->batch = lua_isnil(L, at + 1) ? rows : l_checkint(L, at + 1, fname, "batch");
+  to->tol = l_checknum(L, at + 2, fname, "tol");
+  l_checkopts(L, opts, fname, names);
+  to->weighting = opt_weighting(L, opts, fname);
+  to->clip = opt_num(L, opts, "clip", 0.0, fname);
+  if (!(to->clip >= 0.0)) l_error(L, fname, "clip must be a positive number (got %g)", to->clip);
+  lua_getiuservalue(L, 2, 1);
+  if (lua_touserdata(L, -1) != (void *)n) l_error(L, fname, "the optimizer belongs to another network");
+  lua_pop(L, 1);
+  to->ema = optim_ema(L, 2);
+}
+
 /* core.train(net, optimizer, diffuser, data, steps, batch|nil, tol [, progress_fn, every
    [, {weighting = ..., clip = ...}]]) --> losses: the whole loop in one native call (diffuse.train
-   in init.lua wraps it); the optimizer's EMA, if it has one, is kept up to date */
+   in init.lua wraps it) */
 static int core_train(lua_State *L)
 {
   const char *fname = "diffuse.train";
@@ -823,29 +845,12 @@ static int core_train(lua_State *L)
   df_adam *o = check_optim(L, 2, fname, "optimizer");
   df_diffuser *D = l_checkdiffuser(L, 3, fname, "diffuser");
   df_tensor *data = l_checktensor(L, 4, fname, "data");
-  int64_t steps = l_checkint(L, 5, fname, "steps");
-  int64_t rows = data->ndim > 0 ? data->shape[0] : 0;
-  int64_t batch = lua_isnil(L, 6) ? rows /* all rows */ : l_checkint(L, 6, fname, "batch");
-  double tol = l_checknum(L, 7, fname, "tol"), every = l_optnum(L, 9, 0.1, fname, "every");
-  static const char *const opts[] = { "weighting", "clip", NULL };
-  l_checkopts(L, 10, fname, opts);
-  int weighting = opt_weighting(L, 10, fname);
-  double clip = opt_num(L, 10, "clip", 0.0, fname);
-  if (!(clip >= 0.0)) l_error(L, fname, "clip must be a positive number (got %g)", clip);
-  lua_getiuservalue(L, 2, 1);
-  if (lua_touserdata(L, -1) != (void *)n) l_error(L, fname, "the optimizer belongs to another network");
-  lua_pop(L, 1);
-  progress_ctx ctx = { L, 8, n, o, data, n->params, df_data(data), n->be, n->dev, rows };
+  df_train_opts to;
+  double every = l_optnum(L, 9, 0.1, fname, "every");
+  train_args(L, fname, 5, 10, n, data, &to);
+  progress_ctx ctx = { L, 8, n, o, data, n->params, df_data(data), n->be, n->dev, data->ndim > 0 ? data->shape[0] : 0 };
   int has_fn = lua_isfunction(L, 8);
   lua_settop(L, 10);
-  df_train_opts to;
-  memset(&to, 0, sizeof to);
-  to.steps = steps;
-  to.batch = batch;
-  to.tol = tol;
-  to.clip = clip;
-  to.weighting = weighting;
-  to.ema = optim_ema(L, 2);
   to.progress = has_fn ? progress_cb : NULL;
   to.ctx = &ctx;
   to.every = every;
@@ -854,8 +859,9 @@ static int core_train(lua_State *L)
   return 1;
 }
 
-/* core.group_train(net, optimizer, group, diffuser, data, steps, batch|nil, tol [, progress_fn])
-   --> losses: denoising score matching with group noise (group_train.c) */
+/* core.group_train(net, optimizer, group, diffuser, data, steps, batch|nil, tol [, progress_fn
+   [, {weighting = ..., clip = ...}]]) --> losses: denoising score matching with group noise
+   (group_train.c) */
 static int core_group_train(lua_State *L)
 {
   const char *fname = "diffuse.train";
@@ -866,26 +872,13 @@ static int core_group_train(lua_State *L)
   df_diffuser *D = l_checkdiffuser(L, 4, fname, "diffuser");
   df_tensor *data = l_checktensor(L, 5, fname, "data");
   df_train_opts to;
-  memset(&to, 0, sizeof to);
-  to.steps = l_checkint(L, 6, fname, "steps");
-  int64_t rows = data->ndim > 0 ? data->shape[0] : 0;
-  to.batch = lua_isnil(L, 7) ? rows : l_checkint(L, 7, fname, "batch");
-  to.tol = l_checknum(L, 8, fname, "tol");
-  lua_getiuservalue(L, 2, 1);
-  if (lua_touserdata(L, -1) != (void *)n) l_error(L, fname, "the optimizer belongs to another network");
-  lua_pop(L, 1);
-  static const char *const opts[] = { "weighting", "clip", NULL };
-  l_checkopts(L, 10, fname, opts);
-  to.weighting = opt_weighting(L, 10, fname);
-  to.clip = opt_num(L, 10, "clip", 0.0, fname);
-  if (!(to.clip >= 0.0)) l_error(L, fname, "clip must be a positive number (got %g)", to.clip);
-  to.ema = optim_ema(L, 2);
-  progress_ctx ctx = { L, 9, n, o, data, n->params, df_data(data), n->be, n->dev, rows };
+  train_args(L, fname, 6, 10, n, data, &to);
+  progress_ctx ctx = { L, 9, n, o, data, n->params, df_data(data), n->be, n->dev, data->ndim > 0 ? data->shape[0] : 0 };
   int has_fn = lua_isfunction(L, 9);
   lua_settop(L, 10);
   to.progress = has_fn ? progress_cb : NULL;
   to.ctx = &ctx;
-  to.every = 50.0;
+  to.every = 50.0; /* (steps between progress calls) */
   df_tensor *losses = l_newtensor(L);
   l_check(L, df_group_train(n, o, G, D, data, &to, losses), fname);
   return 1;

@@ -54,6 +54,18 @@ local function su2_ks(x, w)
   return d, metrics.kolmogorov_sf(d * math.sqrt(n)), acc
 end
 
+-- rows x carried by a sampler (what: its name) against the heat kernel at width w: E[Tr U] =
+-- N exp(-C_F w^2) within 4 standard errors, and for SU(2) (1-D) the whole marginal by KS
+local function assert_kernel_marginal(what, G, x, w)
+  local m, se = trace_mean(x)
+  local want = G.n * math.exp(-(G.n ^ 2 - 1) / (2 * G.n) * w ^ 2)
+  assert.is_true(math.abs(m - want) < 4 * se, ('%s %s w %g: %g vs %g (se %g)'):format(what, G.name, w, m, want, se))
+  if G == SU2 then
+    local d, p = su2_ks(x, w)
+    assert.is_true(p > 1e-3, ('%s w %g: KS D %g, p %g'):format(what, w, d, p))
+  end
+end
+
 describe('diffuse.group', function()
   it('names its groups and checks N', function()
     assert.equal('SU(2)', SU2.name)
@@ -398,7 +410,6 @@ describe('toy targets and class-function scores', function()
   it('the exact-score ODE from heat-kernel draws at t = 1 gives the kernel at t = 0.75, 0.5, 0.25 #nosan', function()
     local D = diffuse.power(3, 1)
     for _, G in ipairs { SU2, SU3 } do
-      local cf = (G.n ^ 2 - 1) / (2 * G.n)
       diffuse.seed(17)
       local n = 8000
       local x1 = G:heat_sample(n, D:sigma(1))
@@ -407,14 +418,7 @@ describe('toy targets and class-function scores', function()
         local grid = {}
         for k = 0, 100 do grid[#grid + 1] = 1 - (1 - t) * k / 100 end
         local s = diffuse.sampler { diffuser = D, grid = grid, method = 'heun', group = G }
-        local x = rows((s:run(x1, hs)))
-        local m, se = trace_mean(x)
-        local want = G.n * math.exp(-cf * D:sigma(t) ^ 2)
-        assert.is_true(math.abs(m - want) < 4 * se, ('%s t %g: %g vs %g (se %g)'):format(G.name, t, m, want, se))
-        if G == SU2 then -- 1-D: the whole marginal, by KS
-          local d, p = su2_ks(x, D:sigma(t))
-          assert.is_true(p > 1e-3, ('ODE t %g: KS D %g, p %g'):format(t, d, p))
-        end
+        assert_kernel_marginal('ODE', G, rows((s:run(x1, hs))), D:sigma(t))
       end
     end
   end)
@@ -425,7 +429,6 @@ describe('toy targets and class-function scores', function()
     -- 0.0001 +- 0.0006 at 400)
     local D = diffuse.power(3, 1)
     for _, G in ipairs { SU2, SU3 } do
-      local cf = (G.n ^ 2 - 1) / (2 * G.n)
       diffuse.seed(19)
       local n = 4000
       local x1 = G:heat_sample(n, D:sigma(1))
@@ -437,14 +440,7 @@ describe('toy targets and class-function scores', function()
           grid[#grid + 1] = k == N and t or (sg / math.sqrt(3)) ^ (2 / 3)
         end
         local s = diffuse.sampler { diffuser = D, grid = grid, method = 'euler_maruyama', group = G }
-        local x = rows(s:run(x1, hs))
-        local m, se = trace_mean(x)
-        local want = G.n * math.exp(-cf * D:sigma(t) ^ 2)
-        assert.is_true(math.abs(m - want) < 4 * se, ('%s t %g: %g vs %g (se %g)'):format(G.name, t, m, want, se))
-        if G == SU2 then
-          local d, p = su2_ks(x, D:sigma(t))
-          assert.is_true(p > 1e-3, ('SDE t %g: KS D %g, p %g'):format(t, d, p))
-        end
+        assert_kernel_marginal('SDE', G, rows(s:run(x1, hs)), D:sigma(t))
       end
     end
   end)
